@@ -1,0 +1,83 @@
+"""Email addresses: normalisation, role (generic) addresses, keyed hashes."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from email.utils import parseaddr
+
+from email_validator import EmailNotValidError, validate_email
+
+# Role addresses reach a function, not a person: CNIL treats them as outside the
+# consent and objection rules (they still get the footer and the opt-out).
+GENERIC_LOCALS: frozenset[str] = frozenset({
+    "accueil", "admin", "administration", "bonjour", "billing", "booking", "bureau",
+    "commercial", "communication", "compta", "comptabilite", "contact", "contacts",
+    "direction", "enquiries", "enquiry", "events", "evenements", "facturation", "finance",
+    "general", "hello", "help", "hr", "info", "infos", "information", "informations",
+    "inquiries", "jobs", "marketing", "office", "partenariats", "partners", "presse",
+    "press", "reception", "recrutement", "rh", "sales", "secretariat", "service",
+    "services", "standard", "support", "team", "ventes", "welcome",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class NormalisedAddress:
+    """`key` is what rows are upserted and compared on; `send_to` is what we deliver to."""
+
+    key: str
+    send_to: str
+    valid: bool
+    reason: str = ""
+
+    @property
+    def local(self) -> str:
+        return self.key.rpartition("@")[0]
+
+    @property
+    def domain(self) -> str:
+        return self.key.rpartition("@")[2]
+
+
+def normalise(raw: str) -> NormalisedAddress:
+    """Normalise an address; an invalid one keeps its raw form (lower-cased as key).
+
+    The domain is lower-cased (and IDNA-normalised); the local part is compared
+    case-insensitively, so the key lower-cases it too, while `send_to` keeps the
+    case the person gave us.
+    """
+    given = raw.strip()
+    try:
+        result = validate_email(given, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return NormalisedAddress(key=given.lower(), send_to=given, valid=False, reason=str(exc))
+    return NormalisedAddress(key=result.normalized.lower(), send_to=result.normalized, valid=True)
+
+
+def is_generic(key: str, extra_locals: frozenset[str] = frozenset()) -> bool:
+    """True for role addresses such as contact@ or sales@ (never firstname.lastname@)."""
+    local = key.rpartition("@")[0].split("+", 1)[0]
+    return local in GENERIC_LOCALS or local in extra_locals
+
+
+def address_hash(secret: bytes, key: str) -> str:
+    """Keyed hash of a normalised address: what the suppression list and erasures keep.
+
+    Keyed (HMAC) rather than a plain hash, so that the list cannot be reversed by
+    hashing a directory of known addresses without the organisation's secret.
+    """
+    return hmac.new(secret, b"address:" + key.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def parse_from_header(value: str) -> tuple[str, str]:
+    """Split `Name <addr@domain>` into (name, address); raise ValueError with a fix."""
+    if any(ch in value for ch in "\r\n"):
+        raise ValueError("must be on one line")
+    name, address = parseaddr(value)
+    if not address or "@" not in address:
+        raise ValueError(f"{value!r} is not an address; write it as \"Name <name@example.com>\"")
+    try:
+        result = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"{address!r} is not a valid address: {exc}") from None
+    return name, result.normalized

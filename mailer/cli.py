@@ -1,0 +1,551 @@
+"""The command line: parse, call the library, print, map errors to exit codes.
+
+Exit codes: 0 done; 1 runtime failure; 2 bad input; 3 compliance refusal of the
+whole campaign; 4 finished, but some deliveries failed.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import traceback
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .addresses import normalise
+from .config import find_config_path, load_campaign
+from .errors import InputError, MailerError, NotFound
+from .gate import RULE_IDS
+from .pipeline import (Plan, Workspace, deliver_campaign, import_contacts, open_workspace, plan_campaign,
+                       prepare_campaign)
+from .store import utcnow
+from .transport import open_transport
+
+EXIT_FAILED_DELIVERIES = 4
+
+
+class MailerGroup(click.Group):
+    """Turns every MailerError into one clear message and its exit code (the one place)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MailerError as exc:
+            debug = bool(ctx.meta.get("mailer.debug"))
+            if debug:
+                traceback.print_exc()
+            click.secho(f"Error: {exc.message}", fg="red", err=True)
+            if exc.hint:
+                click.echo(f"Hint: {exc.hint}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # an unexpected bug: say so plainly
+            if ctx.meta.get("mailer.debug"):
+                raise
+            click.secho(f"Error: unexpected {type(exc).__name__}: {exc}", fg="red", err=True)
+            click.echo("Hint: rerun with --debug for the traceback, and report it.", err=True)
+            ctx.exit(1)
+
+
+class Env:
+    """What commands share: the --config path and the environment (swappable in tests)."""
+
+    def __init__(self, config: str | None, environ: dict[str, str]) -> None:
+        self.config_option = config
+        self.environ = environ
+        self._workspace: Workspace | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return find_config_path(self.config_option, self.environ)
+
+    def workspace(self) -> Workspace:
+        if self._workspace is None:
+            self._workspace = open_workspace(self.config_path, self.environ)
+            if self._workspace.secret_generated:
+                var = self._workspace.config.unsubscribe.secret_env
+                click.echo(f"Note: ${var} is not set; created a random secret for unsubscribe tokens and "
+                           f"kept it in the database. In production, set ${var}.", err=True)
+        return self._workspace
+
+    def close(self) -> None:
+        if self._workspace is not None:
+            self._workspace.close()
+
+
+pass_env = click.make_pass_decorator(Env)
+
+
+@click.group(cls=MailerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="config.toml to use (default: $MAILER_CONFIG, else ./config.toml).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(__version__, prog_name="mailer")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, debug: bool) -> None:
+    """Send email campaigns that cannot break the rules.
+
+    Every recipient passes a compliance gate; every message carries a footer the
+    template cannot leave out; everything is recorded.
+
+    \b
+    Start with:  mailer init demo && cd demo
+                 mailer send campaigns/cloud-audit.toml
+    """
+    ctx.meta["mailer.debug"] = debug
+    env = Env(config, dict(os.environ))
+    ctx.obj = env
+    ctx.call_on_close(env.close)
+
+
+# --------------------------------------------------------------------------- init
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False), default=".")
+def init(directory: str) -> None:
+    """Write a working sample: config.toml, a campaign, templates and contacts.
+
+    Never overwrites a file that exists.
+
+    \b
+    Example:  mailer init demo && cd demo && mailer send campaigns/cloud-audit.toml
+    """
+    target = Path(directory)
+    sample = resources.files("mailer") / "sample"
+    written, kept = [], []
+    with resources.as_file(sample) as source:
+        for path in sorted(Path(source).rglob("*")):
+            relative = path.relative_to(source)
+            if path.is_dir() or "__pycache__" in relative.parts or relative.parts[:2] == ("templates", "footer"):
+                continue
+            destination = target / relative
+            if destination.exists():
+                kept.append(relative)
+                continue
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, destination)
+            written.append(relative)
+    for name in written:
+        click.echo(f"  wrote {target / name}")
+    for name in kept:
+        click.echo(f"  kept  {target / name} (exists)")
+    click.echo(f"\nNext: cd {target} && mailer check campaigns/cloud-audit.toml")
+
+
+# --------------------------------------------------------------------------- contacts
+
+@cli.group()
+def contacts() -> None:
+    """Import and inspect contacts."""
+
+
+@contacts.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--list", "list_name", required=True, help="Contact list to add the contacts to.")
+@click.option("--skip-invalid", is_flag=True, help="Import the good rows and list the bad ones.")
+@pass_env
+def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool) -> None:
+    """Validate a contacts CSV and upsert it into a list (all or nothing).
+
+    Comma or semicolon separated, UTF-8 with or without BOM; columns as in the
+    README. Rows are matched on the normalised address.
+
+    \b
+    Example:  mailer contacts import contacts/prospects.csv --list prospects-2026
+    """
+    outcome = import_contacts(env.workspace(), Path(file), list_name, skip_invalid=skip_invalid)
+    r = outcome.result
+    click.echo(f"{file}: {r.inserted} new, {r.updated} updated, {r.duplicates} repeated rows merged; "
+               f"{r.added_to_list} added to list {list_name!r}.")
+    if outcome.skipped:
+        click.secho(f"Skipped {len(outcome.skipped)} invalid rows:", fg="yellow")
+        for problem in outcome.skipped:
+            click.echo(f"  {problem}")
+
+
+# --------------------------------------------------------------------------- check / preview
+
+def _print_counts(plan: Plan) -> None:
+    counts = plan.counts
+    total = sum(counts.values())
+    click.echo(f"Campaign {plan.campaign.id}: {total} candidates")
+    click.echo(f"  {'allowed':<20} {counts.get('allowed', 0):>7}")
+    for rule in RULE_IDS:
+        if counts.get(rule):
+            click.echo(f"  {rule:<20} {counts[rule]:>7}")
+    if plan.uncertain_recovered:
+        click.secho(f"  {plan.uncertain_recovered} deliveries were interrupted by a crash and are marked uncertain "
+                    "(not resent; use --retry-uncertain to resend them).", fg="yellow")
+
+
+@cli.command()
+@click.argument("campaign", type=click.Path(dir_okay=False))
+@click.option("--no-dns", is_flag=True, help="Skip the DNS preflight of the From domain.")
+@pass_env
+def check(env: Env, campaign: str, no_dns: bool) -> None:
+    """Validate config and campaign and show the gate's counts per rule. Sends nothing.
+
+    Every allowed message is rendered to check that its footer is visible.
+
+    \b
+    Example:  mailer check campaigns/cloud-audit.toml
+    """
+    ws = env.workspace()
+    prepared = prepare_campaign(ws, Path(campaign))
+    plan = plan_campaign(ws, prepared, render_check=True, persist=False)
+    click.echo(f"{env.config_path}: OK")
+    click.echo(f"{campaign}: OK (templates compile, {len(plan.allowed)} messages render with a visible footer)")
+    _print_counts(plan)
+    if not no_dns:
+        from .dns_check import preflight
+        for line in preflight(prepared.renderer.from_domain, ws.config.dkim.selector):
+            click.echo(line)
+
+
+@cli.command()
+@click.argument("campaign", type=click.Path(dir_okay=False))
+@click.option("--to", "to", help="Render only the message for this address.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default="preview", show_default=True,
+              help="Folder for the .eml and .html files.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Write at most N messages.")
+@pass_env
+def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None) -> None:
+    """Render the messages that would go out (footer and headers included).
+
+    Writes one .eml and one .html per allowed recipient into --out, prints the
+    first message, and lists the gate's decisions.
+
+    \b
+    Example:  mailer preview campaigns/cloud-audit.toml --to jeanne@client.example
+    """
+    ws = env.workspace()
+    prepared = prepare_campaign(ws, Path(campaign))
+    plan = plan_campaign(ws, prepared, render_check=True, persist=False)
+    recipients = plan.recipients
+    if to:
+        key = normalise(to).key
+        recipients = [r for r in recipients if r.key == key]
+        if not recipients:
+            raise NotFound(f"{to} is not among the recipients of {plan.campaign.id}",
+                           hint=f"is it in the list {plan.campaign.list_name!r}?")
+    allowed = [r for r in recipients if r.blocked_by is None]
+    if limit is not None:
+        allowed = allowed[:limit]
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    renderer = prepared.renderer
+    found = ws.store.contacts_by_key(r.key for r in allowed)
+    first: bytes | None = None
+    with click.progressbar(allowed, label="Rendering", file=sys.stderr,
+                           show_pos=True) if len(allowed) > 200 else _nullbar(allowed) as bar:
+        for index, planned in enumerate(bar, start=1):
+            rendered = renderer.render(found[planned.key])
+            mime = renderer.build_mime(rendered, renderer.message_id())
+            data = mime.as_bytes()
+            stem = f"{index:05d}-{_safe(planned.key)}"
+            (folder / f"{stem}.eml").write_bytes(data)
+            if rendered.html is not None:
+                (folder / f"{stem}.html").write_text(rendered.html, encoding="utf-8")
+            if first is None:
+                first = data
+    if first is not None:
+        click.echo(first.decode("utf-8", errors="replace").replace("\r\n", "\n"))
+        click.echo("-" * 72)
+    click.echo(f"Wrote {len(allowed)} messages to {folder}/")
+    _print_counts(plan)
+    blocked = [r for r in recipients if r.blocked_by]
+    if blocked:
+        click.echo("Blocked:")
+        for r in blocked[:100]:
+            click.echo(f"  {r.email:<40} {r.blocked_by:<20} {r.detail}")
+        if len(blocked) > 100:
+            click.echo(f"  … and {len(blocked) - 100} more (mailer status shows them after a send)")
+
+
+class _nullbar:
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def __enter__(self) -> list[Any]:
+        return self.items
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _safe(key: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "@._-" else "_" for ch in key)[:80]
+
+
+# --------------------------------------------------------------------------- send
+
+@cli.command()
+@click.argument("campaign", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Plan and show the counts; record and send nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Send at most N messages in this run.")
+@click.option("--retry-uncertain", is_flag=True,
+              help="Resend deliveries a crash left uncertain (they may then arrive twice).")
+@pass_env
+def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, retry_uncertain: bool) -> None:
+    """Plan, confirm, send with a progress bar, and print a summary.
+
+    Rerunning resumes: nobody is mailed twice for one campaign.
+
+    \b
+    Example:  mailer send campaigns/cloud-audit.toml --yes
+    """
+    ws = env.workspace()
+    prepared = prepare_campaign(ws, Path(campaign))
+    transport = open_transport(ws.config)
+    plan = plan_campaign(ws, prepared, persist=not dry_run, retry_uncertain=retry_uncertain,
+                         transport=transport)
+    if plan.imported is not None:
+        r = plan.imported.result
+        click.echo(f"Imported {plan.imported.path.name}: {r.inserted} new, {r.updated} updated.")
+    if plan.confirmed_delivered:
+        click.echo(f"{plan.confirmed_delivered} messages interrupted by a crash were found delivered.")
+    _print_counts(plan)
+    to_send = len(plan.allowed) if limit is None else min(limit, len(plan.allowed))
+    if dry_run:
+        click.echo(f"Dry run: {to_send} messages would be sent; nothing was recorded or sent.")
+        return
+    if to_send == 0:
+        click.echo("Nothing to send.")
+        return
+    target = ws.config.outbox if ws.config.transport.type == "maildir" else \
+        f"{ws.config.smtp.host}:{ws.config.smtp.port}"
+    if not yes:
+        if not sys.stdin.isatty() and not os.environ.get("MAILER_ASSUME_TTY"):
+            raise InputError("not asking for confirmation without a terminal",
+                             hint="add --yes to send without confirmation")
+        click.confirm(f"Send {to_send} messages via {ws.config.transport.type} ({target})?", abort=True)
+
+    run_id = ws.store.start_run(plan.campaign.id)
+    results: Counter[str] = Counter()
+    outcome = "interrupted"
+    try:
+        with click.progressbar(length=to_send, label="Sending", file=sys.stderr, show_pos=True,
+                               item_show_func=lambda _: _progress_label(results)) as bar:
+            def on_result(state: str) -> None:
+                results[state] += 1
+                bar.update(1, state)
+
+            report = asyncio.run(_deliver(ws, prepared, plan, transport, limit, on_result))
+        outcome = "stopped" if report.delivered.stopped else "finished"
+    finally:
+        counts = dict(plan.counts) | {f"delivery:{k}": v for k, v in results.items()}
+        ws.store.finish_run(run_id, outcome, counts)
+    _print_summary(report, ws, plan.campaign.id)
+    if report.delivered.stopped:
+        click.echo("Stopped. Rerun the same command to resume.")
+    if report.delivered.counts.get("failed"):
+        raise click.exceptions.Exit(EXIT_FAILED_DELIVERIES)
+
+
+def _progress_label(results: Counter[str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(results.items()))
+
+
+async def _deliver(ws: Workspace, prepared: Any, plan: Plan, transport: Any, limit: int | None,
+                   on_result: Callable[[str], None]) -> Any:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def interrupted() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        click.echo("\nStopping after the messages in flight… (Ctrl-C again to force)", err=True)
+        stop.set()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+        loop.add_signal_handler(signal.SIGTERM, interrupted)
+    except (NotImplementedError, RuntimeError):
+        pass
+    await transport.open()
+    try:
+        return await deliver_campaign(ws, prepared, plan, transport, limit=limit, on_result=on_result, stop=stop)
+    finally:
+        await transport.close()
+
+
+def _print_summary(report: Any, ws: Workspace, campaign_id: str) -> None:
+    counts = report.delivered.counts
+    click.echo("Summary of this run:")
+    for state in ("sent", "deferred", "failed", "uncertain", "suppressed"):
+        if counts.get(state):
+            click.echo(f"  {state:<12} {counts[state]:>7}")
+    if report.footer_blocked:
+        click.echo(f"  {'footer-missing':<12} {report.footer_blocked:>7}")
+    if not any(counts.values()) and not report.footer_blocked:
+        click.echo("  nothing delivered")
+    for address, reason in report.delivered.failures[:20]:
+        click.echo(f"  failed: {address}: {reason}")
+    if counts.get("deferred"):
+        click.echo("Deferred messages are retried by the next run of the same command.")
+    click.echo(f"See: mailer status {campaign_id}")
+
+
+# --------------------------------------------------------------------------- status
+
+@cli.command()
+@click.argument("campaign")
+@click.option("--show", type=click.Choice(["blocked", "failed", "uncertain", "deferred", "sent", "planned"]),
+              default=None, help="Also list the addresses in this state.")
+@pass_env
+def status(env: Env, campaign: str, show: str | None) -> None:
+    """Show a campaign's send log: sent, failed, uncertain, blocked per rule.
+
+    CAMPAIGN is the campaign file or its id.
+
+    \b
+    Example:  mailer status campaigns/cloud-audit.toml --show blocked
+    """
+    ws = env.workspace()
+    campaign_id = load_campaign(Path(campaign)).id if Path(campaign).is_file() else campaign
+    if not ws.store.campaign_known(campaign_id):
+        raise NotFound(f"no send log for campaign {campaign_id!r}",
+                       hint="run `mailer send CAMPAIGN` first (or check the id)")
+    states, rules = ws.store.status_counts(campaign_id)
+    allowed = sum(v for k, v in states.items() if k != "blocked")
+    click.echo(f"Campaign {campaign_id}")
+    click.echo(f"  {'allowed':<20} {allowed:>7}")
+    for state in ("sent", "planned", "sending", "deferred", "failed", "uncertain"):
+        if states.get(state):
+            click.echo(f"    {state:<18} {states[state]:>7}")
+    click.echo(f"  {'blocked':<20} {states.get('blocked', 0):>7}")
+    for rule in RULE_IDS:
+        if rules.get(rule):
+            click.echo(f"    {rule:<18} {rules[rule]:>7}")
+    run = ws.store.last_run(campaign_id)
+    if run is not None:
+        click.echo(f"Last run: {run.started_at:%Y-%m-%d %H:%M} UTC, {run.outcome}")
+        if run.counts.get("duplicate"):
+            click.echo(f"  {run.counts['duplicate']} repeated rows in the CSV were skipped as duplicates")
+    if show:
+        rows = ws.store.log_rows(campaign_id, [show])
+        for row in rows:
+            extra = f"{row.rule:<20} {row.detail}" if show == "blocked" else \
+                f"{row.smtp_code or '':<4} {row.smtp_text or row.detail}"
+            click.echo(f"  {row.address_key:<40} {extra}")
+
+
+# --------------------------------------------------------------------------- suppression list
+
+@cli.group()
+def suppress() -> None:
+    """Manage the suppression list (addresses are kept only as keyed hashes)."""
+
+
+def _suppression_target(ws: Workspace, value: str) -> tuple[str, str]:
+    value = value.strip()
+    if value.startswith("@"):
+        domain = value[1:].lower()
+        if not domain or "." not in domain or any(c.isspace() for c in domain):
+            raise InputError(f"{value!r} is not a domain", hint="write a domain as @example.com")
+        return "domain", domain
+    address = normalise(value)
+    if "@" not in address.key:
+        raise InputError(f"{value!r} is neither an address nor @domain")
+    return "address", ws.hash_address(address.key)
+
+
+@suppress.command("add")
+@click.argument("values", nargs=-1, required=True)
+@click.option("--reason", default="", help="Why (kept with the entry).")
+@pass_env
+def suppress_add(env: Env, values: tuple[str, ...], reason: str) -> None:
+    """Add addresses or @domains to the suppression list.
+
+    \b
+    Example:  mailer suppress add jean@example.com @competitor.example --reason "asked by phone"
+    """
+    ws = env.workspace()
+    targets = [_suppression_target(ws, v) for v in values]
+    added = ws.store.suppress_many(targets, origin="manual", reason=reason)
+    click.echo(f"{added} added, {len(set(targets)) - added} already on the list.")
+
+
+@suppress.command("remove")
+@click.argument("value")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_env
+def suppress_remove(env: Env, value: str, yes: bool) -> None:
+    """Remove an address or @domain from the suppression list.
+
+    Only do this when the person asked to be mailed again.
+
+    \b
+    Example:  mailer suppress remove jean@example.com
+    """
+    ws = env.workspace()
+    scope, target = _suppression_target(ws, value)
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Remove {value} from the suppression list (they will be mailed again)?", abort=True)
+    if ws.store.unsuppress(scope, target):
+        click.echo(f"Removed {value}.")
+    else:
+        raise NotFound(f"{value} is not on the suppression list")
+
+
+@suppress.command("list")
+@pass_env
+def suppress_list(env: Env) -> None:
+    """List the suppression list: scope, hash or domain, origin, reason, date.
+
+    \b
+    Example:  mailer suppress list
+    """
+    entries = env.workspace().store.suppressions()
+    for e in entries:
+        shown = e.value if e.scope == "domain" else e.value[:16] + "…"
+        click.echo(f"{e.created_at:%Y-%m-%d}  {e.scope:<7} {shown:<24} {e.origin:<9} {e.campaign_id} {e.reason}")
+    click.echo(f"{len(entries)} entries.")
+
+
+@suppress.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--reason", default="", help="Why (kept with each entry).")
+@pass_env
+def suppress_import(env: Env, file: str, reason: str) -> None:
+    """Import addresses and @domains: one per line, or a CSV with an email column.
+
+    \b
+    Example:  mailer suppress import old-unsubscribes.csv --reason "previous tool"
+    """
+    ws = env.workspace()
+    from .suppression import read_suppression_file
+    values = read_suppression_file(Path(file))
+    targets = [_suppression_target(ws, v) for v in values]
+    added = ws.store.suppress_many(targets, origin="import", reason=reason)
+    click.echo(f"{file}: {len(targets)} entries read, {added} added, {len(set(targets)) - added} already on the list.")
+
+
+@suppress.command("export")
+@pass_env
+def suppress_export(env: Env) -> None:
+    """Print the suppression list as CSV (hashes and domains only, never addresses).
+
+    \b
+    Example:  mailer suppress export > suppressions.csv
+    """
+    entries = env.workspace().store.suppressions()
+    click.echo("scope,value,origin,created_at")
+    for e in entries:
+        click.echo(f"{e.scope},{e.value},{e.origin},{e.created_at:%Y-%m-%dT%H:%M:%SZ}")
+
+
+def main() -> None:
+    cli(prog_name="mailer")

@@ -1,0 +1,363 @@
+"""config.toml and campaign TOML files, loaded into typed, validated objects.
+
+Every problem in a file is reported at once, each with the file, the line and
+the key, so a marketer fixes them in one pass instead of one per run.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- config.toml
+
+class Organization(_Section):
+    name: str = ""
+    postal_address: str = ""
+    privacy_url: str = ""
+    contact_email: str = ""
+
+
+class Database(_Section):
+    url: str = "sqlite:///mailer.db"
+
+
+class TransportSettings(_Section):
+    type: Literal["maildir", "smtp"] = "maildir"
+    path: str = "outbox"
+
+
+class SmtpSettings(_Section):
+    host: str = "localhost"
+    port: int = Field(587, ge=1, le=65535)
+    security: Literal["tls", "starttls", "none"] = "starttls"
+    username: str = ""
+    password_env: str = "MAILER_SMTP_PASSWORD"
+    max_connections: int = Field(10, ge=1, le=500)
+    rate_per_second: float = Field(0, ge=0)
+    timeout_seconds: float = Field(30, gt=0)
+    bounce_address: str = ""
+    max_attempts: int = Field(5, ge=1, le=50)
+    retry_base_seconds: float = Field(1.0, ge=0)
+
+
+class Processor(_Section):
+    name: str = ""
+    country: str = ""
+    dpa_signed: bool = False
+    transfer_mechanism: Literal["", "adequacy", "dpf", "scc"] = ""
+
+
+class Unsubscribe(_Section):
+    base_url: str = "http://localhost:8080"
+    mailto: str = ""
+    secret_env: str = "MAILER_SECRET"
+
+
+class Compliance(_Section):
+    retention_years: int = Field(3, ge=1, le=10)
+    generic_locals: list[str] = []
+
+
+class Dkim(_Section):
+    selector: str = ""
+    domain: str = ""
+    private_key_env: str = "MAILER_DKIM_KEY"
+
+
+class ConfigModel(_Section):
+    organization: Organization = Organization()
+    database: Database = Database()
+    transport: TransportSettings = TransportSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    processor: Processor = Processor()
+    unsubscribe: Unsubscribe = Unsubscribe()
+    compliance: Compliance = Compliance()
+    dkim: Dkim = Dkim()
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded config.toml. Paths are absolute; `path` is where it came from."""
+
+    path: Path
+    organization: Organization
+    database_url: str
+    transport: TransportSettings
+    smtp: SmtpSettings
+    processor: Processor
+    unsubscribe: Unsubscribe
+    compliance: Compliance
+    dkim: Dkim
+
+    @property
+    def outbox(self) -> Path:
+        return Path(self.transport.path)
+
+
+# --------------------------------------------------------------------------- campaign
+
+CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class CampaignSection(_Section):
+    id: str
+    kind: Literal["prospecting", "newsletter", "members"]
+    audiences: list[Literal["b2b", "b2c"]] = Field(min_length=1)
+    subject: str = Field(min_length=1)
+    from_: str = Field(alias="from", min_length=3)
+    reply_to: str = ""
+    template: str
+    locale: Literal["fr", "en"] = "fr"
+    soft_opt_in: bool = False
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_a_slug(cls, value: str) -> str:
+        if not CAMPAIGN_ID.match(value):
+            raise ValueError(
+                "must be letters, digits, '.', '_' or '-' (at most 100), e.g. \"2026-12-cloud-audit\""
+            )
+        return value
+
+
+class Recipients(_Section):
+    list: str = Field(min_length=1)
+    csv: str = ""
+
+
+class Relevance(_Section):
+    job_titles: list[str] = []
+    industries: list[str] = []
+
+
+class SendSection(_Section):
+    rate_per_second: float = Field(0, ge=0)
+
+
+class CampaignModel(_Section):
+    campaign: CampaignSection
+    recipients: Recipients
+    relevance: Relevance | None = None
+    send: SendSection = SendSection()
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A loaded campaign file. Template and CSV paths are absolute."""
+
+    path: Path
+    id: str
+    kind: str
+    audiences: tuple[str, ...]
+    subject: str
+    from_: str
+    reply_to: str
+    locale: str
+    soft_opt_in: bool
+    list_name: str
+    csv: Path | None
+    html_template: Path | None
+    text_template: Path | None
+    relevance: Relevance | None
+    rate_per_second: float
+
+
+# --------------------------------------------------------------------------- loading
+
+def find_config_path(explicit: str | os.PathLike[str] | None, environ: dict[str, str]) -> Path:
+    """--config, else $MAILER_CONFIG, else ./config.toml."""
+    if explicit:
+        return Path(explicit)
+    if environ.get("MAILER_CONFIG"):
+        return Path(environ["MAILER_CONFIG"])
+    return Path("config.toml")
+
+
+def _read_toml(path: Path, what: str, hint: str) -> tuple[dict[str, Any], str]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: {what} not found"], hint=hint) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read {what}: {exc}"]) from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"],
+                          hint="check quotes, brackets and '=' on that line") from None
+
+
+_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\- ]+?)\s*\]\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+|\"[^\"]*\")\s*=")
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line number of a key (or of its table when the key is missing)."""
+    section: str | None = None
+    table_line: int | None = None
+    key = str(loc[1]) if len(loc) > 1 else None
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            section = header.group(1)
+            if section == str(loc[0]):
+                table_line = number
+            continue
+        if section == str(loc[0]) and key is not None:
+            match = _KEY.match(line)
+            if match and match.group(1).strip('"') == key:
+                return number
+    return table_line
+
+
+def _describe(path: Path, text: str, error: dict[str, Any], model: type[BaseModel]) -> str:
+    loc = tuple(error["loc"])
+    line = _line_of(text, loc) if loc else None
+    where = f"{path}:{line}" if line else str(path)
+    dotted = f"[{loc[0]}]" + (" " + ".".join(str(p) for p in loc[1:]) if len(loc) > 1 else "")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        suggestion = f" (did you mean '{close[0]}'?)" if close else (
+            f" (known keys: {', '.join(sorted(known))})" if known else "")
+        if len(loc) == 1:
+            return f"{where}: unknown table [{loc[0]}]{suggestion}"
+        return f"{where}: {dotted}: unknown key{suggestion}"
+    if kind == "missing":
+        if len(loc) == 1:
+            return f"{where}: missing table [{loc[0]}]"
+        return f"{where}: [{loc[0]}] is missing the required key '{'.'.join(str(p) for p in loc[1:])}'"
+    value = error.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) and value is not None else ""
+    return f"{where}: {dotted}: {error['msg'].removeprefix('Value error, ')}{shown}"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        current = next((a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if current is None:
+            return []
+    fields = getattr(current, "model_fields", {})
+    return [f.alias or name for name, f in fields.items()]
+
+
+def _validate(model: type[BaseModel], path: Path, data: dict[str, Any], text: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(path, text, err, model) for err in exc.errors()]
+        raise ConfigError(problems) from None
+
+
+def _resolve(base: Path, value: str) -> Path:
+    candidate = Path(value).expanduser()
+    return candidate if candidate.is_absolute() else (base / candidate)
+
+
+def _sqlite_url_relative_to(base: Path, url: str) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+        return prefix + str((base / url[len(prefix):]).resolve())
+    return url
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate config.toml. Raises ConfigError listing every problem."""
+    data, text = _read_toml(path, "config file",
+                            "pass --config PATH, set MAILER_CONFIG, or run `mailer init` to create one")
+    model: ConfigModel = _validate(ConfigModel, path, data, text)
+    base = path.resolve().parent
+    transport = model.transport.model_copy(update={"path": str(_resolve(base, model.transport.path))})
+    return Config(
+        path=path.resolve(),
+        organization=model.organization,
+        database_url=_sqlite_url_relative_to(base, model.database.url),
+        transport=transport,
+        smtp=model.smtp,
+        processor=model.processor,
+        unsubscribe=model.unsubscribe,
+        compliance=model.compliance,
+        dkim=model.dkim,
+    )
+
+
+def load_campaign(path: Path) -> Campaign:
+    """Read and validate a campaign file, including that its files exist.
+
+    Template compilation is checked by the renderer (`render.load_templates`),
+    which reports problems with the template's own file and line.
+    """
+    data, text = _read_toml(path, "campaign file", "give the path of a campaign .toml file")
+    model: CampaignModel = _validate(CampaignModel, path, data, text)
+    base = path.resolve().parent
+    problems: list[str] = []
+
+    template_base = _resolve(base, model.campaign.template)
+    if template_base.name.endswith((".html.j2", ".txt.j2")):
+        template_base = template_base.with_name(template_base.name.rsplit(".", 2)[0])
+    html = template_base.with_name(template_base.name + ".html.j2")
+    txt = template_base.with_name(template_base.name + ".txt.j2")
+    html_path = html if html.is_file() else None
+    txt_path = txt if txt.is_file() else None
+    if html_path is None and txt_path is None:
+        line = _line_of(text, ("campaign", "template"))
+        problems.append(
+            f"{path}:{line}: [campaign] template: neither {html} nor {txt} exists "
+            "(give the path without the .html.j2/.txt.j2 ending)"
+        )
+
+    csv_path: Path | None = None
+    if model.recipients.csv:
+        csv_path = _resolve(base, model.recipients.csv)
+        if not csv_path.is_file():
+            line = _line_of(text, ("recipients", "csv"))
+            problems.append(f"{path}:{line}: [recipients] csv: {csv_path} does not exist")
+
+    from .addresses import parse_from_header
+    try:
+        parse_from_header(model.campaign.from_)
+    except ValueError as exc:
+        line = _line_of(text, ("campaign", "from"))
+        problems.append(f"{path}:{line}: [campaign] from: {exc}")
+
+    if problems:
+        raise ConfigError(problems)
+
+    return Campaign(
+        path=path.resolve(),
+        id=model.campaign.id,
+        kind=model.campaign.kind,
+        audiences=tuple(dict.fromkeys(model.campaign.audiences)),
+        subject=model.campaign.subject,
+        from_=model.campaign.from_,
+        reply_to=model.campaign.reply_to,
+        locale=model.campaign.locale,
+        soft_opt_in=model.campaign.soft_opt_in,
+        list_name=model.recipients.list,
+        csv=csv_path,
+        html_template=html_path,
+        text_template=txt_path,
+        relevance=model.relevance,
+        rate_per_second=model.send.rate_per_second,
+    )

@@ -1,0 +1,220 @@
+"""Contacts CSV: parse and validate, all or nothing, with FILE:LINE errors."""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+from .addresses import NormalisedAddress, normalise
+from .errors import CsvError
+
+KINDS = ("b2b", "b2c")
+CONSENTS = ("", "opt-in", "customer")
+SOURCE_TYPES = ("direct", "partner")
+
+KNOWN_COLUMNS = (
+    "email", "first_name", "last_name", "company", "job_title", "industry", "country",
+    "kind", "source", "source_type", "collected_at", "consent", "consent_at",
+    "consent_proof", "partner_consent", "last_interaction_at", "member",
+)
+TEXT_COLUMNS = ("first_name", "last_name", "company", "job_title", "industry", "country",
+                "source", "consent_proof")
+DATE_COLUMNS = ("collected_at", "consent_at", "last_interaction_at")
+BOOL_COLUMNS = ("partner_consent", "member")
+
+_TRUE = {"true", "yes", "1", "oui", "y", "x", "vrai"}
+_FALSE = {"false", "no", "0", "non", "n", "", "faux"}
+
+
+@dataclass(slots=True)
+class ContactData:
+    """One contact, as the gate and the templates see it.
+
+    Built from a CSV row or a database row; `address` is the normalised form.
+    """
+
+    address: NormalisedAddress
+    kind: str
+    first_name: str = ""
+    last_name: str = ""
+    company: str = ""
+    job_title: str = ""
+    industry: str = ""
+    country: str = ""
+    source: str = ""
+    source_type: str = "direct"
+    collected_at: date | None = None
+    consent: str = ""
+    consent_at: date | None = None
+    consent_proof: str = ""
+    partner_consent: bool = False
+    last_interaction_at: date | None = None
+    member: bool = False
+    attrs: dict[str, str] = field(default_factory=dict)
+    id: int | None = None
+    line: int = 0
+
+    @property
+    def email(self) -> str:
+        return self.address.send_to
+
+
+@dataclass
+class ParsedCsv:
+    path: Path
+    columns: tuple[str, ...]
+    records: list[ContactData]
+    problems: list[str]
+
+    @property
+    def present(self) -> frozenset[str]:
+        return frozenset(self.columns)
+
+
+def parse_date(value: str) -> date:
+    value = value.strip()
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).date()
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _decode(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CsvError([f"{path}: file not found"]) from None
+    except OSError as exc:
+        raise CsvError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CsvError([f"{path}:{line}: not UTF-8 (byte {raw[exc.start]:#x})"],
+                       hint="save the file as UTF-8 (in Excel: 'CSV UTF-8')") from None
+
+
+def _delimiter(header_line: str) -> str:
+    return ";" if header_line.count(";") > header_line.count(",") else ","
+
+
+def _rows(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise _CsvSyntax(start, str(exc)) from None
+        yield start, row
+        start = reader.line_num + 1
+
+
+class _CsvSyntax(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def parse_contacts_csv(path: Path, *, today: date) -> ParsedCsv:
+    """Parse a contacts CSV. Returns every good record and every problem found.
+
+    `today` is the default for `collected_at` when the column is absent or empty.
+    An address with bad syntax is *not* a problem here: the gate blocks it, so the
+    marketer sees it in `check` and `preview`.
+    """
+    text = _decode(path)
+    if not text.strip():
+        raise CsvError([f"{path}:1: the file is empty"], hint="the first line must be a header with at least 'email' and 'kind'")
+    delimiter = _delimiter(text.split("\n", 1)[0])
+    records: list[ContactData] = []
+    problems: list[str] = []
+    rows = _rows(text, delimiter)
+    try:
+        _, header = next(rows, (1, []))
+        columns = tuple(h.strip().lower().lstrip("\ufeff") for h in header)
+        missing = [c for c in ("email", "kind") if c not in columns]
+        if missing:
+            raise CsvError(
+                [f"{path}:1: no {' or '.join(repr(m) for m in missing)} column (found: {', '.join(columns) or 'nothing'})"],
+                hint="the header row must name the columns, e.g. email,first_name,kind,source",
+            )
+        dupes = sorted({c for c in columns if columns.count(c) > 1 and c})
+        if dupes:
+            raise CsvError([f"{path}:1: column {', '.join(dupes)} appears twice in the header"])
+        if "" in columns:
+            raise CsvError([f"{path}:1: column {columns.index('') + 1} has no name in the header"])
+        for line, row in rows:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(columns):
+                problems.append(f"{path}:{line}: {len(row)} fields, but the header has {len(columns)}"
+                                f" (is a value with a '{delimiter}' missing its quotes?)")
+                continue
+            record = _record(path, line, dict(zip(columns, row)), today, problems)
+            if record is not None:
+                records.append(record)
+    except _CsvSyntax as exc:
+        raise CsvError([f"{path}:{exc.line}: CSV syntax error: {exc}"],
+                       hint="check the quotes on that line: a value with a quote must be written \"like \"\"this\"\"\"") from None
+    return ParsedCsv(path=path, columns=columns, records=records, problems=problems)
+
+
+def _record(path: Path, line: int, row: dict[str, str], today: date, problems: list[str]) -> ContactData | None:
+    where = f"{path}:{line}"
+    before = len(problems)
+    email = row["email"].strip()
+    if not email:
+        problems.append(f"{where}: email is empty")
+    if any(ch in email for ch in "\r\n\x00"):
+        problems.append(f"{where}: email contains a line break")
+    kind = row["kind"].strip().lower()
+    if kind not in KINDS:
+        problems.append(f"{where}: kind {row['kind']!r} must be 'b2b' or 'b2c'")
+    values: dict[str, Any] = {}
+    for name in TEXT_COLUMNS:
+        if name in row:
+            values[name] = " ".join(row[name].split())
+    consent = row.get("consent", "").strip().lower()
+    if consent not in CONSENTS:
+        problems.append(f"{where}: consent {row['consent']!r} must be 'opt-in', 'customer' or empty")
+    values["consent"] = consent
+    source_type = row.get("source_type", "").strip().lower() or "direct"
+    if source_type not in SOURCE_TYPES:
+        problems.append(f"{where}: source_type {row['source_type']!r} must be 'direct' or 'partner'")
+    values["source_type"] = source_type
+    for name in DATE_COLUMNS:
+        raw = row.get(name, "").strip()
+        if raw:
+            try:
+                values[name] = parse_date(raw)
+            except ValueError:
+                problems.append(f"{where}: {name} {raw!r} is not a date (use YYYY-MM-DD)")
+                continue
+            if values[name] > today:
+                problems.append(f"{where}: {name} {raw!r} is in the future")
+    for name in BOOL_COLUMNS:
+        if name in row:
+            try:
+                values[name] = parse_bool(row[name])
+            except ValueError as exc:
+                problems.append(f"{where}: {name}: {exc}")
+    if len(problems) > before:
+        return None
+    values.setdefault("collected_at", None)
+    attrs = {k: v.strip() for k, v in row.items() if k not in KNOWN_COLUMNS}
+    return ContactData(address=normalise(email), kind=kind, attrs=attrs, line=line, **values)

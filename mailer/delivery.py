@@ -1,0 +1,223 @@
+"""The delivery engine: hands rendered messages to a transport, at most once.
+
+Every message is claimed (`planned` -> `sending`, committed) before it is given
+to the transport, and its outcome is written as soon as it is known. Claims and
+outcomes of concurrent workers share transactions (group commit), so the
+database does one commit for many messages, yet a crash can only leave the
+messages that were in flight in `sending` -> reported `uncertain` next run.
+
+The claim also re-reads the suppression list: an opt-out recorded by another
+process while the campaign runs stops the messages not yet sent to that address.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+
+from .store import SendLog, Store, Suppression, utcnow
+from .transport.base import Delivery, Envelope, Transport
+
+
+@dataclass(slots=True)
+class Outgoing:
+    log_id: int
+    address_hash: str
+    domain: str
+    subject: str
+    message_id: str
+    envelope: Envelope
+    attempts: int = 0
+
+
+@dataclass
+class DeliveryReport:
+    counts: Counter[str] = field(default_factory=Counter)
+    stopped: bool = False
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (address, reason)
+
+
+class _GroupCommitter:
+    """Batches claims and outcomes from concurrent workers into shared transactions."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._claims: list[tuple[Outgoing, asyncio.Future[bool]]] = []
+        self._outcomes: list[dict[str, Any]] = []
+        self._suppressions: list[tuple[str, str, str]] = []  # (hash, reason, campaign)
+        self._wakeup = asyncio.Event()
+        self._closed = False
+
+    async def claim(self, message: Outgoing) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._claims.append((message, future))
+        self._wakeup.set()
+        return await future
+
+    def outcome(self, message: Outgoing, delivery: Delivery) -> None:
+        self._outcomes.append({
+            "id": message.log_id, "state": delivery.state, "smtp_code": delivery.code,
+            "smtp_text": delivery.text[:500], "attempts": message.attempts,
+            **({"sent_at": utcnow()} if delivery.state == "sent" else {}),
+        })
+        self._wakeup.set()
+
+    def hard_bounce(self, message: Outgoing, reason: str, campaign_id: str) -> None:
+        self._suppressions.append((message.address_hash, reason, campaign_id))
+
+    async def run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._claims or self._outcomes or self._suppressions:
+                claims, self._claims = self._claims, []
+                outcomes, self._outcomes = self._outcomes, []
+                bounces, self._suppressions = self._suppressions, []
+                try:
+                    blocked = await asyncio.to_thread(self._flush, claims, outcomes, bounces)
+                except BaseException as exc:
+                    for _, future in claims:
+                        if not future.done():
+                            future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+                    raise
+                for message, future in claims:
+                    if not future.done():
+                        future.set_result(message.log_id not in blocked)
+                self._wakeup.set()
+            elif self._closed:
+                return
+
+    def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+
+    def _flush(self, claims: list[tuple[Outgoing, asyncio.Future[bool]]], outcomes: list[dict[str, Any]],
+               bounces: list[tuple[str, str, str]]) -> set[int]:
+        log = SendLog.__table__
+        sup = Suppression.__table__
+        now = utcnow()
+        blocked: set[int] = set()
+        with self.store.engine.begin() as conn:
+            for change in outcomes:
+                values = {k: v for k, v in change.items() if k != "id"}
+                conn.execute(update(log).where(log.c.id == change["id"]).values(updated_at=now, **values))
+            if bounces:
+                conn.execute(self.store._insert_ignore(sup), [
+                    {"scope": "address", "value": h, "origin": "bounce", "reason": reason,
+                     "campaign_id": campaign, "created_at": now} for h, reason, campaign in bounces])
+            if claims:
+                hashes = [m.address_hash for m, _ in claims]
+                domains = list({m.domain for m, _ in claims})
+                found = conn.execute(select(sup.c.scope, sup.c.value).where(
+                    ((sup.c.scope == "address") & sup.c.value.in_(hashes))
+                    | ((sup.c.scope == "domain") & sup.c.value.in_(domains)))).all()
+                stopped_hashes = {v for s, v in found if s == "address"}
+                stopped_domains = {v for s, v in found if s == "domain"}
+                for message, _ in claims:
+                    if message.address_hash in stopped_hashes or message.domain in stopped_domains:
+                        blocked.add(message.log_id)
+                        conn.execute(update(log).where(log.c.id == message.log_id).values(
+                            state="blocked", rule="suppressed", updated_at=now,
+                            detail="opted out while the campaign was running"))
+                    else:
+                        message.attempts += 1
+                        conn.execute(update(log).where(log.c.id == message.log_id).values(
+                            state="sending", attempts=message.attempts, message_id=message.message_id,
+                            subject=message.subject, updated_at=now))
+        return blocked
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 5
+    base_seconds: float = 1.0
+
+    def delay(self, attempt: int) -> float:
+        return self.base_seconds * (2 ** (attempt - 1)) * (0.5 + random.random())
+
+
+async def deliver_all(store: Store, transport: Transport, messages: AsyncIterator[Outgoing] | Iterable[Outgoing],
+                      *, campaign_id: str, retry: RetryPolicy | None = None,
+                      on_result: Callable[[str], None] | None = None,
+                      stop: asyncio.Event | None = None) -> DeliveryReport:
+    """Deliver every message with `transport.concurrency` workers. Returns the counts.
+
+    Setting `stop` lets in-flight messages finish, then returns with `stopped`.
+    """
+    retry = retry or RetryPolicy()
+    stop = stop or asyncio.Event()
+    report = DeliveryReport()
+    committer = _GroupCommitter(store)
+    writer = asyncio.create_task(committer.run())
+    queue: asyncio.Queue[Outgoing | None] = asyncio.Queue(maxsize=max(4, transport.concurrency * 4))
+
+    async def produce() -> None:
+        try:
+            if hasattr(messages, "__aiter__"):
+                async for message in messages:  # type: ignore[union-attr]
+                    if stop.is_set():
+                        break
+                    await queue.put(message)
+            else:
+                for message in messages:  # type: ignore[union-attr]
+                    if stop.is_set():
+                        break
+                    await queue.put(message)
+        finally:
+            for _ in range(transport.concurrency):
+                await queue.put(None)
+
+    def finish(state: str) -> None:
+        report.counts[state] += 1
+        if on_result:
+            on_result(state)
+
+    async def work() -> None:
+        while True:
+            message = await queue.get()
+            if message is None:
+                return
+            if stop.is_set():
+                continue
+            if not await committer.claim(message):
+                finish("suppressed")
+                continue
+            while True:
+                delivery = await transport.deliver(message.envelope)
+                if delivery.state == "deferred" and message.attempts < retry.max_attempts and not stop.is_set():
+                    committer.outcome(message, Delivery("sending", delivery.code, delivery.text))
+                    await _sleep_or_stop(retry.delay(message.attempts), stop)
+                    if not stop.is_set():
+                        message.attempts += 1
+                        continue
+                break
+            committer.outcome(message, delivery)
+            if delivery.hard_bounce:
+                committer.hard_bounce(message, f"{delivery.code} {delivery.text}"[:200], campaign_id)
+            if delivery.state == "failed":
+                report.failures.append((message.envelope.rcpt_to, f"{delivery.code} {delivery.text}"))
+            finish(delivery.state)
+
+    producer = asyncio.create_task(produce())
+    workers = [asyncio.create_task(work()) for _ in range(transport.concurrency)]
+    try:
+        await asyncio.gather(producer, *workers)
+    finally:
+        for task in (producer, *workers):
+            task.cancel()
+        committer.close()
+        await writer
+    report.stopped = stop.is_set()
+    return report
+
+
+async def _sleep_or_stop(seconds: float, stop: asyncio.Event) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,266 @@
+"""The campaign pipeline, top to bottom:
+
+    open_workspace -> prepare_campaign -> import_recipients -> plan_campaign
+                   -> deliver_campaign (render, claim, transport, send log)
+
+Each step takes typed values and returns typed values; the CLI only wires them.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+from .addresses import address_hash
+from .config import Campaign, Config, load_campaign, load_config
+from .contacts import ContactData, parse_contacts_csv
+from .delivery import DeliveryReport, Outgoing, RetryPolicy, deliver_all
+from .errors import ComplianceRefusal, CsvError, TemplateError
+from .gate import FOOTER_MISSING, GateContext, RelevanceMatcher, campaign_problems, decide
+from .render import RenderedMessage, Renderer, Templates, load_templates
+from .store import DELIVERED_STATES, ImportResult, Store, utcnow
+from .tokens import Keys
+from .transport.base import Envelope, Transport
+
+
+@dataclass
+class Workspace:
+    """An organisation's config, its database and its keys, opened together."""
+
+    config: Config
+    store: Store
+    keys: Keys
+    secret_generated: bool = False
+
+    def hash_address(self, key: str) -> str:
+        return address_hash(self.keys.address, key)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_workspace(config_path: Path, environ: Mapping[str, str]) -> Workspace:
+    config = load_config(config_path)
+    store = Store.open(config.database_url)
+    secret, generated = store.secret(environ.get(config.unsubscribe.secret_env) or None)
+    return Workspace(config, store, Keys.derive(secret), generated)
+
+
+# --------------------------------------------------------------------------- import
+
+@dataclass
+class ImportOutcome:
+    path: Path
+    result: ImportResult
+    rows: int
+    skipped: list[str] = field(default_factory=list)
+    records: list[ContactData] = field(default_factory=list)
+
+
+def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: bool = False,
+                    now: datetime | None = None) -> ImportOutcome:
+    """Validate a contacts CSV and upsert it into a list: all or nothing, unless skip_invalid."""
+    now = now or utcnow()
+    parsed = parse_contacts_csv(path, today=now.date())
+    if parsed.problems and not skip_invalid:
+        raise CsvError(parsed.problems, hint=f"fix these rows (nothing was imported), or rerun with --skip-invalid "
+                                             f"to import the {len(parsed.records)} good rows")
+    result = ws.store.upsert_contacts(parsed.records, list_name, parsed.present, now=now)
+    return ImportOutcome(path, result, len(parsed.records), list(parsed.problems), parsed.records)
+
+
+# --------------------------------------------------------------------------- plan
+
+@dataclass
+class PreparedCampaign:
+    campaign: Campaign
+    templates: Templates
+    renderer: Renderer
+
+
+def prepare_campaign(ws: Workspace, campaign_path: Path) -> PreparedCampaign:
+    """Load and validate a campaign; refuse it (exit 3) when the campaign as a whole may not go."""
+    campaign = load_campaign(campaign_path)
+    templates = load_templates(campaign)
+    problems = campaign_problems(ws.config, campaign)
+    if problems:
+        raise ComplianceRefusal(problems)
+    return PreparedCampaign(campaign, templates, Renderer(ws.config, campaign, ws.keys, templates))
+
+
+@dataclass(slots=True)
+class PlannedRecipient:
+    key: str
+    contact_id: int | None
+    email: str
+    blocked_by: str | None
+    detail: str
+
+
+@dataclass
+class Plan:
+    campaign: Campaign
+    recipients: list[PlannedRecipient]
+    imported: ImportOutcome | None = None
+    uncertain_recovered: int = 0
+    confirmed_delivered: int = 0
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(r.blocked_by or "allowed" for r in self.recipients)
+
+    @property
+    def allowed(self) -> list[PlannedRecipient]:
+        return [r for r in self.recipients if r.blocked_by is None]
+
+
+def _candidates(ws: Workspace, campaign: Campaign, imported: ImportOutcome | None) -> Iterator[ContactData]:
+    """The CSV's rows in file order (duplicates included), then the rest of the list."""
+    stored = {c.address.key: c for c in ws.store.list_contacts(campaign.list_name)}
+    if imported is not None:
+        for record in imported.records:
+            contact = stored.get(record.address.key)
+            if contact is not None:
+                yield contact
+    yielded = {r.address.key for r in imported.records} if imported else set()
+    for key, contact in stored.items():
+        if key not in yielded:
+            yield contact
+
+
+def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | None = None,
+                  import_csv: bool = True, retry_uncertain: bool = False, render_check: bool = False,
+                  transport: Transport | None = None, persist: bool = True) -> Plan:
+    """Import the campaign's CSV, recover a crashed run, and decide for every candidate.
+
+    render_check renders every allowed message so that `footer-missing` (and any
+    template error) is known now, as `check` and `preview` need; `send` checks
+    each message as it renders it instead.
+    """
+    campaign = prepared.campaign
+    now = utcnow()
+    today = today or now.date()
+    imported = None
+    if import_csv and campaign.csv is not None:
+        imported = import_contacts(ws, campaign.csv, campaign.list_name, now=now)
+    ws.store.list_id(campaign.list_name)  # a clear error when the list does not exist
+
+    recovered = confirmed = 0
+    if persist:
+        ws.store.record_campaign(campaign.id, campaign.kind, campaign.locale, campaign.list_name)
+        confirmed, recovered = _recover_crashed(ws, campaign.id, transport)
+
+    states = ws.store.log_states(campaign.id)
+    delivered_states = set(DELIVERED_STATES) - ({"uncertain"} if retry_uncertain else set())
+    hashes, domains = ws.store.suppressed_sets()
+    relevance = campaign.relevance
+    ctx = GateContext(
+        today=today, retention_years=ws.config.compliance.retention_years, hash_address=ws.hash_address,
+        suppressed_hashes=hashes, suppressed_domains=domains,
+        delivered={k for k, s in states.items() if s in delivered_states},
+        generic_locals=frozenset(g.lower() for g in ws.config.compliance.generic_locals),
+        relevance=RelevanceMatcher.build(relevance.job_titles, relevance.industries) if relevance else None,
+    )
+    recipients: list[PlannedRecipient] = []
+    for contact in _candidates(ws, campaign, imported):
+        decision = decide(contact, campaign, ctx)
+        blocked_by, detail = decision.blocked_by, decision.detail
+        if blocked_by is None and render_check:
+            problems = prepared.renderer.render(contact).footer_problems
+            if problems:
+                blocked_by, detail = FOOTER_MISSING, "; ".join(problems)
+        recipients.append(PlannedRecipient(contact.address.key, contact.id, contact.email, blocked_by, detail))
+
+    plan = Plan(campaign, recipients, imported, recovered, confirmed)
+    if persist:
+        rows = [{"address_key": r.key, "contact_id": r.contact_id,
+                 "state": "blocked" if r.blocked_by else "planned",
+                 "rule": r.blocked_by or "", "detail": r.detail}
+                for r in recipients if r.blocked_by not in ("duplicate", "already-sent")]
+        ws.store.write_decisions(campaign.id, rows)
+    return plan
+
+
+def _recover_crashed(ws: Workspace, campaign_id: str, transport: Transport | None) -> tuple[int, int]:
+    """Rows a dead process left in `sending`: sent if the transport can prove it, else uncertain."""
+    rows = ws.store.log_rows(campaign_id, ["sending"])
+    if not rows:
+        return 0, 0
+    confirmed = []
+    if transport is not None:
+        for row in rows:
+            if transport.delivered(f"{campaign_id}.{row.id}"):
+                confirmed.append({"id": row.id, "state": "sent", "sent_at": row.updated_at,
+                                  "detail": "confirmed after a crash: the message is in the outbox"})
+    ws.store.update_log(confirmed)
+    uncertain = ws.store.mark_crashed_sends_uncertain(campaign_id)
+    return len(confirmed), uncertain
+
+
+# --------------------------------------------------------------------------- deliver
+
+@dataclass
+class SendReport:
+    delivered: DeliveryReport
+    footer_blocked: int = 0
+    attempted: int = 0
+
+
+async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan, transport: Transport, *,
+                           limit: int | None = None, on_result: Callable[[str], None] | None = None,
+                           stop: asyncio.Event | None = None) -> SendReport:
+    """Render and deliver every allowed recipient of the plan (at most `limit`)."""
+    campaign = prepared.campaign
+    renderer = prepared.renderer
+    allowed = plan.allowed[:limit] if limit is not None else plan.allowed
+    ids = _log_ids(ws, campaign.id, [r.key for r in allowed])
+    contacts = ws.store.contacts_by_key  # loaded in chunks below
+    bounce = ws.config.smtp.bounce_address or renderer.from_address
+    report = SendReport(DeliveryReport(), attempted=len(allowed))
+    footer_blocked: list[dict[str, object]] = []
+
+    def messages() -> Iterator[Outgoing]:
+        for start in range(0, len(allowed), 200):
+            chunk = allowed[start:start + 200]
+            found = contacts(r.key for r in chunk)
+            for planned in chunk:
+                contact = found.get(planned.key)
+                log_id = ids.get(planned.key)
+                if contact is None or log_id is None:
+                    continue
+                rendered = renderer.render(contact)
+                if rendered.footer_problems:
+                    footer_blocked.append({"id": log_id, "state": "blocked", "rule": FOOTER_MISSING,
+                                           "detail": "; ".join(rendered.footer_problems)})
+                    if on_result:
+                        on_result("blocked")
+                    continue
+                yield _outgoing(renderer, rendered, log_id, campaign.id, contact, bounce)
+
+    try:
+        report.delivered = await deliver_all(
+            ws.store, transport, messages(), campaign_id=campaign.id, on_result=on_result, stop=stop,
+            retry=RetryPolicy(ws.config.smtp.max_attempts, ws.config.smtp.retry_base_seconds))
+    finally:
+        ws.store.update_log(footer_blocked)
+    report.footer_blocked = len(footer_blocked)
+    return report
+
+
+def _outgoing(renderer: Renderer, rendered: RenderedMessage, log_id: int, campaign_id: str,
+              contact: ContactData, bounce: str) -> Outgoing:
+    message_id = renderer.message_id()
+    data = renderer.build_mime(rendered, message_id).as_bytes()
+    return Outgoing(log_id=log_id, address_hash=rendered.address_hash, domain=contact.address.domain,
+                    subject=rendered.subject, message_id=message_id,
+                    envelope=Envelope(key=f"{campaign_id}.{log_id}", mail_from=bounce,
+                                      rcpt_to=contact.email, data=data))
+
+
+def _log_ids(ws: Workspace, campaign_id: str, keys: list[str]) -> dict[str, int]:
+    wanted = set(keys)
+    return {row.address_key: row.id for row in ws.store.log_rows(campaign_id, ["planned", "deferred"])
+            if row.address_key in wanted and row.id is not None}

@@ -1,0 +1,273 @@
+"""Rendering: sandboxed Jinja templates, the compliance footer, MIME messages.
+
+Templates run in Jinja's sandbox with StrictUndefined: a misspelt variable is an
+error naming the template's file and line, never a blank. Contact values are
+HTML-escaped in the HTML part and stripped of control characters before they go
+near a header. The footer is appended after the template's body in both parts,
+in the campaign's locale, and `check_footer` verifies that a reader would see it.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+from importlib import resources
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import quote
+
+import inscriptis
+import jinja2
+from inscriptis.model.config import ParserConfig
+from jinja2.sandbox import SandboxedEnvironment
+
+from .addresses import address_hash, is_generic, parse_from_header
+from .config import Campaign, Config
+from .contacts import ContactData
+from .errors import TemplateError
+from .tokens import Keys, sign
+from .visibility import check_footer_html, check_footer_text
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+_HTML_END = re.compile(r"</html\s*>", re.IGNORECASE)
+_TEXT_CONFIG = ParserConfig(display_links=True)
+# Long header lines (the List-Unsubscribe URLs) must stay raw, not RFC 2047-encoded.
+_POLICY = SMTP.clone(max_line_length=998)
+
+
+def one_line(value: str) -> str:
+    """Collapse control characters (CR, LF, NUL, …) so a value cannot start a new header."""
+    return " ".join(_CONTROL.sub(" ", value).split())
+
+
+@dataclass(frozen=True)
+class Templates:
+    subject: jinja2.Template
+    html: jinja2.Template | None
+    text: jinja2.Template | None
+    html_path: Path | None
+    text_path: Path | None
+
+
+def _environment(folder: Path | None, autoescape: bool) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(folder)) if folder else None,
+        undefined=jinja2.StrictUndefined,
+        autoescape=autoescape,
+        keep_trailing_newline=True,
+    )
+    return env
+
+
+def _compile(env: SandboxedEnvironment, path: Path) -> jinja2.Template:
+    try:
+        return env.get_template(path.name)
+    except jinja2.TemplateSyntaxError as exc:
+        where = f"{exc.filename or path}:{exc.lineno}"
+        raise TemplateError(f"{where}: template syntax error: {exc.message}",
+                            hint="fix the template; `mailer check CAMPAIGN` shows the next problem") from None
+    except UnicodeDecodeError:
+        raise TemplateError(f"{path}: the template is not UTF-8") from None
+
+
+def load_templates(campaign: Campaign) -> Templates:
+    """Compile the subject and the template files; raise TemplateError with file:line."""
+    subject_env = _environment(None, autoescape=False)
+    try:
+        subject = subject_env.from_string(campaign.subject)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{campaign.path}: [campaign] subject: template syntax error: {exc.message}") from None
+    html = text = None
+    if campaign.html_template:
+        html = _compile(_environment(campaign.html_template.parent, autoescape=True), campaign.html_template)
+    if campaign.text_template:
+        text = _compile(_environment(campaign.text_template.parent, autoescape=False), campaign.text_template)
+    return Templates(subject, html, text, campaign.html_template, campaign.text_template)
+
+
+def _template_line(exc: BaseException, path: Path | None) -> int | None:
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if path is not None and tb.tb_frame.f_code.co_filename == str(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+class _Footer:
+    """The package's footer templates and wording, loaded once."""
+
+    def __init__(self) -> None:
+        folder = resources.files("mailer") / "footer"
+        env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=True)
+        self.html = env.from_string((folder / "footer.html.j2").read_text("utf-8"))
+        text_env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        self.text = text_env.from_string((folder / "footer.txt.j2").read_text("utf-8"))
+        self.strings: dict[str, dict[str, str]] = tomllib.loads((folder / "strings.toml").read_text("utf-8"))
+
+
+_FOOTER: _Footer | None = None
+
+
+def footer_templates() -> _Footer:
+    global _FOOTER
+    if _FOOTER is None:
+        _FOOTER = _Footer()
+    return _FOOTER
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    """What one recipient would receive, before the envelope (Date, Message-ID)."""
+
+    to_address: str
+    to_name: str
+    subject: str
+    text: str
+    html: str | None
+    unsubscribe_url: str
+    unsubscribe_mailto: str | None
+    address_hash: str
+    footer_problems: tuple[str, ...]
+
+
+def contact_context(contact: ContactData) -> SimpleNamespace:
+    return SimpleNamespace(
+        email=contact.email, first_name=contact.first_name, last_name=contact.last_name,
+        company=contact.company, job_title=contact.job_title, industry=contact.industry,
+        country=contact.country, kind=contact.kind, source=contact.source,
+        member=contact.member, attrs=dict(contact.attrs),
+    )
+
+
+class Renderer:
+    """Renders one campaign's messages. Build once per run; `render` per recipient."""
+
+    def __init__(self, config: Config, campaign: Campaign, keys: Keys, templates: Templates | None = None) -> None:
+        self.config = config
+        self.campaign = campaign
+        self.keys = keys
+        self.templates = templates or load_templates(campaign)
+        self.footer = footer_templates()
+        self.strings = self.footer.strings[campaign.locale]
+        self.from_name, self.from_address = parse_from_header(campaign.from_)
+        self.from_domain = self.from_address.rpartition("@")[2]
+        org = config.organization
+        self.organization = SimpleNamespace(name=org.name, postal_address=org.postal_address,
+                                            privacy_url=org.privacy_url, contact_email=org.contact_email)
+        self.campaign_view = SimpleNamespace(id=campaign.id, kind=campaign.kind, locale=campaign.locale)
+        self.generic_locals = frozenset(config.compliance.generic_locals)
+        self.base_url = config.unsubscribe.base_url.rstrip("/")
+        self.list_id = f"{campaign.id}.{self.from_domain}"
+
+    # ------------------------------------------------------------------ pieces
+
+    def source_sentence(self, contact: ContactData) -> str:
+        if self.campaign.kind == "members" and contact.member:
+            return self.strings["member"].format(organization=self.organization.name)
+        if contact.source:
+            return self.strings["collected"].format(source=contact.source)
+        if is_generic(contact.address.key, self.generic_locals):
+            return self.strings["generic"]
+        return self.strings["collected"].format(source="—")
+
+    def unsubscribe_for(self, contact: ContactData) -> tuple[str, str, str | None]:
+        digest = address_hash(self.keys.address, contact.address.key)
+        token = sign(self.keys, self.campaign.id, self.campaign.locale, digest)
+        url = f"{self.base_url}/u/{token}"
+        mailto = None
+        if self.config.unsubscribe.mailto:
+            mailto = f"mailto:{self.config.unsubscribe.mailto}?subject={quote('unsubscribe-' + token)}"
+        return digest, url, mailto
+
+    def _render(self, template: jinja2.Template, path: Path | None, context: dict[str, Any],
+                contact: ContactData, what: str) -> str:
+        try:
+            return template.render(context)
+        except jinja2.UndefinedError as exc:
+            line = _template_line(exc, path)
+            where = f"{path}:{line}" if path and line else (str(path) if path else what)
+            raise TemplateError(f"{where}: {exc.message} (rendering for {contact.email})",
+                                hint="check the variable's spelling; contact fields are contact.first_name, "
+                                     "contact.company, … and CSV extra columns are contact.attrs.NAME") from None
+        except jinja2.TemplateError as exc:
+            line = _template_line(exc, path)
+            where = f"{path}:{line}" if path and line else (str(path) if path else what)
+            raise TemplateError(f"{where}: {exc} (rendering for {contact.email})") from None
+        except Exception as exc:  # a filter or test raising on this contact's data
+            line = _template_line(exc, path)
+            where = f"{path}:{line}" if path and line else (str(path) if path else what)
+            raise TemplateError(f"{where}: {type(exc).__name__}: {exc} (rendering for {contact.email})") from None
+
+    # ------------------------------------------------------------------ the message
+
+    def render(self, contact: ContactData) -> RenderedMessage:
+        digest, url, mailto = self.unsubscribe_for(contact)
+        context = {"contact": contact_context(contact), "campaign": self.campaign_view,
+                   "organization": self.organization, "unsubscribe_url": url}
+        subject = one_line(self._render(self.templates.subject, None, context, contact, "[campaign] subject"))
+        footer_context = {"organization": self.organization, "unsubscribe_url": url, "text": self.strings,
+                          "source_sentence": self.source_sentence(contact), "locale": self.campaign.locale}
+        html_body = None
+        if self.templates.html is not None:
+            html_body = self._render(self.templates.html, self.templates.html_path, context, contact, "HTML template")
+        if self.templates.text is not None:
+            text_body = self._render(self.templates.text, self.templates.text_path, context, contact, "text template")
+        else:
+            text_body = inscriptis.get_text(html_body or "", _TEXT_CONFIG).strip("\n") + "\n"
+        text = text_body.rstrip() + "\n\n" + self.footer.text.render(footer_context).strip("\n") + "\n"
+        html = None
+        if html_body is not None:
+            html = _append_footer(html_body, self.footer.html.render(footer_context))
+        required = [self.organization.name, self.organization.postal_address, footer_context["source_sentence"]]
+        problems = check_footer_text(text, required, url)
+        if html is not None:
+            problems += check_footer_html(html, required, url)
+        name = one_line(" ".join(p for p in (contact.first_name, contact.last_name) if p))
+        return RenderedMessage(to_address=contact.email, to_name=name, subject=subject, text=text, html=html,
+                               unsubscribe_url=url, unsubscribe_mailto=mailto, address_hash=digest,
+                               footer_problems=tuple(problems))
+
+    def message_id(self) -> str:
+        return f"<{uuid.uuid4().hex}.{self.campaign.id}@{self.from_domain}>"
+
+    def build_mime(self, message: RenderedMessage, message_id: str, when: datetime | None = None) -> EmailMessage:
+        """The full RFC 5322 message, ready for a transport."""
+        mime = EmailMessage(policy=_POLICY)
+        mime["From"] = Address(display_name=one_line(self.from_name),
+                               addr_spec=self.from_address)
+        mime["To"] = Address(display_name=message.to_name, addr_spec=message.to_address)
+        mime["Subject"] = message.subject
+        mime["Date"] = format_datetime(when or datetime.now(timezone.utc))
+        mime["Message-ID"] = message_id
+        if self.campaign.reply_to:
+            mime["Reply-To"] = self.campaign.reply_to
+        targets = f"<{message.unsubscribe_url}>"
+        if message.unsubscribe_mailto:
+            targets += f", <{message.unsubscribe_mailto}>"
+        mime["List-Unsubscribe"] = targets
+        mime["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        mime["List-Id"] = f"{one_line(self.campaign.id)} <{self.list_id}>"
+        mime.set_content(message.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+        if message.html is not None:
+            mime.add_alternative(message.html, subtype="html", charset="utf-8", cte="quoted-printable")
+        return mime
+
+
+def _append_footer(html: str, footer: str) -> str:
+    """Put the footer just before the last </body> (or </html>), else at the end."""
+    for pattern in (_BODY_END, _HTML_END):
+        matches = list(pattern.finditer(html))
+        if matches:
+            at = matches[-1].start()
+            return html[:at] + footer + html[at:]
+    return html + footer

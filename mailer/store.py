@@ -1,0 +1,530 @@
+"""The database: contacts, lists, suppression list, campaigns, runs and the send log.
+
+SQLite (WAL) is the embedded default; PostgreSQL (psycopg 3) when a team shares one
+database. The schema is created on first use. Bulk paths use SQLAlchemy Core
+statements, the ORM classes below only declare the tables.
+"""
+from __future__ import annotations
+
+import secrets as _secrets
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, event, func, select, update, delete
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+from sqlmodel import Field, SQLModel, create_engine
+
+from .addresses import NormalisedAddress
+from .contacts import ContactData
+from .errors import NotFound, StoreError
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --------------------------------------------------------------------------- tables
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "contacts"
+    id: int | None = Field(default=None, primary_key=True)
+    email_key: str = Field(unique=True, index=True)
+    email: str
+    email_valid: bool = True
+    email_problem: str = ""
+    kind: str
+    first_name: str = ""
+    last_name: str = ""
+    company: str = ""
+    job_title: str = ""
+    industry: str = ""
+    country: str = ""
+    source: str = ""
+    source_type: str = "direct"
+    collected_at: date
+    consent: str = ""
+    consent_at: date | None = None
+    consent_proof: str = ""
+    partner_consent: bool = False
+    last_interaction_at: date | None = None
+    member: bool = False
+    attrs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ContactList(SQLModel, table=True):
+    __tablename__ = "lists"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ListMember(SQLModel, table=True):
+    __tablename__ = "list_members"
+    list_id: int = Field(foreign_key="lists.id", primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", primary_key=True, index=True)
+
+
+class Suppression(SQLModel, table=True):
+    """An objection to be honoured. Holds no personal data but a keyed hash."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("scope", "value"),)
+    id: int | None = Field(default=None, primary_key=True)
+    scope: str  # "address" (value = keyed hash) or "domain" (value = the domain)
+    value: str
+    reason: str = ""
+    origin: str  # one-click | link | mailto | import | bounce | manual | erasure | complaint
+    campaign_id: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CampaignRecord(SQLModel, table=True):
+    __tablename__ = "campaigns"
+    id: str = Field(primary_key=True)
+    kind: str
+    locale: str
+    list_name: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Run(SQLModel, table=True):
+    """One `mailer send` (or dry run): what was decided and delivered."""
+
+    __tablename__ = "runs"
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: str = Field(index=True)
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    outcome: str = "running"
+    counts: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class SendLog(SQLModel, table=True):
+    """One row per (campaign, address): the decision and the delivery."""
+
+    __tablename__ = "send_log"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "address_key"),
+        Index("ix_send_log_campaign_state", "campaign_id", "state"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: str
+    address_key: str  # normalised address; replaced by its keyed hash on erasure
+    contact_id: int | None = Field(default=None, index=True)
+    state: str  # blocked | planned | sending | sent | failed | deferred | uncertain
+    rule: str = ""
+    detail: str = ""
+    subject: str = ""
+    message_id: str = ""
+    smtp_code: int | None = None
+    smtp_text: str = ""
+    attempts: int = 0
+    planned_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+
+
+class Setting(SQLModel, table=True):
+    __tablename__ = "settings"
+    key: str = Field(primary_key=True)
+    value: str
+
+
+# States that count as "a delivery of this campaign to this address" for `already-sent`.
+DELIVERED_STATES = ("sent", "sending", "uncertain", "failed")
+PENDING_STATES = ("planned", "deferred")
+
+
+@dataclass
+class ImportResult:
+    inserted: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    added_to_list: int = 0
+
+
+# --------------------------------------------------------------------------- the store
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA secure_delete=ON")
+    cursor.close()
+
+
+class Store:
+    """Everything mailer keeps, behind one object. Open with `Store.open(url)`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> "Store":
+        try:
+            engine = create_engine(url)
+        except (SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
+            raise StoreError(f"cannot use database {url!r}: {exc}",
+                             hint="check [database] url in config.toml") from None
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        try:
+            SQLModel.metadata.create_all(engine)
+        except (OperationalError, ProgrammingError) as exc:
+            raise StoreError(f"cannot open database {url!r}: {exc.orig}",
+                             hint="check [database] url in config.toml and that its folder exists") from None
+        return cls(engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---------------------------------------------------------------- settings
+
+    def get_setting(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(Setting.value).where(Setting.key == key)).scalar()
+
+    def secret(self, from_environment: str | None) -> tuple[bytes, bool]:
+        """The HMAC secret: the environment's, else one generated once and kept here.
+
+        Returns (secret, created_now) so the caller can say that it made one.
+        """
+        if from_environment:
+            return from_environment.encode("utf-8"), False
+        existing = self.get_setting("secret")
+        if existing:
+            return existing.encode("ascii"), False
+        generated = _secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_ignore(Setting.__table__), [{"key": "secret", "value": generated}])
+        kept = self.get_setting("secret") or generated
+        return kept.encode("ascii"), kept == generated
+
+    def _insert_ignore(self, table: Any) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+            return pg_insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        return sqlite_insert(table).on_conflict_do_nothing()
+
+    # ---------------------------------------------------------------- contacts
+
+    def ensure_list(self, name: str) -> int:
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_ignore(ContactList.__table__), [{"name": name, "created_at": utcnow()}])
+            return conn.execute(select(ContactList.id).where(ContactList.name == name)).scalar_one()
+
+    def list_id(self, name: str) -> int:
+        with self.engine.connect() as conn:
+            found = conn.execute(select(ContactList.id).where(ContactList.name == name)).scalar()
+        if found is None:
+            raise NotFound(f"there is no contact list named {name!r}",
+                           hint=f"import contacts into it first: mailer contacts import FILE --list {name}")
+        return found
+
+    def upsert_contacts(self, records: Sequence[ContactData], list_name: str,
+                        present_columns: frozenset[str], *, now: datetime | None = None,
+                        chunk: int = 500) -> ImportResult:
+        """Insert or update contacts on their normalised address, and add them to a list.
+
+        Only the columns present in the file overwrite stored values; custom
+        attributes are merged; `collected_at` keeps its stored value unless the file
+        gives one (a re-import must not restart the retention clock). One transaction:
+        all or nothing.
+        """
+        now = now or utcnow()
+        result = ImportResult()
+        latest: dict[str, ContactData] = {}
+        for record in records:
+            if record.address.key in latest:
+                result.duplicates += 1
+            latest[record.address.key] = record
+        unique = list(latest.values())
+        table = Contact.__table__
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_ignore(ContactList.__table__), [{"name": list_name, "created_at": now}])
+            list_id = conn.execute(select(ContactList.id).where(ContactList.name == list_name)).scalar_one()
+            for start in range(0, len(unique), chunk):
+                batch = unique[start:start + chunk]
+                keys = [r.address.key for r in batch]
+                existing = {
+                    row.email_key: row
+                    for row in conn.execute(
+                        select(table.c.id, table.c.email_key, table.c.attrs).where(table.c.email_key.in_(keys)))
+                }
+                inserts, updates = [], []
+                for record in batch:
+                    row = _row_for(record, present_columns, now)
+                    found = existing.get(record.address.key)
+                    if found is None:
+                        row.setdefault("collected_at", now.date())
+                        if row["collected_at"] is None:
+                            row["collected_at"] = now.date()
+                        inserts.append({**_defaults(), **row, "created_at": now})
+                    else:
+                        if row.get("collected_at") is None:
+                            row.pop("collected_at", None)
+                        row["attrs"] = {**(found.attrs or {}), **row["attrs"]}
+                        row["id"] = found.id
+                        updates.append(row)
+                if inserts:
+                    conn.execute(table.insert(), inserts)
+                if updates:
+                    for row in updates:
+                        conn.execute(update(table).where(table.c.id == row["id"]).values(
+                            {k: v for k, v in row.items() if k != "id"}))
+                result.inserted += len(inserts)
+                result.updated += len(updates)
+                ids = conn.execute(select(table.c.id).where(table.c.email_key.in_(keys))).scalars().all()
+                before = conn.execute(select(func.count()).select_from(ListMember.__table__)
+                                      .where(ListMember.__table__.c.list_id == list_id)).scalar_one()
+                conn.execute(self._insert_ignore(ListMember.__table__),
+                             [{"list_id": list_id, "contact_id": i} for i in ids])
+                after = conn.execute(select(func.count()).select_from(ListMember.__table__)
+                                     .where(ListMember.__table__.c.list_id == list_id)).scalar_one()
+                result.added_to_list += after - before
+        return result
+
+    def list_contacts(self, list_name: str) -> Iterator[ContactData]:
+        """Members of a list, in the order they were first imported."""
+        list_id = self.list_id(list_name)
+        table = Contact.__table__
+        members = ListMember.__table__
+        query = (select(table).join(members, members.c.contact_id == table.c.id)
+                 .where(members.c.list_id == list_id).order_by(table.c.id))
+        with self.engine.connect() as conn:
+            for row in conn.execute(query).mappings():
+                yield contact_from_row(row)
+
+    def contacts_by_key(self, keys: Iterable[str]) -> dict[str, ContactData]:
+        table = Contact.__table__
+        keys = list(keys)
+        found: dict[str, ContactData] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                rows = conn.execute(select(table).where(table.c.email_key.in_(keys[start:start + 500]))).mappings()
+                for row in rows:
+                    found[row["email_key"]] = contact_from_row(row)
+        return found
+
+    def count_contacts(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(Contact.__table__)).scalar_one()
+
+    # ---------------------------------------------------------------- suppression list
+
+    def suppress(self, *, scope: str, value: str, origin: str, reason: str = "",
+                 campaign_id: str = "", at: datetime | None = None) -> bool:
+        """Add one entry; False when it was already there (idempotent)."""
+        return self.suppress_many([(scope, value)], origin=origin, reason=reason,
+                                  campaign_id=campaign_id, at=at) == 1
+
+    def suppress_many(self, entries: Iterable[tuple[str, str]], *, origin: str, reason: str = "",
+                      campaign_id: str = "", at: datetime | None = None) -> int:
+        at = at or utcnow()
+        rows = [{"scope": s, "value": v, "origin": origin, "reason": reason,
+                 "campaign_id": campaign_id, "created_at": at} for s, v in dict.fromkeys(entries)]
+        if not rows:
+            return 0
+        table = Suppression.__table__
+        with self.engine.begin() as conn:
+            before = conn.execute(select(func.count()).select_from(table)).scalar_one()
+            conn.execute(self._insert_ignore(table), rows)
+            after = conn.execute(select(func.count()).select_from(table)).scalar_one()
+        return after - before
+
+    def unsuppress(self, scope: str, value: str) -> bool:
+        table = Suppression.__table__
+        with self.engine.begin() as conn:
+            done = conn.execute(delete(table).where(table.c.scope == scope, table.c.value == value))
+        return done.rowcount > 0
+
+    def suppressions(self) -> list[Suppression]:
+        table = Suppression.__table__
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(table).order_by(table.c.created_at, table.c.id)).mappings()
+            return [Suppression(**row) for row in rows]
+
+    def suppressed_sets(self) -> tuple[set[str], set[str]]:
+        """(address hashes, domains) on the suppression list, for the gate."""
+        table = Suppression.__table__
+        hashes: set[str] = set()
+        domains: set[str] = set()
+        with self.engine.connect() as conn:
+            for scope, value in conn.execute(select(table.c.scope, table.c.value)):
+                (hashes if scope == "address" else domains).add(value)
+        return hashes, domains
+
+    def is_suppressed(self, hash_value: str, domain: str) -> bool:
+        table = Suppression.__table__
+        with self.engine.connect() as conn:
+            return conn.execute(select(table.c.id).where(
+                ((table.c.scope == "address") & (table.c.value == hash_value))
+                | ((table.c.scope == "domain") & (table.c.value == domain))).limit(1)).first() is not None
+
+    # ---------------------------------------------------------------- campaigns and runs
+
+    def record_campaign(self, campaign_id: str, kind: str, locale: str, list_name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_ignore(CampaignRecord.__table__), [{
+                "id": campaign_id, "kind": kind, "locale": locale, "list_name": list_name,
+                "created_at": utcnow()}])
+
+    def start_run(self, campaign_id: str) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(Run.__table__.insert().values(
+                campaign_id=campaign_id, started_at=utcnow(), outcome="running", counts={})
+            ).inserted_primary_key[0]
+
+    def finish_run(self, run_id: int, outcome: str, counts: dict[str, int]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(Run.__table__).where(Run.__table__.c.id == run_id).values(
+                finished_at=utcnow(), outcome=outcome, counts=counts))
+
+    def last_run(self, campaign_id: str) -> Run | None:
+        table = Run.__table__
+        with self.engine.connect() as conn:
+            row = conn.execute(select(table).where(table.c.campaign_id == campaign_id)
+                               .order_by(table.c.id.desc()).limit(1)).mappings().first()
+        return Run(**row) if row else None
+
+    # ---------------------------------------------------------------- send log
+
+    def mark_crashed_sends_uncertain(self, campaign_id: str) -> int:
+        """Rows left in `sending` by a process that died: we cannot know if they left."""
+        table = SendLog.__table__
+        with self.engine.begin() as conn:
+            done = conn.execute(update(table).where(table.c.campaign_id == campaign_id,
+                                                    table.c.state == "sending")
+                                .values(state="uncertain", updated_at=utcnow(),
+                                        detail="the sending process stopped during delivery"))
+        return done.rowcount
+
+    def log_states(self, campaign_id: str) -> dict[str, str]:
+        """address key -> state, for this campaign."""
+        table = SendLog.__table__
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(table.c.address_key, table.c.state)
+                                     .where(table.c.campaign_id == campaign_id)).all())
+
+    def write_decisions(self, campaign_id: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Upsert gate decisions (state blocked or planned) for addresses not yet delivered."""
+        if not rows:
+            return
+        now = utcnow()
+        table = SendLog.__table__
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+        statement = dialect_insert(table)
+        statement = statement.on_conflict_do_update(
+            index_elements=["campaign_id", "address_key"],
+            set_={"state": statement.excluded.state, "rule": statement.excluded.rule,
+                  "detail": statement.excluded.detail, "contact_id": statement.excluded.contact_id,
+                  "updated_at": statement.excluded.updated_at},
+            where=(table.c.state == "blocked") | (table.c.state == "planned") | (table.c.state == "deferred"),
+        )
+        payload = [{"campaign_id": campaign_id, "planned_at": now, "updated_at": now,
+                    "attempts": 0, "subject": "", "message_id": "", "smtp_text": "", **r} for r in rows]
+        with self.engine.begin() as conn:
+            for start in range(0, len(payload), 1000):
+                conn.execute(statement, payload[start:start + 1000])
+
+    def pending(self, campaign_id: str, limit: int | None = None) -> list[tuple[int, str, int | None]]:
+        """(log id, address key, contact id) of rows to deliver, in plan order."""
+        table = SendLog.__table__
+        query = (select(table.c.id, table.c.address_key, table.c.contact_id)
+                 .where(table.c.campaign_id == campaign_id, table.c.state.in_(PENDING_STATES))
+                 .order_by(table.c.id))
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(query)]  # type: ignore[misc]
+
+    def update_log(self, changes: Sequence[dict[str, Any]]) -> None:
+        """Apply per-row changes (each dict has `id`) in one transaction."""
+        if not changes:
+            return
+        table = SendLog.__table__
+        now = utcnow()
+        with self.engine.begin() as conn:
+            for change in changes:
+                values = {k: v for k, v in change.items() if k != "id"}
+                values.setdefault("updated_at", now)
+                conn.execute(update(table).where(table.c.id == change["id"]).values(values))
+
+    def status_counts(self, campaign_id: str) -> tuple[dict[str, int], dict[str, int]]:
+        """({state: n}, {rule: n for blocked rows})."""
+        table = SendLog.__table__
+        with self.engine.connect() as conn:
+            states = dict(conn.execute(select(table.c.state, func.count()).where(
+                table.c.campaign_id == campaign_id).group_by(table.c.state)).all())
+            rules = dict(conn.execute(select(table.c.rule, func.count()).where(
+                table.c.campaign_id == campaign_id, table.c.state == "blocked").group_by(table.c.rule)).all())
+        return states, rules
+
+    def log_rows(self, campaign_id: str, states: Sequence[str] | None = None) -> list[SendLog]:
+        table = SendLog.__table__
+        query = select(table).where(table.c.campaign_id == campaign_id)
+        if states:
+            query = query.where(table.c.state.in_(states))
+        with self.engine.connect() as conn:
+            return [SendLog(**row) for row in conn.execute(query.order_by(table.c.id)).mappings()]
+
+    def campaign_known(self, campaign_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(CampaignRecord.__table__.c.id).where(
+                CampaignRecord.__table__.c.id == campaign_id)).first() is not None
+
+
+def _defaults() -> dict[str, Any]:
+    return {"first_name": "", "last_name": "", "company": "", "job_title": "", "industry": "",
+            "country": "", "source": "", "source_type": "direct", "consent": "", "consent_at": None,
+            "consent_proof": "", "partner_consent": False, "last_interaction_at": None, "member": False}
+
+
+_OPTIONAL = ("first_name", "last_name", "company", "job_title", "industry", "country", "source",
+             "source_type", "collected_at", "consent", "consent_at", "consent_proof",
+             "partner_consent", "last_interaction_at", "member")
+
+
+def _row_for(record: ContactData, present: frozenset[str], now: datetime) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "email_key": record.address.key,
+        "email": record.address.send_to,
+        "email_valid": record.address.valid,
+        "email_problem": record.address.reason,
+        "kind": record.kind,
+        "attrs": dict(record.attrs),
+        "updated_at": now,
+    }
+    for name in _OPTIONAL:
+        if name in present:
+            row[name] = getattr(record, name)
+    return row
+
+
+def contact_from_row(row: Any) -> ContactData:
+    address = NormalisedAddress(key=row["email_key"], send_to=row["email"],
+                                valid=bool(row["email_valid"]), reason=row["email_problem"])
+    return ContactData(
+        address=address, kind=row["kind"], first_name=row["first_name"], last_name=row["last_name"],
+        company=row["company"], job_title=row["job_title"], industry=row["industry"],
+        country=row["country"], source=row["source"], source_type=row["source_type"],
+        collected_at=row["collected_at"], consent=row["consent"], consent_at=row["consent_at"],
+        consent_proof=row["consent_proof"], partner_consent=bool(row["partner_consent"]),
+        last_interaction_at=row["last_interaction_at"], member=bool(row["member"]),
+        attrs=dict(row["attrs"] or {}), id=row["id"],
+    )

@@ -1,0 +1,46 @@
+"""The interface every transport implements."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One message to deliver: SMTP envelope plus the finished bytes."""
+
+    key: str              # stable id of the send-log row, e.g. "campaign.123"
+    mail_from: str
+    rcpt_to: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What happened to one envelope.
+
+    state: "sent", "failed" (permanent), "deferred" (temporary, retry later) or
+    "uncertain" (the connection died after DATA started: it may have left).
+    """
+
+    state: str
+    code: int | None = None
+    text: str = ""
+    hard_bounce: bool = False
+
+
+class Transport(Protocol):
+    #: how many messages may be in flight at once
+    concurrency: int
+
+    async def open(self) -> None:
+        """Connect (or prepare); raise TransportError with host/path and a hint."""
+
+    async def deliver(self, envelope: Envelope) -> Delivery:
+        """Deliver one message. Never raises for a per-message failure."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    def delivered(self, key: str) -> bool | None:
+        """After a crash: did this envelope certainly leave? None when unknowable."""

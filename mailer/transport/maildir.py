@@ -1,0 +1,57 @@
+"""The embedded default transport: one .eml file per message in a maildir.
+
+A message is written to tmp/ and renamed into new/, so a reader never sees half
+a file. The file name carries the send-log key, which lets a crashed run find
+out that a message in `sending` did in fact leave.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from ..errors import TransportError
+from .base import Delivery, Envelope
+
+
+class MaildirTransport:
+    concurrency = 1
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._host = socket.gethostname().replace("/", "_").replace(":", "_")
+
+    async def open(self) -> None:
+        try:
+            for sub in ("tmp", "new", "cur"):
+                (self.path / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TransportError(f"cannot create the outbox {self.path}: {exc.strerror}",
+                                 hint="check [transport] path in config.toml") from None
+        probe = self.path / "tmp" / f".probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise TransportError(f"the outbox {self.path} is not writable: {exc.strerror}") from None
+
+    def _name(self, key: str) -> str:
+        return f"{key}.{self._host}.eml"
+
+    async def deliver(self, envelope: Envelope) -> Delivery:
+        name = self._name(envelope.key)
+        tmp = self.path / "tmp" / name
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(envelope.data)
+            os.replace(tmp, self.path / "new" / name)
+        except OSError as exc:
+            return Delivery("deferred", text=f"cannot write {tmp}: {exc.strerror}")
+        return Delivery("sent", text=f"written to {self.path / 'new' / name}")
+
+    async def close(self) -> None:
+        return None
+
+    def delivered(self, key: str) -> bool | None:
+        name = self._name(key)
+        return (self.path / "new" / name).exists() or (self.path / "cur" / name).exists()

@@ -1,0 +1,268 @@
+"""Would a person actually *see* the footer? (the `footer-missing` rule)
+
+Appending a footer is not enough: a template can leave a comment, a <textarea>
+or a <style> open so that the footer becomes invisible text, wrap it in
+`display:none`, or hide it with a stylesheet rule. We parse the rendered HTML
+as a mail client would, find the footer element, and check that neither it, its
+ancestors nor its content is hidden, by attributes, inline styles or the
+document's own stylesheets (media queries included). When in doubt (a selector
+we cannot evaluate, an external stylesheet) we refuse: the message is blocked,
+not sent without a visible opt-out.
+
+Known limits: an element of the template positioned *over* the footer, and
+text coloured like its background outside the footer, are not detected.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import lxml.html
+import tinycss2
+from cssselect import SelectorError
+from lxml.cssselect import CSSSelector
+from lxml.etree import ParserError, XPathError
+
+FOOTER_ID = "mailer-footer"
+
+# Elements that lay their content out as ordinary, visible text.
+RENDERED_CONTAINERS = frozenset({
+    "html", "body", "div", "span", "p", "table", "tbody", "thead", "tfoot", "tr", "td", "th",
+    "center", "font", "section", "article", "main", "header", "footer", "aside", "nav",
+    "blockquote", "b", "i", "u", "em", "strong", "ul", "ol", "li", "dl", "dd", "dt", "figure",
+    "figcaption", "address", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "code", "big", "form",
+    "fieldset", "label", "article", "strike", "s", "tt", "var", "cite", "abbr", "mark", "small", "sup", "sub",
+})
+
+_PX = re.compile(r"^(-?[\d.]+)(px|pt|em|rem|%)?$")
+_PSEUDO = re.compile(r"::?[a-zA-Z-]+(\([^)]*\))?")
+_DYNAMIC = re.compile(r":(hover|focus|active|visited|link|focus-within|focus-visible|target)\b")
+
+
+def _number(value: str) -> tuple[float, str] | None:
+    match = _PX.match(value.strip().lower())
+    if not match:
+        return None
+    try:
+        return float(match.group(1)), match.group(2) or ""
+    except ValueError:
+        return None
+
+
+def hiding_reason(prop: str, value: str) -> str | None:
+    """Why `prop: value` would hide or unreadably shrink an element, else None."""
+    v = value.strip().lower().replace(" !important", "").replace("!important", "").strip()
+    if prop == "display" and v == "none":
+        return "display:none"
+    if prop == "visibility" and v in ("hidden", "collapse"):
+        return f"visibility:{v}"
+    if prop == "mso-hide" and v == "all":
+        return "mso-hide:all"
+    if prop == "opacity":
+        n = _number(v)
+        if n is not None and (n[0] / 100 if n[1] == "%" else n[0]) < 0.5:
+            return f"opacity:{v}"
+    if prop in ("font-size", "line-height") :
+        n = _number(v)
+        if n is not None and prop == "font-size" and (
+                (n[1] in ("px", "") and n[0] < 8) or (n[1] == "pt" and n[0] < 6)
+                or (n[1] in ("em", "rem") and n[0] < 0.5) or (n[1] == "%" and n[0] < 50)):
+            return f"font-size:{v}"
+    if prop in ("height", "max-height", "width", "max-width"):
+        n = _number(v)
+        if n is not None and n[0] <= 2:
+            return f"{prop}:{v}"
+    if prop == "position" and v in ("absolute", "fixed"):
+        return f"position:{v}"
+    if prop == "text-indent":
+        n = _number(v)
+        if n is not None and n[0] < -20:
+            return f"text-indent:{v}"
+    if prop in ("clip", "clip-path") and v not in ("auto", "none", "unset", "initial"):
+        return f"{prop}:{v}"
+    if prop == "transform" and v not in ("none", "unset", "initial"):
+        return f"transform:{v}"
+    if prop == "color" and v in ("transparent", "rgba(0,0,0,0)", "rgba(0, 0, 0, 0)"):
+        return "color:transparent"
+    if prop == "zoom":
+        n = _number(v)
+        if n is not None and n[0] < 0.5:
+            return f"zoom:{v}"
+    if prop in ("margin-left", "margin-top", "left", "top"):
+        n = _number(v)
+        if n is not None and n[0] < -50:
+            return f"{prop}:{v}"
+    return None
+
+
+@dataclass(frozen=True)
+class _Declaration:
+    prop: str
+    value: str
+    important: bool
+
+
+def _declarations(tokens: list) -> list[_Declaration]:
+    found = []
+    for item in tinycss2.parse_declaration_list(tokens, skip_comments=True, skip_whitespace=True):
+        if item.type == "declaration":
+            found.append(_Declaration(item.lower_name, tinycss2.serialize(item.value).strip(), item.important))
+    return found
+
+
+@lru_cache(maxsize=4096)
+def _inline(style: str) -> tuple[_Declaration, ...]:
+    return tuple(_declarations(tinycss2.parse_blocks_contents(style)))
+
+
+@dataclass(frozen=True)
+class _HidingRule:
+    selector: str
+    decl: _Declaration
+    reason: str
+
+
+@lru_cache(maxsize=256)
+def _hiding_rules(css: str) -> tuple[tuple[_HidingRule, ...], tuple[str, ...]]:
+    """(rules that could hide something, problems such as @import)."""
+    rules: list[_HidingRule] = []
+    problems: list[str] = []
+
+    def walk(nodes: list) -> None:
+        for node in nodes:
+            if node.type == "qualified-rule":
+                selector = tinycss2.serialize(node.prelude).strip()
+                for decl in _declarations(node.content):
+                    reason = hiding_reason(decl.prop, decl.value)
+                    if reason:
+                        rules.append(_HidingRule(selector, decl, reason))
+            elif node.type == "at-rule":
+                name = node.lower_at_keyword
+                if name == "import":
+                    problems.append("the HTML imports an external stylesheet (@import) that mailer cannot check")
+                elif node.content is not None and name in ("media", "supports", "document", "layer", "container"):
+                    walk(tinycss2.parse_rule_list(node.content, skip_comments=True, skip_whitespace=True))
+
+    walk(tinycss2.parse_stylesheet(css, skip_comments=True, skip_whitespace=True))
+    return tuple(rules), tuple(problems)
+
+
+@lru_cache(maxsize=1024)
+def _compiled(selector: str) -> CSSSelector | None:
+    """A selector made broader (no pseudo-classes/elements) so matching errs on the safe side."""
+    broad = _PSEUDO.sub("", _DYNAMIC.sub("", selector)).strip() or "*"
+    try:
+        return CSSSelector(broad)
+    except (SelectorError, XPathError, ValueError):
+        return None
+
+
+def _attribute_reason(el: lxml.html.HtmlElement) -> str | None:
+    if el.get("hidden") is not None:
+        return "the hidden attribute"
+    if (el.get("aria-hidden") or "").strip().lower() == "true":
+        return "aria-hidden=\"true\""
+    return None
+
+
+def _describe(el: lxml.html.HtmlElement) -> str:
+    ident = f"#{el.get('id')}" if el.get("id") else ""
+    classes = "." + ".".join(el.get("class").split()) if el.get("class") else ""
+    return f"<{el.tag}{ident}{classes}>"
+
+
+def check_footer_html(html: str, required_texts: list[str], unsubscribe_url: str) -> list[str]:
+    """Problems that would keep a reader from seeing the footer; empty when it is visible."""
+    try:
+        doc = lxml.html.document_fromstring(html)
+    except (ParserError, ValueError) as exc:
+        return [f"the HTML part cannot be parsed: {exc}"]
+    footers = doc.xpath(f"//*[@id='{FOOTER_ID}']")
+    if not footers:
+        return ["the footer is swallowed by the template's HTML (an unclosed comment, <style>, "
+                "<script>, <textarea>, <title> or attribute before it)"]
+    footer = footers[-1]
+    problems: list[str] = []
+
+    for link in doc.xpath("//link[@rel]"):
+        if "stylesheet" in (link.get("rel") or "").lower():
+            problems.append("the HTML links an external stylesheet that mailer cannot check")
+    sheet_rules: list[_HidingRule] = []
+    for style in doc.xpath("//style"):
+        found, sheet_problems = _hiding_rules(style.text_content())
+        sheet_rules.extend(found)
+        problems.extend(sheet_problems)
+
+    sheet_hidden: dict[lxml.html.HtmlElement, list[_HidingRule]] = {}
+    for rule in sheet_rules:
+        compiled = _compiled(rule.selector)
+        matched = doc.iter() if compiled is None else compiled(doc)
+        for el in matched:
+            sheet_hidden.setdefault(el, []).append(rule)
+
+    def reason_for(el: lxml.html.HtmlElement) -> str | None:
+        attribute = _attribute_reason(el)
+        if attribute:
+            return attribute
+        inline = _inline(el.get("style") or "")
+        for decl in inline:
+            reason = hiding_reason(decl.prop, decl.value)
+            if reason:
+                return reason
+        for rule in sheet_hidden.get(el, ()):
+            overriding = [d for d in inline if d.prop == rule.decl.prop and (d.important or not rule.decl.important)]
+            if not overriding:
+                return f"{rule.reason} from the stylesheet rule '{rule.selector}'"
+        return None
+
+    for ancestor in footer.iterancestors():
+        if not isinstance(ancestor.tag, str):
+            continue
+        if ancestor.tag not in RENDERED_CONTAINERS:
+            problems.append(f"the footer ends up inside {_describe(ancestor)}, which does not display it "
+                            "(is that element left unclosed in the template?)")
+            continue
+        reason = reason_for(ancestor)
+        if reason:
+            problems.append(f"the footer is inside {_describe(ancestor)}, hidden by {reason}")
+
+    own = reason_for(footer)
+    if own:
+        problems.append(f"the footer itself is hidden by {own}")
+
+    visible_text: list[str] = []
+    visible_links: list[str] = []
+
+    def collect(el: lxml.html.HtmlElement) -> None:
+        if not isinstance(el.tag, str):
+            return
+        reason = reason_for(el) if el is not footer else None
+        if reason:
+            problems.append(f"footer content {_describe(el)} is hidden by {reason}")
+            return
+        if el.tag == "a" and el.get("href"):
+            visible_links.append(el.get("href"))
+        if el.text:
+            visible_text.append(el.text)
+        for child in el:
+            collect(child)
+            if child.tail:
+                visible_text.append(child.tail)
+
+    collect(footer)
+    shown = " ".join(" ".join(visible_text).split())
+    for text in required_texts:
+        if " ".join(text.split()) not in shown:
+            problems.append(f"the footer does not show {text!r}")
+    if unsubscribe_url not in visible_links:
+        problems.append("the footer has no visible unsubscribe link")
+    return problems
+
+
+def check_footer_text(text: str, required_texts: list[str], unsubscribe_url: str) -> list[str]:
+    flat = " ".join(text.split())
+    problems = [f"the text part does not show {t!r}" for t in required_texts if " ".join(t.split()) not in flat]
+    if unsubscribe_url not in text:
+        problems.append("the text part has no unsubscribe URL")
+    return problems
