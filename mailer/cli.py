@@ -308,7 +308,7 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
     """
     ws = env.workspace()
     prepared = prepare_campaign(ws, Path(campaign))
-    transport = open_transport(ws.config)
+    transport = open_transport(ws.config, env.environ)
     plan = plan_campaign(ws, prepared, persist=not dry_run, retry_uncertain=retry_uncertain,
                          transport=transport)
     if plan.imported is not None:

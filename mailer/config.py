@@ -50,6 +50,7 @@ class SmtpSettings(_Section):
     rate_per_second: float = Field(0, ge=0)
     timeout_seconds: float = Field(30, gt=0)
     bounce_address: str = ""
+    ca_file: str = ""                 # a private CA bundle, e.g. for an internal relay
     max_attempts: int = Field(5, ge=1, le=50)
     retry_base_seconds: float = Field(1.0, ge=0)
 
@@ -289,12 +290,15 @@ def load_config(path: Path) -> Config:
     model: ConfigModel = _validate(ConfigModel, path, data, text)
     base = path.resolve().parent
     transport = model.transport.model_copy(update={"path": str(_resolve(base, model.transport.path))})
+    smtp = model.smtp
+    if smtp.ca_file:
+        smtp = smtp.model_copy(update={"ca_file": str(_resolve(base, smtp.ca_file))})
     return Config(
         path=path.resolve(),
         organization=model.organization,
         database_url=_sqlite_url_relative_to(base, model.database.url),
         transport=transport,
-        smtp=model.smtp,
+        smtp=smtp,
         processor=model.processor,
         unsubscribe=model.unsubscribe,
         compliance=model.compliance,
@@ -313,7 +317,7 @@ def load_campaign(path: Path) -> Campaign:
     base = path.resolve().parent
     problems: list[str] = []
 
-    template_base = _resolve(base, model.campaign.template)
+    template_base = _resolve(base, model.campaign.template).resolve()
     if template_base.name.endswith((".html.j2", ".txt.j2")):
         template_base = template_base.with_name(template_base.name.rsplit(".", 2)[0])
     html = template_base.with_name(template_base.name + ".html.j2")
@@ -329,7 +333,7 @@ def load_campaign(path: Path) -> Campaign:
 
     csv_path: Path | None = None
     if model.recipients.csv:
-        csv_path = _resolve(base, model.recipients.csv)
+        csv_path = _resolve(base, model.recipients.csv).resolve()
         if not csv_path.is_file():
             line = _line_of(text, ("recipients", "csv"))
             problems.append(f"{path}:{line}: [recipients] csv: {csv_path} does not exist")

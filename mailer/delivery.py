@@ -144,7 +144,7 @@ class RetryPolicy:
 async def deliver_all(store: Store, transport: Transport, messages: AsyncIterator[Outgoing] | Iterable[Outgoing],
                       *, campaign_id: str, retry: RetryPolicy | None = None,
                       on_result: Callable[[str], None] | None = None,
-                      stop: asyncio.Event | None = None) -> DeliveryReport:
+                      stop: asyncio.Event | None = None, rate_per_second: float = 0) -> DeliveryReport:
     """Deliver every message with `transport.concurrency` workers. Returns the counts.
 
     Setting `stop` lets in-flight messages finish, then returns with `stopped`.
@@ -155,6 +155,7 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
     committer = _GroupCommitter(store)
     writer = asyncio.create_task(committer.run())
     queue: asyncio.Queue[Outgoing | None] = asyncio.Queue(maxsize=max(4, transport.concurrency * 4))
+    pace = _Pace(rate_per_second)
 
     async def produce() -> None:
         try:
@@ -188,6 +189,7 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
                 finish("suppressed")
                 continue
             while True:
+                await pace.wait()
                 delivery = await transport.deliver(message.envelope)
                 if delivery.state == "deferred" and message.attempts < retry.max_attempts and not stop.is_set():
                     committer.outcome(message, Delivery("sending", delivery.code, delivery.text))
@@ -214,6 +216,23 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
         await writer
     report.stopped = stop.is_set()
     return report
+
+
+class _Pace:
+    """At most `rate` deliveries per second across all workers (0: unlimited)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next_slot = 0.0
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = asyncio.get_running_loop().time()
+        slot = max(now, self.next_slot)
+        self.next_slot = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
 
 async def _sleep_or_stop(seconds: float, stop: asyncio.Event) -> None:

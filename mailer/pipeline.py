@@ -180,7 +180,8 @@ def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | No
                  "state": "blocked" if r.blocked_by else "planned",
                  "rule": r.blocked_by or "", "detail": r.detail}
                 for r in recipients if r.blocked_by not in ("duplicate", "already-sent")]
-        ws.store.write_decisions(campaign.id, rows)
+        replaceable = ("blocked", "planned", "deferred") + (("uncertain",) if retry_uncertain else ())
+        ws.store.write_decisions(campaign.id, rows, replaceable)
     return plan
 
 
@@ -240,9 +241,13 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
                     continue
                 yield _outgoing(renderer, rendered, log_id, campaign.id, contact, bounce)
 
+    # Rate limits protect a remote relay's reputation; the maildir outbox has none.
+    rates = [r for r in (campaign.rate_per_second, ws.config.smtp.rate_per_second) if r > 0] \
+        if ws.config.transport.type == "smtp" else []
     try:
         report.delivered = await deliver_all(
             ws.store, transport, messages(), campaign_id=campaign.id, on_result=on_result, stop=stop,
+            rate_per_second=min(rates) if rates else 0,
             retry=RetryPolicy(ws.config.smtp.max_attempts, ws.config.smtp.retry_base_seconds))
     finally:
         ws.store.update_log(footer_blocked)

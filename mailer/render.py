@@ -8,6 +8,7 @@ in the campaign's locale, and `check_footer` verifies that a reader would see it
 """
 from __future__ import annotations
 
+import os
 import re
 import uuid
 import tomllib
@@ -96,8 +97,9 @@ def load_templates(campaign: Campaign) -> Templates:
 def _template_line(exc: BaseException, path: Path | None) -> int | None:
     tb = exc.__traceback__
     line = None
+    wanted = os.path.normpath(str(path)) if path is not None else None
     while tb is not None:
-        if path is not None and tb.tb_frame.f_code.co_filename == str(path):
+        if wanted is not None and os.path.normpath(tb.tb_frame.f_code.co_filename) == wanted:
             line = tb.tb_lineno
         tb = tb.tb_next
     return line

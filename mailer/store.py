@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, event, func, select, update, delete
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, delete, event, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlmodel import Field, SQLModel, create_engine
@@ -418,8 +418,9 @@ class Store:
             return dict(conn.execute(select(table.c.address_key, table.c.state)
                                      .where(table.c.campaign_id == campaign_id)).all())
 
-    def write_decisions(self, campaign_id: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Upsert gate decisions (state blocked or planned) for addresses not yet delivered."""
+    def write_decisions(self, campaign_id: str, rows: Sequence[dict[str, Any]],
+                        replaceable: Sequence[str] = ("blocked", "planned", "deferred")) -> None:
+        """Upsert gate decisions (state blocked or planned), replacing only rows in `replaceable` states."""
         if not rows:
             return
         now = utcnow()
@@ -434,7 +435,8 @@ class Store:
             set_={"state": statement.excluded.state, "rule": statement.excluded.rule,
                   "detail": statement.excluded.detail, "contact_id": statement.excluded.contact_id,
                   "updated_at": statement.excluded.updated_at},
-            where=(table.c.state == "blocked") | (table.c.state == "planned") | (table.c.state == "deferred"),
+            # OR of equalities, not IN: an expanding IN cannot be used with executemany.
+            where=or_(*(table.c.state == state for state in replaceable)),
         )
         payload = [{"campaign_id": campaign_id, "planned_at": now, "updated_at": now,
                     "attempts": 0, "subject": "", "message_id": "", "smtp_text": "", **r} for r in rows]

@@ -158,6 +158,11 @@ def _compiled(selector: str) -> CSSSelector | None:
         return None
 
 
+# Inherited properties that the footer's own !important inline styles reset, so an
+# ancestor setting them cannot hide the footer.
+_RESET_BY_FOOTER = frozenset({"font-size", "line-height", "color", "text-indent"})
+
+
 def _attribute_reason(el: lxml.html.HtmlElement) -> str | None:
     if el.get("hidden") is not None:
         return "the hidden attribute"
@@ -201,16 +206,20 @@ def check_footer_html(html: str, required_texts: list[str], unsubscribe_url: str
         for el in matched:
             sheet_hidden.setdefault(el, []).append(rule)
 
-    def reason_for(el: lxml.html.HtmlElement) -> str | None:
+    def reason_for(el: lxml.html.HtmlElement, ignored: frozenset[str] = frozenset()) -> str | None:
         attribute = _attribute_reason(el)
         if attribute:
             return attribute
         inline = _inline(el.get("style") or "")
         for decl in inline:
+            if decl.prop in ignored:
+                continue
             reason = hiding_reason(decl.prop, decl.value)
             if reason:
                 return reason
         for rule in sheet_hidden.get(el, ()):
+            if rule.decl.prop in ignored:
+                continue
             overriding = [d for d in inline if d.prop == rule.decl.prop and (d.important or not rule.decl.important)]
             if not overriding:
                 return f"{rule.reason} from the stylesheet rule '{rule.selector}'"
@@ -223,7 +232,7 @@ def check_footer_html(html: str, required_texts: list[str], unsubscribe_url: str
             problems.append(f"the footer ends up inside {_describe(ancestor)}, which does not display it "
                             "(is that element left unclosed in the template?)")
             continue
-        reason = reason_for(ancestor)
+        reason = reason_for(ancestor, _RESET_BY_FOOTER)
         if reason:
             problems.append(f"the footer is inside {_describe(ancestor)}, hidden by {reason}")
 

@@ -5,12 +5,13 @@ from ..config import Config
 from .base import Delivery, Envelope, Transport
 
 
-def open_transport(config: Config) -> Transport:
+def open_transport(config: Config, environ: dict[str, str] | None = None) -> Transport:
+    """The configured transport, not yet connected (call `await transport.open()`)."""
     if config.transport.type == "maildir":
         from .maildir import MaildirTransport
         return MaildirTransport(config.outbox)
-    from .smtp import SmtpTransport  # noqa: F401  (issue: real SMTP delivery)
-    return SmtpTransport(config)
+    from .smtp import SmtpTransport
+    return SmtpTransport(config, environ)
 
 
 __all__ = ["Delivery", "Envelope", "Transport", "open_transport"]

@@ -1,0 +1,167 @@
+"""SMTP delivery with aiosmtplib: a pool of reused connections, TLS, AUTH.
+
+The SMTP dialogue is driven step by step (MAIL, RCPT, DATA) so that we know
+where a failure happened: before DATA nothing can have left (safe to retry);
+a connection lost during DATA may have delivered the message (`uncertain`).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import ssl
+from ipaddress import ip_address
+
+import aiosmtplib
+from aiosmtplib import (SMTPAuthenticationError, SMTPConnectError, SMTPException, SMTPResponseException,
+                        SMTPServerDisconnected, SMTPTimeoutError)
+
+from ..config import Config
+from ..errors import InputError, TransportError
+from .base import Delivery, Envelope
+
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_hard_bounce(code: int, text: str) -> bool:
+    """A permanent refusal of the *recipient* (no such user, mailbox disabled…), not of the message."""
+    if code < 500:
+        return False
+    enhanced = _ENHANCED.match(text)
+    if enhanced:
+        return enhanced.group(2) == "1" or (enhanced.group(2) == "2" and enhanced.group(3) == "1")
+    return code in (550, 551, 553)
+
+
+class SmtpTransport:
+    def __init__(self, config: Config, environ: dict[str, str] | None = None) -> None:
+        self.settings = config.smtp
+        self.concurrency = self.settings.max_connections
+        environ = dict(os.environ) if environ is None else environ
+        s = self.settings
+        if s.security == "none" and not is_loopback(s.host):
+            raise InputError(f"{config.path}: [smtp] security = \"none\" sends mail in clear text to {s.host}",
+                             hint="use \"starttls\" or \"tls\"; \"none\" is only allowed to a loopback host")
+        self.password: str | None = None
+        if s.username:
+            self.password = environ.get(s.password_env)
+            if not self.password:
+                raise InputError(f"the SMTP password for {s.username}@{s.host} is not set",
+                                 hint=f"export {s.password_env}=… (the password never lives in config.toml)")
+        self.tls_context: ssl.SSLContext | None = None
+        if s.security != "none":
+            self.tls_context = ssl.create_default_context(cafile=s.ca_file or None)
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._where = f"{s.host}:{s.port}"
+
+    # ---------------------------------------------------------------- connections
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host, port=s.port, timeout=s.timeout_seconds,
+            use_tls=s.security == "tls", start_tls=True if s.security == "starttls" else False,
+            tls_context=self.tls_context, validate_certs=s.security != "none",
+        )
+        await client.connect()
+        if s.username:
+            await client.login(s.username, self.password or "")
+        return client
+
+    async def open(self) -> None:
+        """Open the first connection now, so an unreachable server fails the run before anything is sent."""
+        try:
+            self._idle.append(await self._connect())
+        except SMTPAuthenticationError as exc:
+            raise TransportError(f"SMTP server {self._where} refused the login for {self.settings.username}: "
+                                 f"{exc.code} {exc.message}",
+                                 hint=f"check [smtp] username and ${self.settings.password_env}") from None
+        except ssl.SSLError as exc:
+            raise TransportError(f"TLS with {self._where} failed: {exc.reason or exc}",
+                                 hint="check [smtp] security (tls for port 465, starttls for 587) and the "
+                                      "server's certificate (ca_file for a private CA)") from None
+        except (SMTPException, OSError, asyncio.TimeoutError) as exc:
+            raise TransportError(f"cannot connect to SMTP server {self._where}: {_describe(exc)}",
+                                 hint="check [smtp] host and port, and that the server is up; nothing was sent") from None
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            try:
+                await client.quit()
+            except (SMTPException, OSError, asyncio.TimeoutError):
+                client.close()
+
+    def delivered(self, key: str) -> bool | None:
+        return None  # an SMTP server keeps no receipt we could ask for
+
+    # ---------------------------------------------------------------- one message
+
+    async def deliver(self, envelope: Envelope) -> Delivery:
+        try:
+            client = self._idle.pop() if self._idle else await self._connect()
+        except SMTPResponseException as exc:
+            return _classify(exc.code, exc.message, before_data=True)
+        except (SMTPException, OSError, asyncio.TimeoutError) as exc:
+            return Delivery("deferred", text=f"cannot connect to {self._where}: {_describe(exc)}")
+        keep = True
+        try:
+            try:
+                await client.mail(envelope.mail_from)
+                await client.rcpt(envelope.rcpt_to)
+            except SMTPResponseException as exc:
+                keep = exc.code != 421 and await _reset(client)
+                return _classify(exc.code, exc.message, before_data=True, recipient=True)
+            except (SMTPServerDisconnected, SMTPTimeoutError, SMTPException, OSError, asyncio.TimeoutError) as exc:
+                keep = False
+                return Delivery("deferred", text=f"connection to {self._where} lost before DATA: {_describe(exc)}")
+            try:
+                response = await client.data(envelope.data)
+            except SMTPResponseException as exc:
+                keep = exc.code != 421 and await _reset(client)
+                return _classify(exc.code, exc.message, before_data=False)
+            except (SMTPServerDisconnected, SMTPTimeoutError, SMTPException, OSError, asyncio.TimeoutError) as exc:
+                keep = False
+                return Delivery("uncertain", text=f"connection to {self._where} lost during DATA: {_describe(exc)}")
+            return Delivery("sent", response.code, response.message)
+        finally:
+            if keep and client.is_connected:
+                self._idle.append(client)
+            else:
+                client.close()
+
+
+async def _reset(client: aiosmtplib.SMTP) -> bool:
+    try:
+        await client.rset()
+        return True
+    except (SMTPException, OSError, asyncio.TimeoutError):
+        return False
+
+
+def _classify(code: int, text: str, *, before_data: bool, recipient: bool = False) -> Delivery:
+    text = " ".join(str(text).split())
+    if 400 <= code < 500:
+        return Delivery("deferred", code, text)
+    if code >= 500:
+        return Delivery("failed", code, text, hard_bounce=recipient and is_hard_bounce(code, text))
+    return Delivery("deferred", code, f"unexpected answer {code} {text}")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SMTPResponseException):
+        return f"{exc.code} {exc.message}"
+    if isinstance(exc, SMTPConnectError):
+        return str(exc) or "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,152 @@
+"""Shared fixtures: a real project folder (config, campaign, templates, CSV) and a CLI runner."""
+from __future__ import annotations
+
+import sqlite3
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from mailer.cli import cli
+
+SECRET = "test-secret-0123456789"
+
+CONFIG = """\
+[organization]
+name = "Acme SAS"
+postal_address = "12 rue de la Paix, 75002 Paris, France"
+privacy_url = "https://acme.example/privacy"
+contact_email = "dpo@acme.example"
+
+[database]
+url = "sqlite:///mailer.db"
+
+[transport]
+type = "maildir"
+path = "outbox"
+
+[smtp]
+host = "127.0.0.1"
+port = 2525
+security = "none"
+password_env = "MAILER_SMTP_PASSWORD"
+
+[processor]
+name = "Acme Mail"
+country = "FR"
+dpa_signed = true
+
+[unsubscribe]
+base_url = "https://mail.acme.example"
+mailto = "unsubscribe@acme.example"
+secret_env = "MAILER_SECRET"
+
+[compliance]
+retention_years = 3
+"""
+
+CAMPAIGN = """\
+[campaign]
+id = "2026-12-cloud-audit"
+kind = "prospecting"
+audiences = ["b2b"]
+subject = "{{ contact.first_name }}, votre audit cloud offert"
+from = "Jeanne Martin <jeanne@acme.example>"
+template = "../templates/offer"
+locale = "fr"
+
+[recipients]
+list = "prospects"
+csv = "../contacts.csv"
+
+[relevance]
+job_titles = ["CTO", "DSI", "directeur informatique"]
+industries = ["software", "telecom"]
+"""
+
+HTML = """\
+<html><body>
+<p>Bonjour {{ contact.first_name }},</p>
+<p>Un audit cloud pour {{ contact.company }}.</p>
+</body></html>
+"""
+
+HEADER = "email,first_name,last_name,company,job_title,industry,kind,source,collected_at\n"
+CSV = HEADER + """\
+claire@client.example,Claire,Durand,Client SA,CTO,banking,b2b,Salon VivaTech 2026,2026-06-01
+paul@telco.example,Paul,Martin,Telco,Directeur Informatique Adjoint,Télécom,b2b,Salon VivaTech 2026,2026-06-01
+marc@soft.example,Marc,Petit,Soft,Comptable,food,b2b,Salon VivaTech 2026,2026-06-01
+"""
+
+
+@dataclass
+class Project:
+    root: Path
+    runner: CliRunner
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def campaign(self) -> Path:
+        return self.root / "campaigns" / "offer.toml"
+
+    @property
+    def csv(self) -> Path:
+        return self.root / "contacts.csv"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "mailer.db"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox" / "new"
+
+    def write(self, relative: str, text: str) -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text) if text.startswith("\n") else text, encoding="utf-8")
+        return path
+
+    def run(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
+        environment = {"MAILER_SECRET": SECRET, "MAILER_CONFIG": ""}
+        environment.update(env or {})
+        return self.runner.invoke(cli, ["--config", str(self.config), *args], input=input, env=environment,
+                                  catch_exceptions=False)
+
+    def send(self, *args: str) -> Result:
+        return self.run("send", str(self.campaign), "--yes", *args)
+
+    def messages(self) -> list[bytes]:
+        if not self.outbox.exists():
+            return []
+        return [p.read_bytes() for p in sorted(self.outbox.iterdir())]
+
+    def sql(self, query: str, *params: object) -> list[tuple]:
+        with sqlite3.connect(self.db) as conn:
+            return conn.execute(query, params).fetchall()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    p = Project(tmp_path, CliRunner())
+    p.write("config.toml", CONFIG)
+    p.write("campaigns/offer.toml", CAMPAIGN)
+    p.write("templates/offer.html.j2", HTML)
+    p.write("contacts.csv", CSV)
+    return p
+
+
+def counts(output: str) -> dict[str, int]:
+    """The `label   N` lines a command printed, as a dict (last occurrence wins)."""
+    import re
+    found: dict[str, int] = {}
+    for line in output.splitlines():
+        match = re.match(r"^\s*([a-z][a-z-]*)\s+(\d+)\s*$", line)
+        if match:
+            found[match.group(1)] = int(match.group(2))
+    return found

@@ -1,0 +1,194 @@
+"""`mailer send` end to end on the embedded defaults: SQLite file + maildir outbox."""
+from __future__ import annotations
+
+import email
+from email import policy
+
+from conftest import HEADER, Project, counts
+
+
+def parse(data: bytes) -> email.message.EmailMessage:
+    return email.message_from_bytes(data, policy=policy.default)  # type: ignore[return-value]
+
+
+def parts(message: email.message.EmailMessage) -> tuple[str, str]:
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    return text, html
+
+
+def test_send_writes_one_message_per_allowed_recipient_with_the_footer(project: Project) -> None:
+    result = project.send()
+    assert result.exit_code == 0, result.output
+    messages = [parse(m) for m in project.messages()]
+    assert sorted(m["To"].addresses[0].addr_spec for m in messages) == ["claire@client.example", "paul@telco.example"]
+    for message in messages:
+        text, html = parts(message)
+        for body in (text, html):
+            assert "Acme SAS" in body
+            assert "12 rue de la Paix, 75002 Paris, France" in body
+            assert "Salon VivaTech 2026" in body
+            assert "https://mail.acme.example/u/" in body
+            assert "https://acme.example/privacy" in body
+            assert "dpo@acme.example" in body
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        unsubscribe = message["List-Unsubscribe"]
+        assert unsubscribe.startswith("<https://mail.acme.example/u/")
+        assert "<mailto:unsubscribe@acme.example?subject=unsubscribe-" in unsubscribe
+        assert message["Message-ID"].endswith("@acme.example>")
+        assert message["List-Id"] == "2026-12-cloud-audit <2026-12-cloud-audit.acme.example>"
+        assert message["Subject"].endswith(", votre audit cloud offert")
+        assert message["From"] == "Jeanne Martin <jeanne@acme.example>"
+        assert message["Date"]
+    assert counts(result.output)["sent"] == 2
+
+
+def test_status_shows_who_was_blocked_by_which_rule(project: Project) -> None:
+    project.send()
+    result = project.run("status", str(project.campaign), "--show", "blocked")
+    assert result.exit_code == 0
+    assert counts(result.output)["sent"] == 2
+    assert counts(result.output)["not-relevant"] == 1
+    assert "marc@soft.example" in result.output
+    # by id as well as by file
+    assert project.run("status", "2026-12-cloud-audit").exit_code == 0
+
+
+def test_rerun_resumes_and_nobody_is_mailed_twice(project: Project) -> None:
+    first = project.send("--limit", "1")
+    assert first.exit_code == 0
+    assert len(project.messages()) == 1
+    second = project.send()
+    assert second.exit_code == 0
+    assert "already-sent" in second.output
+    third = project.send()
+    assert "Nothing to send." in third.output
+    recipients = [parse(m)["To"].addresses[0].addr_spec for m in project.messages()]
+    assert sorted(recipients) == ["claire@client.example", "paul@telco.example"]
+    assert project.sql("select count(*) from send_log where state = 'sent'") == [(2,)]
+
+
+def test_dry_run_records_and_sends_nothing(project: Project) -> None:
+    result = project.send("--dry-run")
+    assert result.exit_code == 0
+    assert "Dry run: 2 messages would be sent" in result.output
+    assert project.messages() == []
+    assert project.sql("select count(*) from send_log") == [(0,)]
+
+
+def test_without_yes_the_counts_are_shown_and_a_no_sends_nothing(project: Project) -> None:
+    result = project.run("send", str(project.campaign), input="n\n", env={"MAILER_ASSUME_TTY": "1"})
+    assert result.exit_code == 1  # click's Abort
+    assert counts(result.output)["allowed"] == 2
+    assert "not-relevant" in result.output
+    assert "Send 2 messages via maildir" in result.output
+    assert project.messages() == []
+    yes = project.run("send", str(project.campaign), input="y\n", env={"MAILER_ASSUME_TTY": "1"})
+    assert yes.exit_code == 0
+    assert len(project.messages()) == 2
+
+
+def test_without_a_terminal_send_asks_for_yes(project: Project) -> None:
+    result = project.run("send", str(project.campaign))
+    assert result.exit_code == 2
+    assert "--yes" in result.output
+    assert project.messages() == []
+
+
+def test_an_opt_out_between_runs_stops_later_messages(project: Project) -> None:
+    project.send("--limit", "1")
+    sent_to = parse(project.messages()[0])["To"].addresses[0].addr_spec
+    other = ({"claire@client.example", "paul@telco.example"} - {sent_to}).pop()
+    assert project.run("suppress", "add", other.upper()).exit_code == 0
+    result = project.send()
+    assert "suppressed" in result.output
+    assert len(project.messages()) == 1
+
+
+def test_a_domain_on_the_suppression_list_blocks_the_whole_domain(project: Project) -> None:
+    project.run("suppress", "add", "@telco.example")
+    project.send()
+    assert [parse(m)["To"].addresses[0].addr_spec for m in project.messages()] == ["claire@client.example"]
+
+
+def test_crash_left_sending_row_is_confirmed_from_the_outbox_or_marked_uncertain(project: Project) -> None:
+    project.send("--limit", "1")
+    # Simulate a process killed between the claim and the write: one row left in `sending`
+    # with its file written, one left in `sending` without.
+    [(written_id,)] = project.sql("select id from send_log where state = 'sent'")
+    project.sql("update send_log set state = 'sending' where id = ?", written_id)
+    [(lost_id,)] = project.sql("select id from send_log where state = 'planned'")
+    project.sql("update send_log set state = 'sending' where id = ?", lost_id)
+    result = project.send()
+    assert "1 messages interrupted by a crash were found delivered" in result.output
+    assert "marked uncertain" in result.output
+    assert dict(project.sql("select id, state from send_log where id in (?, ?)", written_id, lost_id)) == {
+        written_id: "sent", lost_id: "uncertain"}
+    assert len(project.messages()) == 1  # the uncertain one is not resent
+    again = project.send("--retry-uncertain")
+    assert again.exit_code == 0
+    assert len(project.messages()) == 2
+
+
+def test_campaign_csv_changes_are_upserted_at_each_run(project: Project) -> None:
+    project.send()
+    project.csv.write_text(project.csv.read_text() +
+                           "new@software.example,Nina,New,Soft,CTO,software,b2b,Salon VivaTech 2026,2026-06-01\n")
+    result = project.send()
+    assert "1 new" in result.output
+    assert len(project.messages()) == 3
+
+
+def test_duplicate_rows_in_the_campaign_csv_are_counted_once(project: Project) -> None:
+    project.csv.write_text(project.csv.read_text() +
+                           "CLAIRE@Client.example,Claire,Durand,Client SA,CTO,banking,b2b,Salon VivaTech 2026,2026-06-01\n")
+    result = project.send()
+    assert counts(result.output)["duplicate"] == 1
+    assert len(project.messages()) == 2
+
+
+def test_html_only_template_gets_a_text_part_derived_from_it(project: Project) -> None:
+    project.send()
+    text, _ = parts(parse(project.messages()[0]))
+    assert "Un audit cloud pour" in text
+    assert "<p>" not in text
+
+
+def test_text_only_template_sends_a_text_message_with_the_footer(project: Project) -> None:
+    (project.root / "templates" / "offer.html.j2").unlink()
+    project.write("templates/offer.txt.j2", "Bonjour {{ contact.first_name }} <b>!</b>\n")
+    assert project.send().exit_code == 0
+    message = parse(project.messages()[0])
+    assert message.get_content_type() == "text/plain"
+    body = message.get_content()
+    assert "<b>!</b>" in body  # text templates are not HTML-escaped
+    assert "Salon VivaTech 2026" in body and "https://mail.acme.example/u/" in body
+
+
+def test_english_campaign_gets_the_english_footer(project: Project) -> None:
+    project.campaign.write_text(project.campaign.read_text().replace('locale = "fr"', 'locale = "en"'))
+    project.send()
+    text, html = parts(parse(project.messages()[0]))
+    assert "You receive this message because your address was collected from: Salon VivaTech 2026." in text
+    assert "unsubscribe in one click" in html
+
+
+def test_contact_values_are_escaped_and_cannot_inject_headers(project: Project) -> None:
+    project.csv.write_text(HEADER + (
+        '"evil@client.example","<script>alert(1)</script>Eve\r\nBcc: victim@else.example","X",'
+        '"A&B <i>","CTO","software","b2b","Salon","2026-06-01"\n'))
+    project.campaign.write_text(project.campaign.read_text().replace(
+        'subject = "{{ contact.first_name }}, votre audit cloud offert"',
+        'subject = "{{ contact.company }} {{ contact.attrs.get(\'x\', \'\') }}"'))
+    result = project.send()
+    assert result.exit_code == 0, result.output
+    [raw] = project.messages()
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nBcc:" not in head and b"victim@else.example" not in head.replace(b"\r\n ", b" ").split(b"To:")[0]
+    message = parse(raw)
+    assert message["Bcc"] is None
+    assert [a.addr_spec for a in message["To"].addresses] == ["evil@client.example"]
+    _, html = parts(message)
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+    assert "A&amp;B &lt;i&gt;" in html
