@@ -103,7 +103,7 @@ class _Declaration:
     important: bool
 
 
-def _declarations(tokens: list) -> list[_Declaration]:
+def _declarations(tokens: list | str) -> list[_Declaration]:
     found = []
     for item in tinycss2.parse_declaration_list(tokens, skip_comments=True, skip_whitespace=True):
         if item.type == "declaration":
@@ -113,7 +113,7 @@ def _declarations(tokens: list) -> list[_Declaration]:
 
 @lru_cache(maxsize=4096)
 def _inline(style: str) -> tuple[_Declaration, ...]:
-    return tuple(_declarations(tinycss2.parse_blocks_contents(style)))
+    return tuple(_declarations(style))
 
 
 @dataclass(frozen=True)
@@ -220,8 +220,10 @@ def check_footer_html(html: str, required_texts: list[str], unsubscribe_url: str
         for rule in sheet_hidden.get(el, ()):
             if rule.decl.prop in ignored:
                 continue
-            overriding = [d for d in inline if d.prop == rule.decl.prop and (d.important or not rule.decl.important)]
-            if not overriding:
+            # An inline declaration beats a normal stylesheet rule. Against an !important rule
+            # we do not count on our inline !important: some webmail sanitisers strip it.
+            overridden = not rule.decl.important and any(d.prop == rule.decl.prop for d in inline)
+            if not overridden:
                 return f"{rule.reason} from the stylesheet rule '{rule.selector}'"
         return None
 
