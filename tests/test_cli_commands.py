@@ -1,0 +1,114 @@
+"""CliRunner tests for init, preview, status and the suppression list."""
+from __future__ import annotations
+
+import email
+from email import policy
+from pathlib import Path
+
+import click
+from click.testing import CliRunner
+
+from conftest import SECRET, Project
+from mailer.cli import cli
+
+
+def walk(group: click.Group, prefix: tuple[str, ...] = ()):
+    for name, command in group.commands.items():
+        yield prefix + (name,), command
+        if isinstance(command, click.Group):
+            yield from walk(command, prefix + (name,))
+
+
+def test_every_command_has_help_text() -> None:
+    for path, command in walk(cli):
+        assert command.help and len(command.help) > 20, f"mailer {' '.join(path)} has no help"
+        result = CliRunner().invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0, path
+
+
+def test_init_writes_a_working_sample_and_never_overwrites(tmp_path: Path) -> None:
+    runner = CliRunner()
+    target = tmp_path / "demo"
+    first = runner.invoke(cli, ["init", str(target)])
+    assert first.exit_code == 0
+    assert (target / "config.toml").is_file() and (target / "campaigns" / "cloud-audit.toml").is_file()
+    (target / "config.toml").write_text((target / "config.toml").read_text() + "\n# mine\n")
+    second = runner.invoke(cli, ["init", str(target)])
+    assert "kept" in second.output and (target / "config.toml").read_text().endswith("# mine\n")
+    env = {"MAILER_SECRET": SECRET}
+    sent = runner.invoke(cli, ["--config", str(target / "config.toml"), "send",
+                               str(target / "campaigns" / "cloud-audit.toml"), "--yes"], env=env)
+    assert sent.exit_code == 0, sent.output
+    outbox = list((target / "outbox" / "new").iterdir())
+    assert len(outbox) == 3
+    message = email.message_from_bytes(outbox[0].read_bytes(), policy=policy.default)
+    text = message.get_body(("plain",)).get_content()
+    assert "Acme SAS, 12 rue de la Paix, 75002 Paris, France" in text
+    assert "http://localhost:8080/u/" in text
+    status = runner.invoke(cli, ["--config", str(target / "config.toml"), "status",
+                                 str(target / "campaigns" / "cloud-audit.toml")], env=env)
+    for rule in ("not-relevant", "missing-source", "retention-expired", "audience", "invalid-address"):
+        assert rule in status.output
+
+
+def test_a_secret_is_created_once_when_the_variable_is_unset(project: Project) -> None:
+    first = project.run("suppress", "list", env={"MAILER_SECRET": ""})
+    assert "created a random secret" in first.output
+    second = project.run("suppress", "list", env={"MAILER_SECRET": ""})
+    assert "created a random secret" not in second.output
+
+
+def test_preview_writes_eml_and_html_and_prints_one(project: Project) -> None:
+    out = project.root / "preview"
+    result = project.run("preview", str(project.campaign), "--out", str(out))
+    assert result.exit_code == 0
+    assert len(list(out.glob("*.eml"))) == 2 and len(list(out.glob("*.html"))) == 2
+    assert "List-Unsubscribe: <https://mail.acme.example/u/" in result.output
+    assert "marc@soft.example" in result.output and "not-relevant" in result.output
+    assert project.messages() == []
+    assert project.sql("select count(*) from send_log") == [(0,)]
+
+
+def test_preview_to_one_address(project: Project) -> None:
+    out = project.root / "one"
+    result = project.run("preview", str(project.campaign), "--to", "PAUL@telco.example", "--out", str(out))
+    assert result.exit_code == 0
+    assert len(list(out.glob("*.eml"))) == 1
+    assert "To: Paul Martin <paul@telco.example>" in result.output
+    missing = project.run("preview", str(project.campaign), "--to", "nobody@x.example", "--out", str(out))
+    assert missing.exit_code == 2 and "is not among the recipients" in missing.output
+
+
+def test_status_of_an_unknown_campaign(project: Project) -> None:
+    result = project.run("status", "no-such-campaign")
+    assert result.exit_code == 2 and "no send log for campaign 'no-such-campaign'" in result.output
+
+
+def test_suppress_add_list_remove_export(project: Project) -> None:
+    added = project.run("suppress", "add", "Jean@Example.com", "@competitor.example", "--reason", "phone call")
+    assert added.exit_code == 0 and "2 added" in added.output
+    again = project.run("suppress", "add", "jean@example.com")
+    assert "0 added, 1 already on the list" in again.output
+    listed = project.run("suppress", "list")
+    assert "competitor.example" in listed.output and "manual" in listed.output and "2 entries" in listed.output
+    assert "jean" not in listed.output.lower()
+    exported = project.run("suppress", "export")
+    assert exported.output.startswith("scope,value,origin,created_at")
+    assert "jean" not in exported.output.lower()
+    assert project.run("suppress", "remove", "JEAN@example.com").exit_code == 0
+    assert project.run("suppress", "remove", "jean@example.com").exit_code == 2
+    bad = project.run("suppress", "add", "@")
+    assert bad.exit_code == 2
+
+
+def test_suppress_import_lines_and_csv(project: Project) -> None:
+    lines = project.write("s.txt", "# old tool\na@x.example\n@spam.example\n\nb@x.example\n")
+    result = project.run("suppress", "import", str(lines))
+    assert result.exit_code == 0 and "3 added" in result.output
+    table = project.write("s.csv", "name,email\nA,a@x.example\nC,c@x.example\n")
+    result = project.run("suppress", "import", str(table))
+    assert "1 added, 1 already" in result.output
+    bad = project.write("bad.txt", "a@x.example\nnot an address\n")
+    result = project.run("suppress", "import", str(bad))
+    assert result.exit_code == 2 and "bad.txt:2:" in result.output
+    assert project.sql("select origin, count(*) from suppressions group by origin") == [("import", 4)]

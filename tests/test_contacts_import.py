@@ -1,0 +1,95 @@
+"""`mailer contacts import`: all or nothing, FILE:LINE errors, upsert on the normalised address."""
+from __future__ import annotations
+
+from conftest import Project
+
+
+def imp(project: Project, text: str | bytes, *args: str, name: str = "in.csv"):
+    path = project.root / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return project.run("contacts", "import", str(path), "--list", "l1", *args), path
+
+
+def test_comma_semicolon_and_bom_are_all_accepted(project: Project) -> None:
+    result, _ = imp(project, "email,kind,source\na@x.example,b2b,Salon\n")
+    assert result.exit_code == 0 and "1 new" in result.output
+    result, _ = imp(project, "email;kind;source\nb@x.example;b2c;Site\n")
+    assert result.exit_code == 0 and "1 new" in result.output
+    result, _ = imp(project, "\ufeffemail,kind\nc@x.example,b2b\n".encode("utf-8"))
+    assert result.exit_code == 0 and "1 new" in result.output
+    assert project.sql("select email_key, kind from contacts order by id") == [
+        ("a@x.example", "b2b"), ("b@x.example", "b2c"), ("c@x.example", "b2b")]
+    assert project.sql("select count(*) from list_members") == [(3,)]
+
+
+def test_a_bad_row_imports_nothing_and_names_file_and_line(project: Project) -> None:
+    text = ("email,kind,collected_at,consent\n"
+            "ok@x.example,b2b,2026-01-01,\n"
+            "bad@x.example,b2z,2026-01-01,\n"
+            "date@x.example,b2b,01/02/2026,\n"
+            "consent@x.example,b2c,2026-01-01,maybe\n")
+    result, path = imp(project, text)
+    assert result.exit_code == 2
+    assert f"{path}:3: kind 'b2z' must be 'b2b' or 'b2c'" in result.output
+    assert f"{path}:4: collected_at '01/02/2026' is not a date (use YYYY-MM-DD)" in result.output
+    assert f"{path}:5: consent 'maybe'" in result.output
+    assert "--skip-invalid" in result.output
+    assert project.sql("select count(*) from contacts") == [(0,)]
+
+
+def test_skip_invalid_imports_the_good_rows_and_lists_the_others(project: Project) -> None:
+    result, path = imp(project, "email,kind\nok@x.example,b2b\nbad@x.example,zzz\n", "--skip-invalid")
+    assert result.exit_code == 0
+    assert "1 new" in result.output and f"{path}:3:" in result.output
+    assert project.sql("select email_key from contacts") == [("ok@x.example",)]
+
+
+def test_missing_columns_and_encoding_problems(project: Project) -> None:
+    result, path = imp(project, "mail,kind\na@x.example,b2b\n")
+    assert result.exit_code == 2 and f"{path}:1: no 'email' column" in result.output
+    result, path = imp(project, "email,kind\nb@x.example,b2b\n\xe9t\xe9@x.example,b2b\n".encode("latin-1"))
+    assert result.exit_code == 2 and f"{path}:3: not UTF-8" in result.output
+    result, path = imp(project, "email,kind\n\"a@x.example,b2b\n")
+    assert result.exit_code == 2
+    result, path = imp(project, "email,kind\na@x.example,b2b,extra\n")
+    assert result.exit_code == 2 and f"{path}:2: 3 fields, but the header has 2" in result.output
+    result = project.run("contacts", "import", str(project.root / "nope.csv"), "--list", "l1")
+    assert result.exit_code == 2 and "file not found" in result.output
+
+
+def test_invalid_address_syntax_is_imported_for_the_gate_to_block(project: Project) -> None:
+    result, _ = imp(project, "email,kind\nnot-an-address,b2b\n")
+    assert result.exit_code == 0
+    assert project.sql("select email, email_valid from contacts") == [("not-an-address", 0)]
+
+
+def test_upsert_on_normalised_address_keeps_collected_at_and_merges_attributes(project: Project) -> None:
+    imp(project, "email,kind,job_title,collected_at,segment\nJean.Dupont@Client.EXAMPLE,b2b,CTO,2025-01-01,big\n")
+    result, _ = imp(project, "email,kind,job_title,tier\njean.dupont@client.example,b2b,CEO,gold\n")
+    assert "0 new, 1 updated" in result.output
+    rows = project.sql("select email_key, job_title, collected_at, attrs from contacts")
+    assert len(rows) == 1
+    key, title, collected, attrs = rows[0]
+    assert key == "jean.dupont@client.example" and title == "CEO" and collected == "2025-01-01"
+    assert '"segment": "big"' in attrs and '"tier": "gold"' in attrs
+
+
+def test_columns_absent_from_the_file_keep_their_stored_values(project: Project) -> None:
+    imp(project, "email,kind,source,consent\nj@x.example,b2c,Site,opt-in\n")
+    imp(project, "email,kind,first_name\nj@x.example,b2c,Jo\n")
+    assert project.sql("select first_name, source, consent from contacts") == [("Jo", "Site", "opt-in")]
+
+
+def test_dates_in_the_future_are_refused(project: Project) -> None:
+    result, path = imp(project, "email,kind,consent_at\nj@x.example,b2c,2999-01-01\n")
+    assert result.exit_code == 2 and f"{path}:2: consent_at '2999-01-01' is in the future" in result.output
+
+
+def test_ten_thousand_rows_import(project: Project) -> None:
+    rows = "".join(f"p{i}@c{i % 50}.example,b2b,Salon\n" for i in range(10_000))
+    result, _ = imp(project, "email,kind,source\n" + rows)
+    assert result.exit_code == 0 and "10000 new" in result.output
+    assert project.sql("select count(*) from list_members") == [(10_000,)]
