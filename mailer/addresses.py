@@ -48,10 +48,11 @@ def normalise(raw: str) -> NormalisedAddress:
     """
     given = raw.strip()
     try:
-        result = validate_email(given, check_deliverability=False)
+        result = validate_email(given, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         return NormalisedAddress(key=given.lower(), send_to=given, valid=False, reason=str(exc))
-    return NormalisedAddress(key=result.normalized.lower(), send_to=result.normalized, valid=True)
+    send_to = result.ascii_email or result.normalized
+    return NormalisedAddress(key=send_to.lower(), send_to=send_to, valid=True)
 
 
 def is_generic(key: str, extra_locals: frozenset[str] = frozenset()) -> bool:
@@ -77,7 +78,7 @@ def parse_from_header(value: str) -> tuple[str, str]:
     if not address or "@" not in address:
         raise ValueError(f"{value!r} is not an address; write it as \"Name <name@example.com>\"")
     try:
-        result = validate_email(address, check_deliverability=False)
+        result = validate_email(address, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise ValueError(f"{address!r} is not a valid address: {exc}") from None
-    return name, result.normalized
+    return name, result.ascii_email or result.normalized

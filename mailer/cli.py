@@ -251,8 +251,7 @@ def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None
                            show_pos=True) if len(allowed) > 200 else _nullbar(allowed) as bar:
         for index, planned in enumerate(bar, start=1):
             rendered = renderer.render(found[planned.key])
-            mime = renderer.build_mime(rendered, renderer.message_id())
-            data = mime.as_bytes()
+            data = renderer.build_mime(rendered, renderer.message_id())
             stem = f"{index:05d}-{_safe(planned.key)}"
             (folder / f"{stem}.eml").write_bytes(data)
             if rendered.html is not None:

@@ -345,6 +345,13 @@ def load_campaign(path: Path) -> Campaign:
         line = _line_of(text, ("campaign", "from"))
         problems.append(f"{path}:{line}: [campaign] from: {exc}")
 
+    if model.campaign.reply_to:
+        try:
+            parse_from_header(model.campaign.reply_to)
+        except ValueError as exc:
+            line = _line_of(text, ("campaign", "reply_to"))
+            problems.append(f"{path}:{line}: [campaign] reply_to: {exc}")
+
     if problems:
         raise ConfigError(problems)
 

@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from .store import SendLog, Store, Suppression, utcnow
+from .store import SendLog, Store, Suppression, update_by_id, utcnow
 from .transport.base import Delivery, Envelope, Transport
 
 
@@ -53,11 +53,16 @@ class _GroupCommitter:
         self._wakeup = asyncio.Event()
         self._closed = False
 
-    async def claim(self, message: Outgoing) -> bool:
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._claims.append((message, future))
+    async def claim(self, messages: list[Outgoing]) -> list[bool]:
+        """Mark the messages `sending` (committed); False for those opted out meanwhile."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for message in messages:
+            future: asyncio.Future[bool] = loop.create_future()
+            self._claims.append((message, future))
+            futures.append(future)
         self._wakeup.set()
-        return await future
+        return list(await asyncio.gather(*futures))
 
     def outcome(self, message: Outgoing, delivery: Delivery) -> None:
         self._outcomes.append({
@@ -65,21 +70,29 @@ class _GroupCommitter:
             "smtp_text": delivery.text[:500], "attempts": message.attempts,
             **({"sent_at": utcnow()} if delivery.state == "sent" else {}),
         })
-        self._wakeup.set()
+        # Outcomes ride along with the next claim (there is one as soon as a worker is
+        # free) or the next tick; only a large backlog forces a commit of its own.
+        if len(self._outcomes) >= 256:
+            self._wakeup.set()
 
     def hard_bounce(self, message: Outgoing, reason: str, campaign_id: str) -> None:
         self._suppressions.append((message.address_hash, reason, campaign_id))
 
     async def run(self) -> None:
         while True:
-            await self._wakeup.wait()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=0.05)
+            except asyncio.TimeoutError:
+                pass
             self._wakeup.clear()
             if self._claims or self._outcomes or self._suppressions:
                 claims, self._claims = self._claims, []
                 outcomes, self._outcomes = self._outcomes, []
                 bounces, self._suppressions = self._suppressions, []
                 try:
-                    blocked = await asyncio.to_thread(self._flush, claims, outcomes, bounces)
+                    # In the loop's thread on purpose: a worker thread made every C call that
+                    # releases the GIL (lxml, file I/O) wait for it to come back.
+                    blocked = self._flush(claims, outcomes, bounces)
                 except BaseException as exc:
                     for _, future in claims:
                         if not future.done():
@@ -103,9 +116,7 @@ class _GroupCommitter:
         now = utcnow()
         blocked: set[int] = set()
         with self.store.engine.begin() as conn:
-            for change in outcomes:
-                values = {k: v for k, v in change.items() if k != "id"}
-                conn.execute(update(log).where(log.c.id == change["id"]).values(updated_at=now, **values))
+            update_by_id(conn, log, [{"updated_at": now, **change} for change in outcomes])
             if bounces:
                 conn.execute(self.store._insert_ignore(sup), [
                     {"scope": "address", "value": h, "origin": "bounce", "reason": reason,
@@ -118,17 +129,18 @@ class _GroupCommitter:
                     | ((sup.c.scope == "domain") & sup.c.value.in_(domains)))).all()
                 stopped_hashes = {v for s, v in found if s == "address"}
                 stopped_domains = {v for s, v in found if s == "domain"}
+                changes = []
                 for message, _ in claims:
                     if message.address_hash in stopped_hashes or message.domain in stopped_domains:
                         blocked.add(message.log_id)
-                        conn.execute(update(log).where(log.c.id == message.log_id).values(
-                            state="blocked", rule="suppressed", updated_at=now,
-                            detail="opted out while the campaign was running"))
+                        changes.append({"id": message.log_id, "state": "blocked", "rule": "suppressed",
+                                        "updated_at": now, "detail": "opted out while the campaign was running"})
                     else:
                         message.attempts += 1
-                        conn.execute(update(log).where(log.c.id == message.log_id).values(
-                            state="sending", attempts=message.attempts, message_id=message.message_id,
-                            subject=message.subject, updated_at=now))
+                        changes.append({"id": message.log_id, "state": "sending", "attempts": message.attempts,
+                                        "message_id": message.message_id, "subject": message.subject,
+                                        "updated_at": now})
+                update_by_id(conn, log, changes)
         return blocked
 
 
@@ -178,32 +190,52 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
         if on_result:
             on_result(state)
 
-    async def work() -> None:
-        while True:
-            message = await queue.get()
+    batch_size = max(1, getattr(transport, "claim_batch", 1))
+
+    async def take() -> tuple[list[Outgoing], bool]:
+        """Up to batch_size queued messages; the flag says the producer is done."""
+        first = await queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < batch_size and not queue.empty():
+            message = queue.get_nowait()
             if message is None:
-                return
-            if stop.is_set():
+                return batch, True
+            batch.append(message)
+        return batch, False
+
+    async def deliver_one(message: Outgoing) -> None:
+        while True:
+            await pace.wait()
+            delivery = await transport.deliver(message.envelope)
+            if delivery.state == "deferred" and message.attempts < retry.max_attempts and not stop.is_set():
+                committer.outcome(message, Delivery("sending", delivery.code, delivery.text))
+                await _sleep_or_stop(retry.delay(message.attempts), stop)
+                if not stop.is_set():
+                    message.attempts += 1
+                    continue
+            break
+        committer.outcome(message, delivery)
+        if delivery.hard_bounce:
+            committer.hard_bounce(message, f"{delivery.code} {delivery.text}"[:200], campaign_id)
+        if delivery.state == "failed":
+            report.failures.append((message.envelope.rcpt_to, f"{delivery.code} {delivery.text}"))
+        finish(delivery.state)
+
+    async def work() -> None:
+        done = False
+        while not done:
+            batch, done = await take()
+            if stop.is_set() or not batch:
                 continue
-            if not await committer.claim(message):
-                finish("suppressed")
-                continue
-            while True:
-                await pace.wait()
-                delivery = await transport.deliver(message.envelope)
-                if delivery.state == "deferred" and message.attempts < retry.max_attempts and not stop.is_set():
-                    committer.outcome(message, Delivery("sending", delivery.code, delivery.text))
-                    await _sleep_or_stop(retry.delay(message.attempts), stop)
-                    if not stop.is_set():
-                        message.attempts += 1
-                        continue
-                break
-            committer.outcome(message, delivery)
-            if delivery.hard_bounce:
-                committer.hard_bounce(message, f"{delivery.code} {delivery.text}"[:200], campaign_id)
-            if delivery.state == "failed":
-                report.failures.append((message.envelope.rcpt_to, f"{delivery.code} {delivery.text}"))
-            finish(delivery.state)
+            for message, go in zip(batch, await committer.claim(batch)):
+                if not go:
+                    finish("suppressed")
+                elif stop.is_set():
+                    committer.outcome(message, Delivery("planned", text="stopped before delivery"))
+                else:
+                    await deliver_one(message)
 
     producer = asyncio.create_task(produce())
     workers = [asyncio.create_task(work()) for _ in range(transport.concurrency)]

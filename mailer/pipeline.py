@@ -258,7 +258,7 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
 def _outgoing(renderer: Renderer, rendered: RenderedMessage, log_id: int, campaign_id: str,
               contact: ContactData, bounce: str) -> Outgoing:
     message_id = renderer.message_id()
-    data = renderer.build_mime(rendered, message_id).as_bytes()
+    data = renderer.build_mime(rendered, message_id)
     return Outgoing(log_id=log_id, address_hash=rendered.address_hash, domain=contact.address.domain,
                     subject=rendered.subject, message_id=message_id,
                     envelope=Envelope(key=f"{campaign_id}.{log_id}", mail_from=bounce,
@@ -267,5 +267,4 @@ def _outgoing(renderer: Renderer, rendered: RenderedMessage, log_id: int, campai
 
 def _log_ids(ws: Workspace, campaign_id: str, keys: list[str]) -> dict[str, int]:
     wanted = set(keys)
-    return {row.address_key: row.id for row in ws.store.log_rows(campaign_id, ["planned", "deferred"])
-            if row.address_key in wanted and row.id is not None}
+    return {key: log_id for key, log_id in ws.store.pending_ids(campaign_id).items() if key in wanted}

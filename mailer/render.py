@@ -14,9 +14,6 @@ import uuid
 import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
 from email.utils import format_datetime
 from importlib import resources
 from pathlib import Path
@@ -33,6 +30,7 @@ from .addresses import address_hash, is_generic, parse_from_header
 from .config import Campaign, Config
 from .contacts import ContactData
 from .errors import TemplateError
+from .mime import build_message, encode_words, mailbox
 from .tokens import Keys, sign
 from .visibility import check_footer_html, check_footer_text
 
@@ -40,8 +38,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 _HTML_END = re.compile(r"</html\s*>", re.IGNORECASE)
 _TEXT_CONFIG = ParserConfig(display_links=True)
-# Long header lines (the List-Unsubscribe URLs) must stay raw, not RFC 2047-encoded.
-_POLICY = SMTP.clone(max_line_length=998)
 
 
 def one_line(value: str) -> str:
@@ -170,6 +166,11 @@ class Renderer:
         self.generic_locals = frozenset(config.compliance.generic_locals)
         self.base_url = config.unsubscribe.base_url.rstrip("/")
         self.list_id = f"{campaign.id}.{self.from_domain}"
+        self.from_header = mailbox(one_line(self.from_name), self.from_address)
+        self.reply_to_header = ""
+        if campaign.reply_to:
+            reply_name, reply_address = parse_from_header(campaign.reply_to)
+            self.reply_to_header = mailbox(one_line(reply_name), reply_address)
 
     # ------------------------------------------------------------------ pieces
 
@@ -242,27 +243,26 @@ class Renderer:
     def message_id(self) -> str:
         return f"<{uuid.uuid4().hex}.{self.campaign.id}@{self.from_domain}>"
 
-    def build_mime(self, message: RenderedMessage, message_id: str, when: datetime | None = None) -> EmailMessage:
-        """The full RFC 5322 message, ready for a transport."""
-        mime = EmailMessage(policy=_POLICY)
-        mime["From"] = Address(display_name=one_line(self.from_name),
-                               addr_spec=self.from_address)
-        mime["To"] = Address(display_name=message.to_name, addr_spec=message.to_address)
-        mime["Subject"] = message.subject
-        mime["Date"] = format_datetime(when or datetime.now(timezone.utc))
-        mime["Message-ID"] = message_id
-        if self.campaign.reply_to:
-            mime["Reply-To"] = self.campaign.reply_to
+    def build_mime(self, message: RenderedMessage, message_id: str, when: datetime | None = None) -> bytes:
+        """The full RFC 5322 message bytes, ready for a transport."""
         targets = f"<{message.unsubscribe_url}>"
         if message.unsubscribe_mailto:
             targets += f", <{message.unsubscribe_mailto}>"
-        mime["List-Unsubscribe"] = targets
-        mime["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        mime["List-Id"] = f"{one_line(self.campaign.id)} <{self.list_id}>"
-        mime.set_content(message.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-        if message.html is not None:
-            mime.add_alternative(message.html, subtype="html", charset="utf-8", cte="quoted-printable")
-        return mime
+        headers = [
+            ("From", self.from_header),
+            ("To", mailbox(message.to_name, message.to_address)),
+            ("Subject", encode_words(message.subject)),
+            ("Date", format_datetime(when or datetime.now(timezone.utc))),
+            ("Message-ID", message_id),
+        ]
+        if self.reply_to_header:
+            headers.append(("Reply-To", self.reply_to_header))
+        headers += [
+            ("List-Unsubscribe", targets),
+            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            ("List-Id", f"{self.campaign.id} <{self.list_id}>"),
+        ]
+        return build_message(headers, message.text, message.html)
 
 
 def _append_footer(html: str, footer: str) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, delete, event, func, or_, select, update
+from sqlalchemy import JSON, Column, bindparam, Index, UniqueConstraint, delete, event, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlmodel import Field, SQLModel, create_engine
@@ -281,9 +281,7 @@ class Store:
                 if inserts:
                     conn.execute(table.insert(), inserts)
                 if updates:
-                    for row in updates:
-                        conn.execute(update(table).where(table.c.id == row["id"]).values(
-                            {k: v for k, v in row.items() if k != "id"}))
+                    update_by_id(conn, table, updates)
                 result.inserted += len(inserts)
                 result.updated += len(updates)
                 ids = conn.execute(select(table.c.id).where(table.c.email_key.in_(keys))).scalars().all()
@@ -444,28 +442,21 @@ class Store:
             for start in range(0, len(payload), 1000):
                 conn.execute(statement, payload[start:start + 1000])
 
-    def pending(self, campaign_id: str, limit: int | None = None) -> list[tuple[int, str, int | None]]:
-        """(log id, address key, contact id) of rows to deliver, in plan order."""
+    def pending_ids(self, campaign_id: str) -> dict[str, int]:
+        """address key -> log id of the rows waiting to be delivered (planned or deferred)."""
         table = SendLog.__table__
-        query = (select(table.c.id, table.c.address_key, table.c.contact_id)
-                 .where(table.c.campaign_id == campaign_id, table.c.state.in_(PENDING_STATES))
-                 .order_by(table.c.id))
-        if limit is not None:
-            query = query.limit(limit)
+        query = select(table.c.address_key, table.c.id).where(
+            table.c.campaign_id == campaign_id, table.c.state.in_(PENDING_STATES))
         with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(query)]  # type: ignore[misc]
+            return dict(conn.execute(query).all())
 
     def update_log(self, changes: Sequence[dict[str, Any]]) -> None:
         """Apply per-row changes (each dict has `id`) in one transaction."""
         if not changes:
             return
-        table = SendLog.__table__
         now = utcnow()
         with self.engine.begin() as conn:
-            for change in changes:
-                values = {k: v for k, v in change.items() if k != "id"}
-                values.setdefault("updated_at", now)
-                conn.execute(update(table).where(table.c.id == change["id"]).values(values))
+            update_by_id(conn, SendLog.__table__, [{"updated_at": now, **change} for change in changes])
 
     def status_counts(self, campaign_id: str) -> tuple[dict[str, int], dict[str, int]]:
         """({state: n}, {rule: n for blocked rows})."""
@@ -489,6 +480,18 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(select(CampaignRecord.__table__.c.id).where(
                 CampaignRecord.__table__.c.id == campaign_id)).first() is not None
+
+
+def update_by_id(conn: Any, table: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """UPDATE … WHERE id = ? as one executemany per set of columns."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        columns = tuple(sorted(k for k in row if k != "id"))
+        groups.setdefault(columns, []).append({"_id": row["id"], **{f"_{k}": row[k] for k in columns}})
+    for columns, params in groups.items():
+        statement = update(table).where(table.c.id == bindparam("_id")).values(
+            {k: bindparam(f"_{k}") for k in columns})
+        conn.execute(statement, params)
 
 
 def _defaults() -> dict[str, Any]:

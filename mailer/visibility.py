@@ -116,6 +116,16 @@ def _inline(style: str) -> tuple[_Declaration, ...]:
     return tuple(_declarations(style))
 
 
+@lru_cache(maxsize=4096)
+def _inline_reason(style: str, ignored: frozenset[str]) -> str | None:
+    for decl in _inline(style):
+        if decl.prop not in ignored:
+            reason = hiding_reason(decl.prop, decl.value)
+            if reason:
+                return reason
+    return None
+
+
 @dataclass(frozen=True)
 class _HidingRule:
     selector: str
@@ -210,13 +220,11 @@ def check_footer_html(html: str, required_texts: list[str], unsubscribe_url: str
         attribute = _attribute_reason(el)
         if attribute:
             return attribute
-        inline = _inline(el.get("style") or "")
-        for decl in inline:
-            if decl.prop in ignored:
-                continue
-            reason = hiding_reason(decl.prop, decl.value)
-            if reason:
-                return reason
+        style = el.get("style") or ""
+        reason = _inline_reason(style, ignored)
+        if reason:
+            return reason
+        inline = _inline(style)
         for rule in sheet_hidden.get(el, ()):
             if rule.decl.prop in ignored:
                 continue

@@ -32,6 +32,9 @@ class Delivery:
 class Transport(Protocol):
     #: how many messages may be in flight at once
     concurrency: int
+    #: how many messages one worker may claim in one commit (1 unless `delivered` can
+    #: tell after a crash whether a claimed message left)
+    claim_batch: int
 
     async def open(self) -> None:
         """Connect (or prepare); raise TransportError with host/path and a hint."""

@@ -43,6 +43,8 @@ def is_hard_bounce(code: int, text: str) -> bool:
 
 
 class SmtpTransport:
+    claim_batch = 1  # a message is claimed just before it is handed to the server
+
     def __init__(self, config: Config, environ: dict[str, str] | None = None) -> None:
         self.settings = config.smtp
         self.concurrency = self.settings.max_connections
