@@ -317,6 +317,9 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
         click.echo(f"{plan.confirmed_delivered} messages interrupted by a crash were found delivered.")
     _print_counts(plan)
     to_send = len(plan.allowed) if limit is None else min(limit, len(plan.allowed))
+    if plan.allowed:  # a misspelt variable stops here, before anything is sent
+        probe = ws.store.contacts_by_key([plan.allowed[0].key])
+        prepared.renderer.render(probe[plan.allowed[0].key])
     if dry_run:
         click.echo(f"Dry run: {to_send} messages would be sent; nothing was recorded or sent.")
         return
@@ -341,7 +344,9 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
                 results[state] += 1
                 bar.update(1, state)
 
-            report = asyncio.run(_deliver(ws, prepared, plan, transport, limit, on_result))
+            workers = env.environ.get("MAILER_RENDER_WORKERS")
+            report = asyncio.run(_deliver(ws, prepared, plan, transport, limit, on_result,
+                                          int(workers) if workers and workers.isdigit() else None))
         outcome = "stopped" if report.delivered.stopped else "finished"
     finally:
         counts = dict(plan.counts) | {f"delivery:{k}": v for k, v in results.items()}
@@ -358,7 +363,7 @@ def _progress_label(results: Counter[str]) -> str:
 
 
 async def _deliver(ws: Workspace, prepared: Any, plan: Plan, transport: Any, limit: int | None,
-                   on_result: Callable[[str], None]) -> Any:
+                   on_result: Callable[[str], None], render_workers: int | None) -> Any:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -375,7 +380,8 @@ async def _deliver(ws: Workspace, prepared: Any, plan: Plan, transport: Any, lim
         pass
     await transport.open()
     try:
-        return await deliver_campaign(ws, prepared, plan, transport, limit=limit, on_result=on_result, stop=stop)
+        return await deliver_campaign(ws, prepared, plan, transport, limit=limit, on_result=on_result, stop=stop,
+                                      render_workers=render_workers)
     finally:
         await transport.close()
 

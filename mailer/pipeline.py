@@ -8,8 +8,12 @@ Each step takes typed values and returns typed values; the CLI only wires them.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+import multiprocessing
+import os
+import signal
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -20,7 +24,7 @@ from .contacts import ContactData, parse_contacts_csv
 from .delivery import DeliveryReport, Outgoing, RetryPolicy, deliver_all
 from .errors import ComplianceRefusal, CsvError, TemplateError
 from .gate import FOOTER_MISSING, GateContext, RelevanceMatcher, campaign_problems, decide
-from .render import RenderedMessage, Renderer, Templates, load_templates
+from .render import Renderer, Templates, load_templates
 from .store import DELIVERED_STATES, ImportResult, Store, utcnow
 from .tokens import Keys
 from .transport.base import Envelope, Transport
@@ -210,36 +214,72 @@ class SendReport:
     attempted: int = 0
 
 
+RENDER_CHUNK = 100
+
+
 async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan, transport: Transport, *,
                            limit: int | None = None, on_result: Callable[[str], None] | None = None,
-                           stop: asyncio.Event | None = None) -> SendReport:
-    """Render and deliver every allowed recipient of the plan (at most `limit`)."""
+                           stop: asyncio.Event | None = None, render_workers: int | None = None) -> SendReport:
+    """Render and deliver every allowed recipient of the plan (at most `limit`).
+
+    Rendering (Jinja, text part, footer check, MIME bytes) is CPU work: with
+    render_workers > 0 it runs in that many processes while this one talks to the
+    database and the transport. None picks one per core for large sends.
+    """
     campaign = prepared.campaign
     renderer = prepared.renderer
     allowed = plan.allowed[:limit] if limit is not None else plan.allowed
     ids = _log_ids(ws, campaign.id, [r.key for r in allowed])
-    contacts = ws.store.contacts_by_key  # loaded in chunks below
     bounce = ws.config.smtp.bounce_address or renderer.from_address
     report = SendReport(DeliveryReport(), attempted=len(allowed))
     footer_blocked: list[dict[str, object]] = []
+    if render_workers is None:
+        render_workers = (os.cpu_count() or 1) if len(allowed) >= 1000 else 0
 
-    def messages() -> Iterator[Outgoing]:
-        for start in range(0, len(allowed), 200):
-            chunk = allowed[start:start + 200]
-            found = contacts(r.key for r in chunk)
-            for planned in chunk:
-                contact = found.get(planned.key)
-                log_id = ids.get(planned.key)
-                if contact is None or log_id is None:
-                    continue
-                rendered = renderer.render(contact)
-                if rendered.footer_problems:
-                    footer_blocked.append({"id": log_id, "state": "blocked", "rule": FOOTER_MISSING,
-                                           "detail": "; ".join(rendered.footer_problems)})
+    def items(chunk: list[PlannedRecipient]) -> list[tuple[int, ContactData]]:
+        found = ws.store.contacts_by_key(r.key for r in chunk)
+        return [(ids[r.key], found[r.key]) for r in chunk if r.key in ids and r.key in found]
+
+    chunks = [allowed[i:i + RENDER_CHUNK] for i in range(0, len(allowed), RENDER_CHUNK)]
+
+    async def rendered_chunks() -> AsyncIterator[list[Outgoing | Blocked]]:
+        if render_workers <= 0:
+            for chunk in chunks:
+                yield render_chunk(renderer, items(chunk), campaign.id, bounce)
+                await asyncio.sleep(0)
+            return
+        context = multiprocessing.get_context("fork")
+        pool = ProcessPoolExecutor(render_workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(ws.config, campaign, ws.keys, bounce))
+        try:
+            pending: deque[asyncio.Future[list[Outgoing | Blocked]]] = deque()
+            upcoming = iter(chunks)
+            for chunk in upcoming:
+                pending.append(asyncio.wrap_future(pool.submit(_render_in_worker, items(chunk))))
+                if len(pending) >= render_workers * 3:
+                    break
+            while pending:
+                try:
+                    done = await pending.popleft()
+                except _WorkerTemplateError as exc:
+                    raise TemplateError(exc.message, hint=exc.hint) from None
+                following = next(upcoming, None)
+                if following is not None:
+                    pending.append(asyncio.wrap_future(pool.submit(_render_in_worker, items(following))))
+                yield done
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def messages() -> AsyncIterator[Outgoing]:
+        async for results in rendered_chunks():
+            for result in results:
+                if isinstance(result, Blocked):
+                    footer_blocked.append({"id": result.log_id, "state": "blocked", "rule": FOOTER_MISSING,
+                                           "detail": result.detail})
                     if on_result:
                         on_result("blocked")
-                    continue
-                yield _outgoing(renderer, rendered, log_id, campaign.id, contact, bounce)
+                else:
+                    yield result
 
     # Rate limits protect a remote relay's reputation; the maildir outbox has none.
     rates = [r for r in (campaign.rate_per_second, ws.config.smtp.rate_per_second) if r > 0] \
@@ -255,14 +295,56 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
     return report
 
 
-def _outgoing(renderer: Renderer, rendered: RenderedMessage, log_id: int, campaign_id: str,
-              contact: ContactData, bounce: str) -> Outgoing:
-    message_id = renderer.message_id()
-    data = renderer.build_mime(rendered, message_id)
-    return Outgoing(log_id=log_id, address_hash=rendered.address_hash, domain=contact.address.domain,
-                    subject=rendered.subject, message_id=message_id,
-                    envelope=Envelope(key=f"{campaign_id}.{log_id}", mail_from=bounce,
-                                      rcpt_to=contact.email, data=data))
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """A message that rendered without a visible footer: blocked, never sent."""
+
+    log_id: int
+    detail: str
+
+
+def render_chunk(renderer: Renderer, items: list[tuple[int, ContactData]], campaign_id: str,
+                 bounce: str) -> list[Outgoing | Blocked]:
+    """Render, check and build the bytes of each (log id, contact)."""
+    results: list[Outgoing | Blocked] = []
+    for log_id, contact in items:
+        rendered = renderer.render(contact)
+        if rendered.footer_problems:
+            results.append(Blocked(log_id, "; ".join(rendered.footer_problems)))
+            continue
+        message_id = renderer.message_id()
+        results.append(Outgoing(
+            log_id=log_id, address_hash=rendered.address_hash, domain=contact.address.domain,
+            subject=rendered.subject, message_id=message_id,
+            envelope=Envelope(key=f"{campaign_id}.{log_id}", mail_from=bounce, rcpt_to=contact.email,
+                              data=renderer.build_mime(rendered, message_id))))
+    return results
+
+
+_WORKER: tuple[Renderer, str, str] | None = None
+
+
+def _init_worker(config: Config, campaign: Campaign, keys: Keys, bounce: str) -> None:
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how to stop
+    _WORKER = (Renderer(config, campaign, keys), campaign.id, bounce)
+
+
+def _render_in_worker(items: list[tuple[int, ContactData]]) -> list[Outgoing | Blocked]:
+    assert _WORKER is not None
+    renderer, campaign_id, bounce = _WORKER
+    try:
+        return render_chunk(renderer, items, campaign_id, bounce)
+    except TemplateError as exc:  # re-raised in the parent with its message and hint
+        raise _WorkerTemplateError(exc.message, exc.hint) from None
+
+
+class _WorkerTemplateError(Exception):
+    """A TemplateError that survives pickling across the process boundary."""
+
+    def __init__(self, message: str, hint: str | None) -> None:
+        super().__init__(message, hint)
+        self.message, self.hint = message, hint
 
 
 def _log_ids(ws: Workspace, campaign_id: str, keys: list[str]) -> dict[str, int]:

@@ -192,3 +192,20 @@ def test_contact_values_are_escaped_and_cannot_inject_headers(project: Project) 
     assert "<script>" not in html
     assert "&lt;script&gt;" in html
     assert "A&amp;B &lt;i&gt;" in html
+
+
+def test_rendering_in_worker_processes_gives_the_same_messages(project: Project) -> None:
+    result = project.run("send", str(project.campaign), "--yes", env={"MAILER_RENDER_WORKERS": "2"})
+    assert result.exit_code == 0, result.output
+    messages = [parse(m) for m in project.messages()]
+    assert sorted(m["To"].addresses[0].addr_spec for m in messages) == ["claire@client.example", "paul@telco.example"]
+    text, html = parts(messages[0])
+    assert "Salon VivaTech 2026" in text and "https://mail.acme.example/u/" in html
+
+
+def test_template_error_in_a_worker_process_is_reported_like_inline(project: Project) -> None:
+    project.write("templates/offer.html.j2", "<p>{{ contact.attrs.segment }}</p>")
+    project.csv.write_text(project.csv.read_text().replace("kind,source", "kind,source"))
+    result = project.run("send", str(project.campaign), "--yes", env={"MAILER_RENDER_WORKERS": "2"})
+    assert result.exit_code == 2
+    assert "offer.html.j2:1:" in result.output and "segment" in result.output
