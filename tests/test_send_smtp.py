@@ -1,0 +1,251 @@
+"""Real SMTP delivery against an in-process aiosmtpd server: faults, retries, bounces, TLS, crashes."""
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trustme
+
+from conftest import CONFIG, HEADER, SECRET, Project, counts
+from mailer.pipeline import open_workspace
+from smtp_server import RecordingHandler, SmtpServer, free_port, password_authenticator
+
+CLAIRE, PAUL = "claire@client.example", "paul@telco.example"
+
+
+def use_smtp(project: Project, port: int, **settings: object) -> None:
+    extra = "".join(f"{k} = {v!r}\n".replace("'", '"') if not isinstance(v, (int, float)) else f"{k} = {v}\n"
+                    for k, v in settings.items())
+    project.write("config.toml", CONFIG.replace('type = "maildir"', 'type = "smtp"')
+                  .replace("port = 2525", f"port = {port}\nretry_base_seconds = 0.01\nmax_attempts = 3\n" + extra))
+
+
+def many(project: Project, n: int) -> list[str]:
+    addresses = [f"person{i}@company{i % 7}.example" for i in range(n)]
+    project.csv.write_text(HEADER + "".join(
+        f"{a},P{i},L{i},Co,CTO,software,b2b,Salon VivaTech 2026,2026-06-01\n" for i, a in enumerate(addresses)))
+    return addresses
+
+
+def states(project: Project) -> dict[str, str]:
+    return dict(project.sql("select address_key, state from send_log"))
+
+
+def test_delivers_each_allowed_recipient_once_over_reused_connections(project: Project) -> None:
+    handler = RecordingHandler()
+    addresses = many(project, 40)
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=4)
+        result = project.send()
+    assert result.exit_code == 0, result.output
+    assert handler.recipients() == {a: 1 for a in addresses}
+    assert handler.connections <= 4
+    assert counts(result.output)["sent"] == 40
+    first = handler.received[0]
+    assert first.mail_from == "jeanne@acme.example"
+    assert first.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    rows = project.sql("select state, smtp_code, message_id, attempts from send_log where state='sent'")
+    assert len(rows) == 40 and all(code == 250 and mid and attempts == 1 for _, code, mid, attempts in rows)
+
+
+def test_temporary_failures_are_retried_with_backoff(project: Project) -> None:
+    handler = RecordingHandler(rcpt_faults={CLAIRE: ["451 4.3.0 Try again later"]},
+                               data_faults={PAUL: ["452 4.3.1 Insufficient storage"]})
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port)
+        result = project.send()
+    assert result.exit_code == 0, result.output
+    assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
+    assert dict(project.sql("select address_key, attempts from send_log where state='sent'")) == {CLAIRE: 2, PAUL: 2}
+
+
+def test_421_closes_the_connection_and_the_next_attempt_reconnects(project: Project) -> None:
+    handler = RecordingHandler(rcpt_faults={CLAIRE: ["421 4.7.0 Closing connection"]})
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=1)
+        result = project.send()
+    assert result.exit_code == 0
+    assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
+    assert handler.connections >= 2
+
+
+def test_persistent_4xx_is_deferred_and_a_later_run_retries_it(project: Project) -> None:
+    handler = RecordingHandler(rcpt_faults={CLAIRE: ["450 4.2.0 Mailbox busy"] * 3})
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port)
+        first = project.send()
+        assert first.exit_code == 0
+        assert states(project)[CLAIRE] == "deferred"
+        assert "retried by the next run" in first.output
+        second = project.send()
+    assert second.exit_code == 0
+    assert states(project)[CLAIRE] == "sent"
+    assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
+
+
+def test_550_on_the_recipient_fails_and_adds_a_hard_bounce_suppression(project: Project) -> None:
+    handler = RecordingHandler(rcpt_faults={CLAIRE: ["550 5.1.1 No such user"]})
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port)
+        result = project.send()
+        assert result.exit_code == 4
+        assert "failed: claire@client.example: 550 5.1.1 No such user" in result.output
+        assert project.sql("select origin, campaign_id from suppressions") == [("bounce", "2026-12-cloud-audit")]
+        # Another campaign to the same list never tries the bounced address again.
+        project.campaign.write_text(project.campaign.read_text().replace("2026-12-cloud-audit", "2027-01-next"))
+        next_campaign = project.send()
+    assert "suppressed" in counts(next_campaign.output)
+    assert handler.attempts[CLAIRE] == 1
+
+
+def test_a_5xx_refusing_the_message_fails_without_suppressing_the_address(project: Project) -> None:
+    handler = RecordingHandler(data_faults={PAUL: ["554 5.7.1 Message rejected as spam"]})
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port)
+        result = project.send()
+    assert result.exit_code == 4
+    assert states(project)[PAUL] == "failed"
+    assert project.sql("select count(*) from suppressions") == [(0,)]
+
+
+def test_connection_dropped_during_data_is_uncertain_and_not_resent(project: Project) -> None:
+    handler = RecordingHandler(drop_data={CLAIRE})
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port)
+        project.send()
+        assert states(project)[CLAIRE] == "uncertain"
+        rerun = project.send()
+        assert "Nothing to send." in rerun.output
+        assert handler.recipients()[CLAIRE] == 1
+        retry = project.send("--retry-uncertain")
+    assert retry.exit_code == 0
+    assert handler.recipients()[CLAIRE] == 2
+    assert states(project)[CLAIRE] == "sent"
+
+
+def test_server_down_at_start_is_exit_1_and_nothing_is_marked_sent(project: Project) -> None:
+    use_smtp(project, free_port())
+    result = project.send()
+    assert result.exit_code == 1
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and "cannot connect to SMTP server 127.0.0.1:" in error_lines[0]
+    assert project.sql("select count(*) from send_log where state in ('sent', 'sending')") == [(0,)]
+
+
+def test_an_opt_out_recorded_by_another_process_stops_later_messages(project: Project) -> None:
+    addresses = many(project, 20)
+    use_smtp(project, 2525, max_connections=1)
+    workspace = open_workspace(project.config, {"MAILER_SECRET": SECRET})
+    last = addresses[-1]
+
+    def opt_out_during_run(_: object) -> None:
+        if len(handler.received) == 3:  # another process (here: another connection) records an opt-out
+            workspace.store.suppress(scope="address", value=workspace.hash_address(last), origin="one-click")
+
+    handler = RecordingHandler(on_data=opt_out_during_run)
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=1)
+        result = project.send()
+    workspace.close()
+    assert result.exit_code == 0
+    assert last not in handler.recipients()
+    assert len(handler.recipients()) == 19
+    assert project.sql("select state, rule from send_log where address_key = ?", last) == [("blocked", "suppressed")]
+
+
+def test_starttls_with_certificate_verification_and_auth(project: Project, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    handler = RecordingHandler()
+    with SmtpServer(handler, tls_context=server_context, require_starttls=True,
+                    authenticator=password_authenticator("acme", "s3cret"), auth_required=True) as server:
+        project.write("config.toml", CONFIG.replace('type = "maildir"', 'type = "smtp"')
+                      .replace('host = "127.0.0.1"', 'host = "localhost"')
+                      .replace("port = 2525", f"port = {server.port}\nca_file = \"{ca_file}\"\nusername = \"acme\"")
+                      .replace('security = "none"', 'security = "starttls"'))
+        missing = project.send()
+        assert missing.exit_code == 2 and "export MAILER_SMTP_PASSWORD" in missing.output
+        wrong = project.run("send", str(project.campaign), "--yes", env={"MAILER_SMTP_PASSWORD": "nope"})
+        assert wrong.exit_code == 1 and "refused the login" in wrong.output
+        ok = project.run("send", str(project.campaign), "--yes", env={"MAILER_SMTP_PASSWORD": "s3cret"})
+        assert ok.exit_code == 0, ok.output
+        assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
+        # Without the private CA, the server's certificate is not trusted: nothing is sent.
+        project.write("config.toml", project.config.read_text().replace(f'ca_file = "{ca_file}"\n', ""))
+        project.campaign.write_text(project.campaign.read_text().replace("2026-12-cloud-audit", "2027-01-next"))
+        untrusted = project.run("send", str(project.campaign), "--yes", env={"MAILER_SMTP_PASSWORD": "s3cret"})
+    assert untrusted.exit_code == 1
+    assert "TLS with localhost:" in untrusted.output and "CERTIFICATE_VERIFY_FAILED" in untrusted.output
+    assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
+
+
+def test_cleartext_smtp_to_a_remote_host_is_refused(project: Project) -> None:
+    project.write("config.toml", CONFIG.replace('type = "maildir"', 'type = "smtp"')
+                  .replace('host = "127.0.0.1"', 'host = "smtp.example.net"'))
+    result = project.send()
+    assert result.exit_code == 2
+    assert 'security = "none" sends mail in clear text to smtp.example.net' in result.output
+
+
+def _spawn_send(project: Project) -> subprocess.Popen[str]:
+    env = dict(os.environ, MAILER_SECRET=SECRET, MAILER_RENDER_WORKERS="0")
+    return subprocess.Popen([sys.executable, "-m", "mailer", "--config", str(project.config), "send",
+                             str(project.campaign), "--yes"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(condition, timeout: float = 20.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.01)
+
+
+def test_sigkill_in_the_middle_then_rerun_mails_nobody_twice(project: Project) -> None:
+    addresses = many(project, 120)
+    handler = RecordingHandler(delay=0.01)
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=4)
+        process = _spawn_send(project)
+        _wait_for(lambda: len(handler.received) >= 30)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        rerun = project.send()
+    assert rerun.exit_code == 0, rerun.output
+    received = handler.recipients()
+    assert max(received.values()) == 1, "somebody received two messages"
+    uncertain = {a for a, s in states(project).items() if s == "uncertain"}
+    assert len(uncertain) <= 4, "the uncertain window must not exceed the messages in flight"
+    for address in addresses:
+        if address not in uncertain:
+            assert received[address] == 1, address
+    assert states(project).keys() == set(addresses)
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(project: Project) -> None:
+    addresses = many(project, 80)
+    handler = RecordingHandler(delay=0.02)
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=2)
+        process = _spawn_send(project)
+        _wait_for(lambda: len(handler.received) >= 10)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=20)
+        assert process.returncode == 0, output
+        assert "Stopped. Rerun the same command to resume." in output
+        assert "Summary of this run" in output
+        assert "sending" not in states(project).values() and "uncertain" not in states(project).values()
+        rerun = project.send()
+    assert rerun.exit_code == 0
+    assert handler.recipients() == {a: 1 for a in addresses}
