@@ -1,0 +1,238 @@
+"""Benchmark: `mailer send` over SMTP against Postfix's smtp-sink on loopback.
+
+Compares, in the same run and alternating, the wall time of the whole
+`mailer send --yes` process (CSV upsert, planning, gate, rendering, footer
+check, send log) with a bare aiosmtplib loop sending the same pre-built
+messages over the same number of connections. Optionally measures the peak
+memory of a large send and the `mailmerge` tool on the same sink.
+
+Needs smtp-sink (Debian package postfix). Usage:
+  python bench/bench_smtp.py [--recipients 20000] [--connections 20] [--rounds 3]
+                             [--memory 100000] [--mailmerge 2000]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import aiosmtplib
+
+SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+
+CAMPAIGN = """\
+[campaign]
+id = "bench"
+kind = "prospecting"
+audiences = ["b2b"]
+subject = "{{ contact.first_name }}, votre audit cloud offert"
+from = "Jeanne Martin <jeanne@acme.example>"
+template = "../templates/cloud-audit"
+locale = "fr"
+
+[recipients]
+list = "bench"
+csv = "../contacts/bench.csv"
+
+[relevance]
+job_titles = ["CTO"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_sink(port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen([SINK, "-u", "nobody", f"127.0.0.1:{port}", "1024"])
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return process
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("smtp-sink did not start")
+
+
+def make_project(root: Path, port: int, connections: int, recipients: int) -> Path:
+    subprocess.run([sys.executable, "-m", "mailer", "init", str(root)], check=True, stdout=subprocess.DEVNULL)
+    config = (root / "config.toml").read_text()
+    config = config.replace('type = "maildir"', 'type = "smtp"').replace('host = "smtp.example.net"', 'host = "127.0.0.1"')
+    config = config.replace("port = 587", f"port = {port}").replace('security = "starttls"', 'security = "none"')
+    config = config.replace('username = "acme"', 'username = ""').replace("max_connections = 10", f"max_connections = {connections}")
+    (root / "config.toml").write_text(config)
+    (root / "campaigns" / "bench.toml").write_text(CAMPAIGN)
+    with (root / "contacts" / "bench.csv").open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["email", "first_name", "last_name", "company", "job_title", "industry", "kind", "source", "collected_at"])
+        for i in range(recipients):
+            out.writerow([f"p{i}@c{i % 500}.example", f"First{i}", f"Last{i}", f"Co {i % 500}", "CTO", "software",
+                          "b2b", "Salon VivaTech 2026", "2026-06-01"])
+    return root
+
+
+class PeakRss:
+    """Samples the resident memory of a process and its children (render workers)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak_total, self.peak_main = pid, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _rss(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _children(self) -> list[int]:
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as handle:
+                return [int(p) for p in handle.read().split()]
+        except OSError:
+            return []
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            main = self._rss(self.pid)
+            total = main + sum(self._rss(c) for c in self._children())
+            self.peak_main, self.peak_total = max(self.peak_main, main), max(self.peak_total, total)
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_mailer(project: Path, rss: bool = False) -> tuple[float, PeakRss | None]:
+    env = dict(os.environ, MAILER_SECRET="bench", MAILER_CONFIG=str(project / "config.toml"))
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "mailer", "send", "campaigns/bench.toml", "--yes"],
+                               cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    meter = PeakRss(process.pid) if rss else None
+    output, _ = process.communicate()
+    elapsed = time.perf_counter() - start
+    if meter:
+        meter.stop()
+    if process.returncode != 0:
+        raise RuntimeError(f"mailer send failed ({process.returncode}):\n{output}")
+    return elapsed, meter
+
+
+def prebuilt_messages(project: Path) -> list[tuple[str, bytes]]:
+    """The messages mailer would send, rendered once with the library (not timed)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from mailer.pipeline import open_workspace, prepare_campaign
+    ws = open_workspace(project / "config.toml", {"MAILER_SECRET": "bench"})
+    prepared = prepare_campaign(ws, project / "campaigns" / "bench.toml")
+    from mailer.contacts import parse_contacts_csv
+    from datetime import date
+    records = parse_contacts_csv(project / "contacts" / "bench.csv", today=date.today()).records
+    out = []
+    for contact in records:
+        rendered = prepared.renderer.render(contact)
+        out.append((contact.email, prepared.renderer.build_mime(rendered, prepared.renderer.message_id())))
+    ws.close()
+    return out
+
+
+async def bare_loop(port: int, connections: int, messages: list[tuple[str, bytes]]) -> float:
+    start = time.perf_counter()
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    for item in messages:
+        queue.put_nowait(item)
+
+    async def worker() -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30)
+        await client.connect()
+        while not queue.empty():
+            rcpt, data = queue.get_nowait()
+            await client.sendmail("bounces@acme.example", [rcpt], data)
+        await client.quit()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return time.perf_counter() - start
+
+
+def run_mailmerge(root: Path, port: int, n: int) -> float:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mailmerge_template.txt").write_text(
+        "TO: {{email}}\nFROM: Jeanne Martin <jeanne@acme.example>\nSUBJECT: {{first_name}}, votre audit cloud offert\n\n"
+        "Bonjour {{first_name}},\n\nNous vous proposons un audit gratuit de votre facture cloud.\n")
+    with (root / "mailmerge_database.csv").open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["email", "first_name"])
+        for i in range(n):
+            out.writerow([f"p{i}@c{i % 500}.example", f"First{i}"])
+    (root / "mailmerge_server.conf").write_text(
+        f"[smtp_server]\nhost = 127.0.0.1\nport = {port}\nsecurity = Never\nusername = None\nratelimit = 0\n")
+    mailmerge = shutil.which("mailmerge") or str(Path(sys.executable).with_name("mailmerge"))
+    start = time.perf_counter()
+    subprocess.run([mailmerge, "--no-limit", "--no-dry-run", "--output-format", "raw"], cwd=root, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, input=b"")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recipients", type=int, default=20_000)
+    parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory", type=int, default=0, help="recipients for the peak-memory run (0: skip)")
+    parser.add_argument("--mailmerge", type=int, default=0, help="recipients for the mailmerge comparison (0: skip)")
+    args = parser.parse_args()
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            base = Path(tmp)
+            messages = prebuilt_messages(make_project(base / "ref", port, args.connections, args.recipients))
+            mailer_times, bare_times = [], []
+            for round_ in range(args.rounds):
+                project = make_project(base / f"r{round_}", port, args.connections, args.recipients)
+                mailer_times.append(run_mailer(project)[0])
+                bare_times.append(asyncio.run(bare_loop(port, args.connections, messages)))
+                print(f"round {round_ + 1}: mailer {mailer_times[-1]:.2f}s, bare aiosmtplib {bare_times[-1]:.2f}s",
+                      flush=True)
+            n = args.recipients
+            m, b = statistics.median(mailer_times), statistics.median(bare_times)
+            print(f"\n{n} recipients, {args.connections} connections, smtp-sink on loopback, median of {args.rounds}")
+            print(f"mailer send (whole process)  {m:.2f}s  {n / m:,.0f} msg/s")
+            print(f"bare aiosmtplib loop         {b:.2f}s  {n / b:,.0f} msg/s")
+            print(f"throughput ratio mailer/bare {b / m:.2f}  (target >= 0.70)")
+            if args.memory:
+                project = make_project(base / "mem", port, args.connections, args.memory)
+                elapsed, meter = run_mailer(project, rss=True)
+                assert meter is not None
+                print(f"\npeak memory, {args.memory} recipients: main process {meter.peak_main / 2**20:.0f} MB, "
+                      f"with render workers {meter.peak_total / 2**20:.0f} MB ({elapsed:.1f}s, target < 200 MB)")
+            if args.mailmerge:
+                k = args.mailmerge
+                mm = run_mailmerge(base / "mailmerge", port, k)
+                print(f"\nmailmerge, {k} recipients: {mm:.2f}s  {k / mm:,.0f} msg/s  "
+                      f"(mailer/mailmerge throughput ratio {(n / m) / (k / mm):.1f}x)")
+    finally:
+        sink.terminate()
+        sink.wait()
+
+
+if __name__ == "__main__":
+    main()
