@@ -552,5 +552,33 @@ def suppress_export(env: Env) -> None:
         click.echo(f"{e.scope},{e.value},{e.origin},{e.created_at:%Y-%m-%dT%H:%M:%SZ}")
 
 
+# --------------------------------------------------------------------------- serve
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
+@pass_env
+def serve(env: Env, host: str, port: int) -> None:
+    """Run the one-click unsubscribe endpoint ([unsubscribe] base_url must reach it).
+
+    POST /u/TOKEN unsubscribes at once (RFC 8058 one-click, or the page's
+    button); GET /u/TOKEN shows a page with one button; GET /healthz answers ok.
+    Put it behind a TLS proxy in production, or run the ASGI app
+    `mailer.server:app_from_environment` under any ASGI server.
+
+    \b
+    Example:  mailer serve --host 0.0.0.0 --port 8080
+    """
+    import logging
+
+    import uvicorn
+
+    from .server import create_app
+    app = create_app(env.workspace())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    click.echo(f"Unsubscribe endpoint on http://{host}:{port}/ (public URL: {env.workspace().config.unsubscribe.base_url})")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", server_header=False)
+
+
 def main() -> None:
     cli(prog_name="mailer")

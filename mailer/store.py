@@ -364,6 +364,12 @@ class Store:
                 (hashes if scope == "address" else domains).add(value)
         return hashes, domains
 
+    def is_suppressed_hash(self, hash_value: str) -> bool:
+        table = Suppression.__table__
+        with self.engine.connect() as conn:
+            return conn.execute(select(table.c.id).where(
+                table.c.scope == "address", table.c.value == hash_value).limit(1)).first() is not None
+
     def is_suppressed(self, hash_value: str, domain: str) -> bool:
         table = Suppression.__table__
         with self.engine.connect() as conn:

@@ -1,0 +1,234 @@
+"""The unsubscribe endpoint (`mailer serve`): one-click opt-out, RFC 8058.
+
+    POST /u/TOKEN   suppress at once, 200 and a confirmation page (idempotent).
+                    Mailbox providers post `List-Unsubscribe=One-Click` with no
+                    cookie or login; the page's button posts the same way.
+    GET  /u/TOKEN   a page with one button. A GET never unsubscribes: mail
+                    security scanners follow links.
+    GET  /healthz   for load balancers.
+
+A forged, altered or unknown token gets a 400 page and nothing is recorded.
+The app shares the database with the senders, so an opt-out stops the next
+message. It is a plain ASGI app: `mailer serve` runs it with uvicorn, and any
+ASGI server can run `mailer.server:app_from_environment` behind TLS.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .config import find_config_path
+from .pipeline import Workspace, open_workspace
+from .tokens import InvalidToken, UnsubscribeToken, verify
+
+log = logging.getLogger("mailer.server")
+
+REASONS = ("too-many", "not-relevant", "never-signed-up", "other")
+
+TEXT = {
+    "fr": {
+        "title": "Se désabonner",
+        "intro": "Vous recevez des messages de {org} ({address}).",
+        "question": "Pour ne plus recevoir aucun message de notre part, cliquez sur le bouton ci-dessous.",
+        "button": "Me désabonner",
+        "why": "Pourquoi ? (facultatif)",
+        "reasons": {"": "—", "too-many": "Trop de messages", "not-relevant": "Cela ne me concerne pas",
+                    "never-signed-up": "Je ne me suis jamais inscrit·e", "other": "Autre raison"},
+        "done_title": "Vous êtes désabonné·e",
+        "done": "C'est fait : {org} ne vous enverra plus de messages.",
+        "already": "Votre adresse est déjà désabonnée : {org} ne vous enverra plus de messages.",
+        "privacy": "Vos données et vos droits : {privacy}. Pour toute demande : {contact}.",
+        "bad_title": "Lien invalide",
+        "bad": "Ce lien de désabonnement n'est pas valide. Pour vous désabonner, répondez au message "
+               "reçu ou écrivez à {contact}.",
+    },
+    "en": {
+        "title": "Unsubscribe",
+        "intro": "You receive messages from {org} ({address}).",
+        "question": "To stop receiving any message from us, press the button below.",
+        "button": "Unsubscribe",
+        "why": "Why? (optional)",
+        "reasons": {"": "—", "too-many": "Too many messages", "not-relevant": "Not relevant to me",
+                    "never-signed-up": "I never signed up", "other": "Another reason"},
+        "done_title": "You are unsubscribed",
+        "done": "Done: {org} will not send you any more messages.",
+        "already": "Your address was already unsubscribed: {org} will not send you any more messages.",
+        "privacy": "Your data and your rights: {privacy}. For any request: {contact}.",
+        "bad_title": "Invalid link",
+        "bad": "This unsubscribe link is not valid. To unsubscribe, reply to the message you received "
+               "or write to {contact}.",
+    },
+}
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,Arial,sans-serif;background:#f5f5f5;color:#1a1a1a;margin:0}
+main{max-width:34rem;margin:3rem auto;background:#fff;padding:2rem;border-radius:8px;line-height:1.5}
+h1{font-size:1.5rem;margin-top:0}
+button{font-size:1.1rem;padding:.75rem 1.5rem;background:#1a4fa0;color:#fff;border:0;border-radius:6px;cursor:pointer}
+button:focus{outline:3px solid #f0b400;outline-offset:2px}
+label{display:block;margin:1rem 0 .25rem}
+select{font-size:1rem;padding:.4rem;margin-bottom:1.25rem}
+.small{font-size:.875rem;color:#444}
+"""
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def _page(locale: str, title: str, body: str, status: int = 200) -> HTMLResponse:
+    document = (f'<!doctype html><html lang="{locale}"><head><meta charset="utf-8">'
+                f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                f'<meta name="robots" content="noindex"><title>{html.escape(title)}</title>'
+                f'<style>{STYLE}</style></head><body><main>{body}</main></body></html>')
+    return HTMLResponse(document, status_code=status, headers=SECURITY_HEADERS)
+
+
+class UnsubscribeApp:
+    def __init__(self, workspace: Workspace) -> None:
+        self.ws = workspace
+        org = workspace.config.organization
+        self.org = org
+        self.app = Starlette(routes=[
+            Route("/u/{token}", self.show, methods=["GET", "HEAD"]),
+            Route("/u/{token}", self.unsubscribe, methods=["POST"]),
+            Route("/healthz", self.health, methods=["GET", "HEAD"]),
+        ])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _fill(self, text: str) -> str:
+        o = self.org
+        return text.format(org=html.escape(o.name), address=html.escape(o.postal_address),
+                           privacy=f'<a href="{html.escape(o.privacy_url)}">{html.escape(o.privacy_url)}</a>',
+                           contact=f'<a href="mailto:{html.escape(o.contact_email)}">{html.escape(o.contact_email)}</a>')
+
+    def _bad(self, locale: str = "en") -> HTMLResponse:
+        t = TEXT[locale]
+        return _page(locale, t["bad_title"], f"<h1>{t['bad_title']}</h1><p>{self._fill(t['bad'])}</p>", status=400)
+
+    def _token(self, raw: str) -> UnsubscribeToken | None:
+        try:
+            token = verify(self.ws.keys, raw)
+        except InvalidToken:
+            return None
+        if not self.ws.store.campaign_known(token.campaign_id):
+            return None
+        return token
+
+    def _suppressed(self, token: UnsubscribeToken) -> bool:
+        return self.ws.store.is_suppressed_hash(token.address_hash)
+
+    # ------------------------------------------------------------------ routes
+
+    async def show(self, request: Request) -> Response:
+        token = await run_in_threadpool(self._token, request.path_params["token"])
+        if token is None:
+            return self._bad()
+        t = TEXT[token.locale]
+        if await run_in_threadpool(self._suppressed, token):
+            return self._done(token.locale, already=True)
+        options = "".join(f'<option value="{k}">{html.escape(v)}</option>' for k, v in t["reasons"].items())
+        action = html.escape(request.url.path)
+        body = (f"<h1>{t['title']}</h1><p>{self._fill(t['intro'])}</p><p>{t['question']}</p>"
+                f'<form method="post" action="{action}">'
+                f'<input type="hidden" name="via" value="page">'
+                f'<label for="reason">{t["why"]}</label><select id="reason" name="reason">{options}</select>'
+                f'<div><button type="submit">{t["button"]}</button></div></form>'
+                f'<p class="small">{self._fill(t["privacy"])}</p>')
+        return _page(token.locale, t["title"], body)
+
+    def _done(self, locale: str, already: bool = False) -> HTMLResponse:
+        t = TEXT[locale]
+        text = t["already"] if already else t["done"]
+        return _page(locale, t["done_title"], f"<h1>{t['done_title']}</h1><p role=\"status\">{self._fill(text)}</p>"
+                                               f'<p class="small">{self._fill(t["privacy"])}</p>')
+
+    async def unsubscribe(self, request: Request) -> Response:
+        token = await run_in_threadpool(self._token, request.path_params["token"])
+        if token is None:
+            return self._bad()
+        fields = await _form_fields(request)
+        origin = "link" if fields.get("via") == "page" else "one-click"
+        reason = fields.get("reason", "")
+        reason = reason if reason in REASONS else ""
+        await run_in_threadpool(self.ws.store.suppress, scope="address", value=token.address_hash,
+                                origin=origin, reason=reason, campaign_id=token.campaign_id)
+        return self._done(token.locale)
+
+    async def health(self, request: Request) -> Response:
+        await run_in_threadpool(self.ws.store.count_contacts)
+        return PlainTextResponse("ok\n")
+
+
+async def _form_fields(request: Request) -> dict[str, str]:
+    """The POST's fields, urlencoded or multipart (RFC 8058 allows both); {} if unreadable."""
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            return {k: str(v) for k, v in form.items() if isinstance(v, str)}
+        body = await request.body()
+        if len(body) > 10_000:
+            return {}
+        parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        return {k: v[0] for k, v in parsed.items()}
+    except Exception:  # a malformed body still unsubscribes: the POST itself is the request
+        return {}
+
+
+class AccessLog:
+    """One line per request, with the token cut out (it carries no address, but no need to keep it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def record(message: Mapping[str, object]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])  # type: ignore[arg-type]
+            await send(message)  # type: ignore[arg-type]
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            path = scope["path"]
+            if path.startswith("/u/"):
+                path = "/u/…"
+            log.info("%s %s %d %.1fms", scope["method"], path, status, (time.perf_counter() - start) * 1000)
+
+
+def create_app(workspace: Workspace) -> ASGIApp:
+    return AccessLog(UnsubscribeApp(workspace))
+
+
+def app_from_environment() -> ASGIApp:
+    """For other ASGI servers: `uvicorn --factory mailer.server:app_from_environment`."""
+    environ = dict(os.environ)
+    return create_app(open_workspace(find_config_path(None, environ), environ))
