@@ -168,6 +168,9 @@ def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool) -> 
     r = outcome.result
     click.echo(f"{file}: {r.inserted} new, {r.updated} updated, {r.duplicates} repeated rows merged; "
                f"{r.added_to_list} added to list {list_name!r}.")
+    if outcome.erased_skipped:
+        click.echo(f"Skipped {outcome.erased_skipped} rows of people whose data was erased "
+                   "(at their request, or past retention with no newer collection).")
     if outcome.skipped:
         click.secho(f"Skipped {len(outcome.skipped)} invalid rows:", fg="yellow")
         for problem in outcome.skipped:
@@ -313,6 +316,8 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
     if plan.imported is not None:
         r = plan.imported.result
         click.echo(f"Imported {plan.imported.path.name}: {r.inserted} new, {r.updated} updated.")
+        if plan.imported.erased_skipped:
+            click.echo(f"Skipped {plan.imported.erased_skipped} rows of people whose data was erased.")
     if plan.confirmed_delivered:
         click.echo(f"{plan.confirmed_delivered} messages interrupted by a crash were found delivered.")
     _print_counts(plan)
@@ -550,6 +555,132 @@ def suppress_export(env: Env) -> None:
     click.echo("scope,value,origin,created_at")
     for e in entries:
         click.echo(f"{e.scope},{e.value},{e.origin},{e.created_at:%Y-%m-%dT%H:%M:%SZ}")
+
+
+# --------------------------------------------------------------------------- people
+
+def _who_runs_this() -> str:
+    import getpass
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@contacts.command("touch")
+@click.argument("email")
+@click.option("--at", "at", required=True, help="When the person contacted us (YYYY-MM-DD).")
+@click.option("--what", type=click.Choice(["reply", "click", "form"]), required=True,
+              help="What the person did. Opens and our own sends do not count.")
+@pass_env
+def contacts_touch(env: Env, email: str, at: str, what: str) -> None:
+    """Record a contact initiated by the person: it restarts the retention clock.
+
+    \b
+    Example:  mailer contacts touch jeanne@client.example --at 2026-11-20 --what reply
+    """
+    from .contacts import parse_date
+    from .privacy import touch_contact
+    try:
+        day = parse_date(at)
+    except ValueError:
+        raise InputError(f"--at {at!r} is not a date", hint="use YYYY-MM-DD") from None
+    latest = touch_contact(env.workspace(), email, day, what, utcnow().date())
+    click.echo(f"Recorded a {what} on {day.isoformat()}; last contact from {email} is now {latest.isoformat()}.")
+
+
+@cli.command()
+@click.argument("email")
+@click.option("--locale", type=click.Choice(["fr", "en"]), default="fr", show_default=True,
+              help="Language of the answer.")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text",
+              show_default=True)
+@pass_env
+def explain(env: Env, email: str, locale: str, fmt: str) -> None:
+    """Write a ready-to-send answer telling a person what we hold about them.
+
+    Who we are, every field we hold, where and when it was collected, the legal
+    basis of each kind of campaign, every message sent and every decision, when
+    the data will be deleted, and how to object.
+
+    \b
+    Example:  mailer explain jeanne@client.example --locale fr > answer.txt
+    """
+    import json
+
+    from .privacy import as_json, explain_person, render_explanation
+    ws = env.workspace()
+    explanation = explain_person(ws, email)
+    if fmt == "json":
+        click.echo(json.dumps(as_json(explanation), indent=2, ensure_ascii=False))
+    else:
+        click.echo(render_explanation(explanation, locale, fmt, ws.config.compliance.retention_years), nl=False)
+
+
+@cli.command()
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_env
+def forget(env: Env, email: str, yes: bool) -> None:
+    """Erase a person's data; keep only a keyed hash so they are never mailed again.
+
+    Deletes the contact, their consent records, attributes and interactions,
+    replaces the address in the send log by its keyed hash, adds an `erasure`
+    entry to the suppression list and records the erasure (date, who ran it).
+
+    \b
+    Example:  mailer forget jeanne@client.example --yes
+    """
+    from .privacy import forget_person
+    ws = env.workspace()
+    if not yes:
+        if not sys.stdin.isatty() and not os.environ.get("MAILER_ASSUME_TTY"):
+            raise InputError("not asking for confirmation without a terminal", hint="add --yes")
+        click.confirm(f"Erase everything we hold about {email}?", abort=True)
+    result = forget_person(ws, email, by=_who_runs_this())
+    if result.had_contact or result.log_rows:
+        click.echo(f"Erased {email}: contact {'deleted' if result.had_contact else 'not found'}, "
+                   f"{result.log_rows} send-log rows now keyed by hash only.")
+    else:
+        click.echo(f"We held no data about {email}.")
+    click.echo("The address's keyed hash is on the suppression list: it will never be mailed or imported again."
+               if result.suppression_added else "The address was already on the suppression list.")
+    if ws.config.transport.type == "maildir":
+        click.echo(f"Note: copies of messages already written to {ws.config.outbox} are files outside the "
+                   "database; delete them there if they must go too.")
+
+
+@cli.command()
+@click.option("--apply", "apply_", is_flag=True, help="Erase the expired contacts (as `forget` does).")
+@click.option("--days", default=60, show_default=True, type=click.IntRange(0, 3650),
+              help="Also list contacts expiring within this many days.")
+@pass_env
+def retention(env: Env, apply_: bool, days: int) -> None:
+    """List contacts past their retention period (role addresses excepted); --apply erases them.
+
+    The clock runs from the latest of collection, last contact *from* the person,
+    and consent. Suppression entries are kept. Contacts expiring soon are listed
+    so that a reconfirmation campaign can be planned.
+
+    \b
+    Example:  mailer retention            # then: mailer retention --apply
+    """
+    from .privacy import apply_retention, retention_report
+    ws = env.workspace()
+    today = utcnow().date()
+    expired, soon = retention_report(ws, today, days)
+    years = ws.config.compliance.retention_years
+    click.echo(f"Retention: {years} years. Expired today ({today.isoformat()}): {len(expired)}")
+    for item in expired:
+        click.echo(f"  {item.email:<40} {item.field} {item.reference.isoformat()} -> expired {item.expires_on.isoformat()}")
+    click.echo(f"Expiring within {days} days: {len(soon)}")
+    for item in soon:
+        click.echo(f"  {item.email:<40} {item.field} {item.reference.isoformat()} -> expires {item.expires_on.isoformat()}")
+    if apply_ and expired:
+        apply_retention(ws, expired, by=_who_runs_this())
+        click.echo(f"Erased {len(expired)} contacts past retention (suppression entries kept).")
+    elif expired:
+        click.echo("Run with --apply to erase them.")
 
 
 # --------------------------------------------------------------------------- serve

@@ -23,7 +23,7 @@ from .config import Campaign, Config, load_campaign, load_config
 from .contacts import ContactData, parse_contacts_csv
 from .delivery import DeliveryReport, Outgoing, RetryPolicy, deliver_all
 from .errors import ComplianceRefusal, CsvError, TemplateError
-from .gate import FOOTER_MISSING, GateContext, RelevanceMatcher, campaign_problems, decide
+from .gate import FOOTER_MISSING, GateContext, RelevanceMatcher, campaign_problems, decide, retention_reference
 from .render import Renderer, Templates, load_templates
 from .store import DELIVERED_STATES, ImportResult, Store, utcnow
 from .tokens import Keys
@@ -62,6 +62,7 @@ class ImportOutcome:
     rows: int
     skipped: list[str] = field(default_factory=list)
     records: list[ContactData] = field(default_factory=list)
+    erased_skipped: int = 0
 
 
 def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: bool = False,
@@ -72,8 +73,31 @@ def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: 
     if parsed.problems and not skip_invalid:
         raise CsvError(parsed.problems, hint=f"fix these rows (nothing was imported), or rerun with --skip-invalid "
                                              f"to import the {len(parsed.records)} good rows")
-    result = ws.store.upsert_contacts(parsed.records, list_name, parsed.present, now=now)
-    return ImportOutcome(path, result, len(parsed.records), list(parsed.problems), parsed.records)
+    records, erased = _without_erased(ws, parsed.records, now)
+    result = ws.store.upsert_contacts(records, list_name, parsed.present, now=now)
+    return ImportOutcome(path, result, len(records), list(parsed.problems), records, erased)
+
+
+def _without_erased(ws: Workspace, records: list[ContactData], now: datetime) -> tuple[list[ContactData], int]:
+    """Drop the people who asked to be forgotten, and stale data of people erased at retention.
+
+    A retention erasure does not stop a *new* collection: a row whose dates are
+    more recent than the erasure comes back.
+    """
+    hashes = {r.address.key: ws.hash_address(r.address.key) for r in records}
+    erased = ws.store.erasures(list(set(hashes.values())))
+    if not erased:
+        return records, 0
+    kept = []
+    for record in records:
+        found = erased.get(hashes[record.address.key])
+        if found is not None:
+            reason, when = found
+            reference = retention_reference(record)[0] or now.date()
+            if reason == "request" or reference <= when.date():
+                continue
+        kept.append(record)
+    return kept, len(records) - len(kept)
 
 
 # --------------------------------------------------------------------------- plan

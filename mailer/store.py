@@ -129,6 +129,28 @@ class SendLog(SQLModel, table=True):
     sent_at: datetime | None = None
 
 
+class Interaction(SQLModel, table=True):
+    """A contact initiated by the person (reply, click, form): restarts the retention clock."""
+
+    __tablename__ = "interactions"
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    at: date
+    what: str
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class Erasure(SQLModel, table=True):
+    """That a person's data was erased: when, why, by whom. Only a keyed hash identifies them."""
+
+    __tablename__ = "erasures"
+    id: int | None = Field(default=None, primary_key=True)
+    address_hash: str = Field(index=True)
+    reason: str  # "request" (mailer forget) | "retention" (mailer retention --apply)
+    erased_by: str
+    erased_at: datetime = Field(default_factory=utcnow)
+
+
 class Setting(SQLModel, table=True):
     __tablename__ = "settings"
     key: str = Field(primary_key=True)
@@ -181,6 +203,20 @@ class Store:
             raise StoreError(f"cannot open database {url!r}: {exc.orig}",
                              hint="check [database] url in config.toml and that its folder exists") from None
         return cls(engine)
+
+    def scrub(self) -> None:
+        """After an erasure: no copy of deleted rows may stay in the files.
+
+        SQLite runs with secure_delete (freed content is zeroed); the WAL still holds
+        older page images, so checkpoint it and truncate it to zero bytes.
+        PostgreSQL: a VACUUM reclaims the dead tuples.
+        """
+        if self.dialect == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        elif self.dialect == "postgresql":
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM")
 
     @property
     def dialect(self) -> str:
@@ -261,7 +297,8 @@ class Store:
                 existing = {
                     row.email_key: row
                     for row in conn.execute(
-                        select(table.c.id, table.c.email_key, table.c.attrs).where(table.c.email_key.in_(keys)))
+                        select(table.c.id, table.c.email_key, table.c.attrs, table.c.last_interaction_at)
+                        .where(table.c.email_key.in_(keys)))
                 }
                 inserts, updates = [], []
                 for record in batch:
@@ -273,8 +310,13 @@ class Store:
                             row["collected_at"] = now.date()
                         inserts.append({**_defaults(), **row, "created_at": now})
                     else:
-                        if row.get("collected_at") is None:
-                            row.pop("collected_at", None)
+                        # An empty date cell never erases what we know, and a contact from the
+                        # person cannot be undone by an older file.
+                        for name in ("collected_at", "consent_at", "last_interaction_at"):
+                            if row.get(name) is None:
+                                row.pop(name, None)
+                        if found.last_interaction_at and row.get("last_interaction_at"):
+                            row["last_interaction_at"] = max(row["last_interaction_at"], found.last_interaction_at)
                         row["attrs"] = {**(found.attrs or {}), **row["attrs"]}
                         row["id"] = found.id
                         updates.append(row)
@@ -376,6 +418,17 @@ class Store:
             return conn.execute(select(table.c.id).where(
                 ((table.c.scope == "address") & (table.c.value == hash_value))
                 | ((table.c.scope == "domain") & (table.c.value == domain))).limit(1)).first() is not None
+
+    def erasures(self, digests: Sequence[str]) -> dict[str, tuple[str, datetime]]:
+        """hash -> (reason, when) of the latest erasure, for those of `digests` that were erased."""
+        table = Erasure.__table__
+        found: dict[str, tuple[str, datetime]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(digests), 500):
+                for r in conn.execute(select(table.c.address_hash, table.c.reason, table.c.erased_at).where(
+                        table.c.address_hash.in_(digests[start:start + 500])).order_by(table.c.erased_at)):
+                    found[r.address_hash] = (r.reason, r.erased_at)
+        return found
 
     # ---------------------------------------------------------------- campaigns and runs
 

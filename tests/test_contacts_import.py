@@ -93,3 +93,11 @@ def test_ten_thousand_rows_import(project: Project) -> None:
     result, _ = imp(project, "email,kind,source\n" + rows)
     assert result.exit_code == 0 and "10000 new" in result.output
     assert project.sql("select count(*) from list_members") == [(10_000,)]
+
+
+def test_empty_or_older_dates_never_erase_a_recorded_contact_from_the_person(project: Project) -> None:
+    imp(project, "email,kind,last_interaction_at,consent_at\nj@x.example,b2c,2026-03-01,2026-01-01\n")
+    imp(project, "email,kind,last_interaction_at,consent_at\nj@x.example,b2c,,\n")
+    assert project.sql("select last_interaction_at, consent_at from contacts") == [("2026-03-01", "2026-01-01")]
+    imp(project, "email,kind,last_interaction_at\nj@x.example,b2c,2025-01-01\n")
+    assert project.sql("select last_interaction_at from contacts") == [("2026-03-01",)]

@@ -1,0 +1,522 @@
+"""What we hold about a person, forgetting them, and keeping nothing past its time.
+
+    explain_person   -> Explanation: every fact we hold, ready to render as an answer
+    forget_person    -> erase the contact, keep a keyed hash on the suppression list
+    retention_report -> who is past retention (or soon will be); apply erases them
+    touch_contact    -> a contact initiated by the person restarts the retention clock
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, text, update
+
+from .addresses import is_generic, normalise
+from .contacts import ContactData
+from .errors import InputError, NotFound
+from .gate import add_years, retention_reference
+from .pipeline import Workspace
+from .store import (CampaignRecord, Contact, ContactList, Erasure, Interaction, ListMember, SendLog, Suppression,
+                    contact_from_row, utcnow)
+
+ERASED_PREFIX = "erased:"
+INTERACTIONS = ("reply", "click", "form")
+
+
+def erased_key(address_hash: str) -> str:
+    """What replaces an erased person's address in the send log."""
+    return ERASED_PREFIX + address_hash
+
+
+# --------------------------------------------------------------------------- explain
+
+@dataclass
+class SentMessage:
+    at: datetime | None
+    campaign_id: str
+    subject: str
+
+
+@dataclass
+class GateDecision:
+    campaign_id: str
+    campaign_kind: str
+    state: str
+    rule: str
+    at: datetime
+
+
+@dataclass
+class Explanation:
+    """Everything we hold about one address, as facts; `render_explanation` words them."""
+
+    email: str
+    organization: dict[str, str]
+    contact: ContactData | None
+    lists: list[str] = field(default_factory=list)
+    interactions: list[tuple[date, str]] = field(default_factory=list)
+    sent: list[SentMessage] = field(default_factory=list)
+    decisions: list[GateDecision] = field(default_factory=list)
+    campaign_kinds: list[str] = field(default_factory=list)
+    suppressed_since: datetime | None = None
+    suppression_origin: str = ""
+    erased_at: datetime | None = None
+    generic: bool = False
+    retention_from: tuple[date | None, str] = (None, "")
+    deletion_date: date | None = None
+
+    @property
+    def holds_nothing(self) -> bool:
+        return self.contact is None and not self.sent and not self.decisions
+
+
+def explain_person(ws: Workspace, email: str) -> Explanation:
+    address = normalise(email)
+    key = address.key
+    digest = ws.hash_address(key)
+    org = ws.config.organization
+    explanation = Explanation(
+        email=address.send_to,
+        organization={"name": org.name, "postal_address": org.postal_address,
+                      "privacy_url": org.privacy_url, "contact_email": org.contact_email},
+        contact=None, generic=is_generic(key, frozenset(ws.config.compliance.generic_locals)))
+    contacts, members, lists = Contact.__table__, ListMember.__table__, ContactList.__table__
+    log, campaigns, sup = SendLog.__table__, CampaignRecord.__table__, Suppression.__table__
+    with ws.store.engine.connect() as conn:
+        row = conn.execute(select(contacts).where(contacts.c.email_key == key)).mappings().first()
+        if row is not None:
+            explanation.contact = contact_from_row(row)
+            explanation.lists = list(conn.execute(
+                select(lists.c.name).join(members, members.c.list_id == lists.c.id)
+                .where(members.c.contact_id == row["id"]).order_by(lists.c.name)).scalars())
+            explanation.interactions = [(r.at, r.what) for r in conn.execute(
+                select(Interaction.__table__).where(Interaction.__table__.c.contact_id == row["id"])
+                .order_by(Interaction.__table__.c.at))]
+        keys = [key, erased_key(digest)]
+        rows = conn.execute(
+            select(log.c.campaign_id, log.c.state, log.c.rule, log.c.subject, log.c.sent_at, log.c.updated_at,
+                   campaigns.c.kind).join(campaigns, campaigns.c.id == log.c.campaign_id, isouter=True)
+            .where(log.c.address_key.in_(keys)).order_by(log.c.planned_at, log.c.id)).all()
+        for r in rows:
+            if r.state == "sent":
+                explanation.sent.append(SentMessage(r.sent_at, r.campaign_id, r.subject))
+            explanation.decisions.append(GateDecision(r.campaign_id, r.kind or "", r.state, r.rule, r.updated_at))
+        explanation.campaign_kinds = sorted({d.campaign_kind for d in explanation.decisions if d.campaign_kind})
+        entry = conn.execute(select(sup.c.created_at, sup.c.origin).where(
+            ((sup.c.scope == "address") & (sup.c.value == digest))
+            | ((sup.c.scope == "domain") & (sup.c.value == address.domain)))
+            .order_by(sup.c.created_at).limit(1)).first()
+        if entry is not None:
+            explanation.suppressed_since, explanation.suppression_origin = entry.created_at, entry.origin
+        erased = conn.execute(select(func.max(Erasure.__table__.c.erased_at)).where(
+            Erasure.__table__.c.address_hash == digest)).scalar()
+        explanation.erased_at = erased
+    if explanation.contact is not None and not explanation.generic:
+        reference, which = retention_reference(explanation.contact)
+        explanation.retention_from = (reference, which)
+        if reference is not None:
+            explanation.deletion_date = add_years(reference, ws.config.compliance.retention_years)
+    return explanation
+
+
+# --------------------------------------------------------------------------- forget
+
+@dataclass
+class ForgetResult:
+    had_contact: bool
+    log_rows: int
+    suppression_added: bool
+
+
+def forget_person(ws: Workspace, email: str, *, by: str, reason: str = "request") -> ForgetResult:
+    """Erase the contact, their consent, attributes and interactions; keep only a keyed hash.
+
+    The send log keeps its rows (what was sent, when) under the hash, with the
+    subject and server answers cleared (they can carry a name). With reason
+    "request" the hash goes on the suppression list (origin `erasure`), so the
+    person is never mailed or imported again.
+    """
+    address = normalise(email)
+    if "@" not in address.key:
+        raise InputError(f"{email!r} is not an email address")
+    result = _erase(ws, [address.key], by=by, reason=reason)
+    return result[0]
+
+
+def _erase(ws: Workspace, keys: list[str], *, by: str, reason: str) -> list[ForgetResult]:
+    contacts, members, log = Contact.__table__, ListMember.__table__, SendLog.__table__
+    interactions, sup, erasures = Interaction.__table__, Suppression.__table__, Erasure.__table__
+    now = utcnow()
+    results = []
+    with ws.store.engine.begin() as conn:
+        for key in keys:
+            digest = ws.hash_address(key)
+            contact_id = conn.execute(select(contacts.c.id).where(contacts.c.email_key == key)).scalar()
+            if contact_id is not None:
+                conn.execute(delete(interactions).where(interactions.c.contact_id == contact_id))
+                conn.execute(delete(members).where(members.c.contact_id == contact_id))
+                conn.execute(delete(contacts).where(contacts.c.id == contact_id))
+            changed = conn.execute(update(log).where(log.c.address_key == key).values(
+                address_key=erased_key(digest), contact_id=None, subject="", detail="", smtp_text="",
+                updated_at=now)).rowcount
+            added = False
+            if reason == "request":
+                before = conn.execute(select(func.count()).select_from(sup).where(
+                    sup.c.scope == "address", sup.c.value == digest)).scalar_one()
+                if not before:
+                    conn.execute(insert(sup).values(scope="address", value=digest, origin="erasure",
+                                                    reason="erasure requested", campaign_id="", created_at=now))
+                    added = True
+            conn.execute(insert(erasures).values(address_hash=digest, reason=reason, erased_by=by, erased_at=now))
+            results.append(ForgetResult(contact_id is not None, changed, added))
+    ws.store.scrub()
+    return results
+
+
+# --------------------------------------------------------------------------- retention
+
+@dataclass
+class RetentionItem:
+    email: str
+    field: str
+    reference: date
+    expires_on: date
+
+
+def retention_report(ws: Workspace, today: date, horizon_days: int = 60) -> tuple[list[RetentionItem], list[RetentionItem]]:
+    """(expired, expiring within horizon_days) among stored contacts; role addresses excepted."""
+    years = ws.config.compliance.retention_years
+    generic = frozenset(ws.config.compliance.generic_locals)
+    expired, soon = [], []
+    with ws.store.engine.connect() as conn:
+        for row in conn.execute(select(Contact.__table__).order_by(Contact.__table__.c.id)).mappings():
+            contact = contact_from_row(row)
+            if is_generic(contact.address.key, generic):
+                continue
+            reference, which = retention_reference(contact)
+            if reference is None:
+                continue
+            expiry = add_years(reference, years)
+            item = RetentionItem(contact.email, which, reference, expiry)
+            if today > expiry:
+                expired.append(item)
+            elif expiry <= today + timedelta(days=horizon_days):
+                soon.append(item)
+    return expired, soon
+
+
+def apply_retention(ws: Workspace, items: list[RetentionItem], *, by: str) -> int:
+    _erase(ws, [normalise(i.email).key for i in items], by=by, reason="retention")
+    return len(items)
+
+
+# --------------------------------------------------------------------------- interactions
+
+def touch_contact(ws: Workspace, email: str, at: date, what: str, today: date) -> date:
+    """Record a contact initiated by the person; returns the new last_interaction_at."""
+    if what not in INTERACTIONS:
+        raise InputError(f"--what must be one of {', '.join(INTERACTIONS)} (opens and our own sends do not count)")
+    if at > today:
+        raise InputError(f"--at {at.isoformat()} is in the future")
+    key = normalise(email).key
+    contacts = Contact.__table__
+    with ws.store.engine.begin() as conn:
+        row = conn.execute(select(contacts.c.id, contacts.c.last_interaction_at)
+                           .where(contacts.c.email_key == key)).first()
+        if row is None:
+            raise NotFound(f"no contact {email}", hint="import the contact first")
+        latest = max(d for d in (row.last_interaction_at, at) if d is not None)
+        conn.execute(update(contacts).where(contacts.c.id == row.id).values(last_interaction_at=latest,
+                                                                            updated_at=utcnow()))
+        conn.execute(insert(Interaction.__table__).values(contact_id=row.id, at=at, what=what, recorded_at=utcnow()))
+    return latest
+
+
+def as_json(explanation: Explanation) -> dict[str, Any]:
+    c = explanation.contact
+    contact: dict[str, Any] | None = None
+    if c is not None:
+        contact = {name: _jsonable(getattr(c, name)) for name in (
+            "email", "first_name", "last_name", "company", "job_title", "industry", "country", "kind",
+            "source", "source_type", "collected_at", "consent", "consent_at", "consent_proof",
+            "partner_consent", "last_interaction_at", "member")}
+        contact["attributes"] = dict(c.attrs)
+    return {
+        "email": explanation.email,
+        "organization": explanation.organization,
+        "holds_data": explanation.contact is not None,
+        "contact": contact,
+        "lists": explanation.lists,
+        "interactions": [{"at": a.isoformat(), "what": w} for a, w in explanation.interactions],
+        "messages_sent": [{"at": _jsonable(m.at), "campaign": m.campaign_id, "subject": m.subject}
+                          for m in explanation.sent],
+        "decisions": [{"campaign": d.campaign_id, "kind": d.campaign_kind, "state": d.state, "rule": d.rule,
+                       "at": _jsonable(d.at)} for d in explanation.decisions],
+        "legal_bases": {kind: legal_basis_id(kind, c) for kind in explanation.campaign_kinds},
+        "suppressed_since": _jsonable(explanation.suppressed_since),
+        "erased_at": _jsonable(explanation.erased_at),
+        "generic_address": explanation.generic,
+        "deletion_date": _jsonable(explanation.deletion_date),
+    }
+
+
+def legal_basis_id(kind: str, contact: ContactData | None) -> str:
+    if kind == "members":
+        return "membership"
+    if contact is None:
+        return "unknown"
+    if contact.kind == "b2c":
+        return "soft-opt-in" if contact.consent == "customer" else "consent"
+    return "legitimate-interest-b2b"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    return value
+
+
+# --------------------------------------------------------------------------- wording
+
+WORDS: dict[str, dict[str, str]] = {
+    "fr": {
+        "greeting": "Bonjour,",
+        "intro": "Vous nous avez demandé quelles données nous détenons à votre sujet. Voici notre réponse complète.",
+        "who": "Qui nous sommes",
+        "who_text": "{name}, {postal_address}. Pour toute question sur vos données : {contact_email}. "
+                    "Notre politique de confidentialité : {privacy_url}",
+        "nothing": "Nous ne détenons aucune donnée personnelle associée à l'adresse {email}.",
+        "nothing_suppressed": "Cette adresse figure sur notre liste d'opposition : elle ne recevra aucun message "
+                              "de notre part.",
+        "erased": "Vos données ont été effacées le {date}. Nous ne conservons qu'une empreinte chiffrée de votre "
+                  "adresse, afin de ne plus jamais vous écrire.",
+        "data": "Les données que nous détenons",
+        "fields": {"email": "Adresse", "first_name": "Prénom", "last_name": "Nom", "company": "Entreprise",
+                   "job_title": "Fonction", "industry": "Secteur", "country": "Pays",
+                   "kind": "Type de contact", "member": "Membre", "consent": "Consentement",
+                   "consent_at": "Date du consentement", "consent_proof": "Preuve du consentement",
+                   "partner_consent": "Accord pour le partage avec des partenaires",
+                   "last_interaction_at": "Votre dernier contact avec nous"},
+        "consents": {"opt-in": "accepté (opt-in)", "customer": "client·e (exception client)"},
+        "kinds": {"b2b": "professionnel", "b2c": "particulier"},
+        "yes": "oui", "no": "non",
+        "attrs": "Autres informations",
+        "lists": "Listes de diffusion",
+        "origin": "Où et quand nous avons obtenu votre adresse",
+        "source": "Source : {source} ({how}), le {date}.",
+        "direct": "collectée directement auprès de vous", "partner": "obtenue auprès d'un partenaire",
+        "no_source": "Source : non renseignée.",
+        "interactions": "Vos prises de contact avec nous",
+        "what": {"reply": "réponse à un message", "click": "clic sur un lien", "form": "formulaire"},
+        "basis": "Base légale de nos envois",
+        "basis_prospecting_b2b": "{kind_label} : intérêt légitime (prospection entre professionnels, l'offre "
+                                 "étant liée à votre fonction).",
+        "basis_consent": "{kind_label} : votre consentement{details}.",
+        "consent_details": ", donné le {date} ({proof})",
+        "basis_soft": "{kind_label} : vous êtes client·e et nos messages portent sur des produits analogues "
+                      "(article L34-5 du CPCE).",
+        "basis_members": "{kind_label} : votre adhésion ; ces messages ne sont pas de la prospection.",
+        "campaign_kinds": {"prospecting": "Prospection", "newsletter": "Lettre d'information",
+                           "members": "Messages aux membres"},
+        "sent": "Les messages que nous vous avons envoyés",
+        "sent_line": "{date} — campagne {campaign} — « {subject} »",
+        "none_sent": "Nous ne vous avons envoyé aucun message.",
+        "decisions": "Nos décisions d'envoi",
+        "decision_line": "Campagne {campaign} : {state}",
+        "states": {"sent": "message envoyé", "planned": "envoi prévu", "deferred": "envoi reporté",
+                   "failed": "envoi refusé par votre serveur", "uncertain": "envoi interrompu",
+                   "sending": "envoi en cours", "blocked": "pas d'envoi ({rule})"},
+        "rules": {"invalid-address": "adresse invalide", "suppressed": "vous vous êtes opposé·e",
+                  "duplicate": "doublon", "already-sent": "déjà envoyé", "audience": "hors du public visé",
+                  "missing-source": "source inconnue", "retention-expired": "durée de conservation dépassée",
+                  "not-member": "non membre", "no-consent": "pas de consentement",
+                  "no-partner-consent": "pas d'accord pour les partenaires",
+                  "not-relevant": "offre sans rapport avec votre fonction",
+                  "footer-missing": "message non conforme"},
+        "retention": "Combien de temps nous gardons vos données",
+        "retention_years": "Nous supprimerons vos données le {date} ({years} ans après {event}), sauf si vous "
+                           "reprenez contact avec nous d'ici là.",
+        "events": {"collected_at": "leur collecte", "last_interaction_at": "votre dernier contact",
+                   "consent_at": "votre consentement"},
+        "generic": "Votre adresse est une adresse générique d'entreprise, qui n'identifie pas une personne.",
+        "rights": "Vos droits",
+        "rights_text": "Vous pouvez vous opposer à tout moment à nos envois : chaque message contient un lien de "
+                       "désabonnement en un clic, ou écrivez à {contact_email}. Vous pouvez aussi demander "
+                       "la rectification ou l'effacement de vos données à la même adresse.",
+        "suppressed": "Votre adresse est sur notre liste d'opposition depuis le {date} : vous ne recevrez plus "
+                      "de messages de notre part.",
+        "closing": "Bien cordialement,",
+    },
+    "en": {
+        "greeting": "Hello,",
+        "intro": "You asked us what data we hold about you. Here is our complete answer.",
+        "who": "Who we are",
+        "who_text": "{name}, {postal_address}. For any question about your data: {contact_email}. "
+                    "Our privacy policy: {privacy_url}",
+        "nothing": "We hold no personal data linked to the address {email}.",
+        "nothing_suppressed": "This address is on our do-not-contact list: it will receive no message from us.",
+        "erased": "Your data was erased on {date}. We keep only a keyed fingerprint of your address, so that "
+                  "we never write to you again.",
+        "data": "The data we hold",
+        "fields": {"email": "Address", "first_name": "First name", "last_name": "Last name",
+                   "company": "Company", "job_title": "Job title", "industry": "Industry", "country": "Country",
+                   "kind": "Contact type", "member": "Member", "consent": "Consent",
+                   "consent_at": "Consent given on", "consent_proof": "Proof of consent",
+                   "partner_consent": "Agreed to be shared with partners",
+                   "last_interaction_at": "Your last contact with us"},
+        "consents": {"opt-in": "given (opt-in)", "customer": "customer (existing-customer exception)"},
+        "kinds": {"b2b": "professional", "b2c": "consumer"},
+        "yes": "yes", "no": "no",
+        "attrs": "Other information",
+        "lists": "Mailing lists",
+        "origin": "Where and when we got your address",
+        "source": "Source: {source} ({how}), on {date}.",
+        "direct": "collected from you directly", "partner": "obtained from a partner",
+        "no_source": "Source: not recorded.",
+        "interactions": "Your contacts with us",
+        "what": {"reply": "reply to a message", "click": "click on a link", "form": "form"},
+        "basis": "Legal basis of our messages",
+        "basis_prospecting_b2b": "{kind_label}: legitimate interest (business-to-business prospecting, "
+                                 "the offer relating to your role).",
+        "basis_consent": "{kind_label}: your consent{details}.",
+        "consent_details": ", given on {date} ({proof})",
+        "basis_soft": "{kind_label}: you are a customer and our messages are about similar products "
+                      "(existing-customer exception).",
+        "basis_members": "{kind_label}: your membership; these messages are not marketing.",
+        "campaign_kinds": {"prospecting": "Prospecting", "newsletter": "Newsletter", "members": "Messages to members"},
+        "sent": "The messages we sent you",
+        "sent_line": "{date} — campaign {campaign} — “{subject}”",
+        "none_sent": "We sent you no message.",
+        "decisions": "Our sending decisions",
+        "decision_line": "Campaign {campaign}: {state}",
+        "states": {"sent": "message sent", "planned": "planned", "deferred": "postponed",
+                   "failed": "refused by your mail server", "uncertain": "interrupted",
+                   "sending": "being sent", "blocked": "not sent ({rule})"},
+        "rules": {"invalid-address": "invalid address", "suppressed": "you objected",
+                  "duplicate": "duplicate", "already-sent": "already sent", "audience": "outside the audience",
+                  "missing-source": "unknown source", "retention-expired": "retention period over",
+                  "not-member": "not a member", "no-consent": "no consent",
+                  "no-partner-consent": "no consent to partners", "not-relevant": "offer unrelated to your role",
+                  "footer-missing": "message not compliant"},
+        "retention": "How long we keep your data",
+        "retention_years": "We will delete your data on {date} ({years} years after {event}), unless you "
+                           "contact us again before then.",
+        "events": {"collected_at": "its collection", "last_interaction_at": "your last contact with us",
+                   "consent_at": "your consent"},
+        "generic": "Your address is a generic company address, which does not identify a person.",
+        "rights": "Your rights",
+        "rights_text": "You can object to our messages at any time: every message has a one-click unsubscribe "
+                       "link, or write to {contact_email}. You can also ask us to correct or erase your data at "
+                       "the same address.",
+        "suppressed": "Your address has been on our do-not-contact list since {date}: you will receive no more "
+                      "messages from us.",
+        "closing": "Kind regards,",
+    },
+}
+
+
+def _date(value: date | datetime | None) -> str:
+    if value is None:
+        return "—"
+    return value.date().isoformat() if isinstance(value, datetime) else value.isoformat()
+
+
+def render_explanation(e: Explanation, locale: str, fmt: str, retention_years: int) -> str:
+    """The answer to send to the person, in their language, as text or markdown."""
+    w = WORDS[locale]
+    md = fmt == "markdown"
+    out: list[str] = []
+
+    def heading(title: str) -> None:
+        out.append("")
+        out.append(f"## {title}" if md else f"{title}\n{'-' * len(title)}")
+
+    def item(line: str) -> None:
+        out.append(f"- {line}")
+
+    out += [w["greeting"], "", w["intro"]]
+    heading(w["who"])
+    out.append(w["who_text"].format(**e.organization))
+
+    c = e.contact
+    if c is None:
+        heading(w["data"])
+        out.append(w["nothing"].format(email=e.email))
+        if e.erased_at is not None:
+            out.append(w["erased"].format(date=_date(e.erased_at)))
+        if e.suppressed_since is not None:
+            out.append(w["nothing_suppressed"])
+    else:
+        heading(w["data"])
+        for name, label in w["fields"].items():
+            value = getattr(c, name)
+            if name == "kind":
+                value = w["kinds"].get(value, value)
+            elif name == "consent":
+                value = w["consents"].get(value, value)
+            elif isinstance(value, date):
+                value = _date(value)
+            elif isinstance(value, bool):
+                value = w["yes"] if value else w["no"]
+            if value not in ("", None):
+                item(f"{label} : {value}" if locale == "fr" else f"{label}: {value}")
+        for key, value in sorted(c.attrs.items()):
+            if value:
+                item(f"{key} : {value}" if locale == "fr" else f"{key}: {value}")
+        if e.lists:
+            item(f"{w['lists']} : {', '.join(e.lists)}" if locale == "fr" else f"{w['lists']}: {', '.join(e.lists)}")
+        if e.generic:
+            out.append(w["generic"])
+        heading(w["origin"])
+        if c.source:
+            how = w["partner"] if c.source_type == "partner" else w["direct"]
+            out.append(w["source"].format(source=c.source, how=how, date=_date(c.collected_at)))
+        else:
+            out.append(w["no_source"])
+        if e.interactions:
+            heading(w["interactions"])
+            for at, what in e.interactions:
+                item(f"{_date(at)} — {w['what'].get(what, what)}")
+
+    if e.campaign_kinds:
+        heading(w["basis"])
+        for kind in e.campaign_kinds:
+            label = w["campaign_kinds"].get(kind, kind)
+            basis = legal_basis_id(kind, c)
+            if basis == "membership":
+                item(w["basis_members"].format(kind_label=label))
+            elif basis == "soft-opt-in":
+                item(w["basis_soft"].format(kind_label=label))
+            elif basis == "consent":
+                details = ""
+                if c is not None and c.consent_at:
+                    details = w["consent_details"].format(date=_date(c.consent_at), proof=c.consent_proof or "—")
+                item(w["basis_consent"].format(kind_label=label, details=details))
+            else:
+                item(w["basis_prospecting_b2b"].format(kind_label=label))
+
+    heading(w["sent"])
+    if e.sent:
+        for m in e.sent:
+            item(w["sent_line"].format(date=_date(m.at), campaign=m.campaign_id, subject=m.subject or "—"))
+    else:
+        out.append(w["none_sent"])
+    if e.decisions:
+        heading(w["decisions"])
+        for d in e.decisions:
+            state = w["states"].get(d.state, d.state).format(rule=w["rules"].get(d.rule, d.rule))
+            item(f"{_date(d.at)} — " + w["decision_line"].format(campaign=d.campaign_id, state=state))
+
+    if c is not None and e.deletion_date is not None:
+        heading(w["retention"])
+        out.append(w["retention_years"].format(date=_date(e.deletion_date), years=retention_years,
+                                               event=w["events"].get(e.retention_from[1], e.retention_from[1])))
+
+    heading(w["rights"])
+    if e.suppressed_since is not None and c is not None:
+        out.append(w["suppressed"].format(date=_date(e.suppressed_since)))
+    out.append(w["rights_text"].format(contact_email=e.organization["contact_email"]))
+    out += ["", w["closing"], e.organization["name"]]
+    return "\n".join(out) + "\n"
