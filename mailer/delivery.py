@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from .store import SendLog, Store, Suppression, update_by_id, utcnow
 from .transport.base import Delivery, Envelope, Transport
@@ -40,6 +40,13 @@ class DeliveryReport:
     counts: Counter[str] = field(default_factory=Counter)
     stopped: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)  # (address, reason)
+
+
+_sup = Suppression.__table__
+# Built once: this runs at every group commit.
+_SUPPRESSED_AMONG = select(_sup.c.scope, _sup.c.value).where(
+    ((_sup.c.scope == "address") & _sup.c.value.in_(bindparam("hashes", expanding=True)))
+    | ((_sup.c.scope == "domain") & _sup.c.value.in_(bindparam("domains", expanding=True))))
 
 
 class _GroupCommitter:
@@ -124,9 +131,7 @@ class _GroupCommitter:
             if claims:
                 hashes = [m.address_hash for m, _ in claims]
                 domains = list({m.domain for m, _ in claims})
-                found = conn.execute(select(sup.c.scope, sup.c.value).where(
-                    ((sup.c.scope == "address") & sup.c.value.in_(hashes))
-                    | ((sup.c.scope == "domain") & sup.c.value.in_(domains)))).all()
+                found = conn.execute(_SUPPRESSED_AMONG, {"hashes": hashes, "domains": domains}).all()
                 stopped_hashes = {v for s, v in found if s == "address"}
                 stopped_domains = {v for s, v in found if s == "domain"}
                 changes = []

@@ -541,15 +541,25 @@ class Store:
                 CampaignRecord.__table__.c.id == campaign_id)).first() is not None
 
 
+_UPDATE_STATEMENTS: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
 def update_by_id(conn: Any, table: Any, rows: Sequence[dict[str, Any]]) -> None:
-    """UPDATE … WHERE id = ? as one executemany per set of columns."""
+    """UPDATE … WHERE id = ? as one executemany per set of columns.
+
+    Statements are built once per (table, columns): on the send path this runs
+    for every group commit, and building a statement costs more than running it.
+    """
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
         columns = tuple(sorted(k for k in row if k != "id"))
         groups.setdefault(columns, []).append({"_id": row["id"], **{f"_{k}": row[k] for k in columns}})
     for columns, params in groups.items():
-        statement = update(table).where(table.c.id == bindparam("_id")).values(
-            {k: bindparam(f"_{k}") for k in columns})
+        statement = _UPDATE_STATEMENTS.get((table.name, columns))
+        if statement is None:
+            statement = update(table).where(table.c.id == bindparam("_id")).values(
+                {k: bindparam(f"_{k}") for k in columns})
+            _UPDATE_STATEMENTS[(table.name, columns)] = statement
         conn.execute(statement, params)
 
 
