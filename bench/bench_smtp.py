@@ -204,7 +204,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             base = Path(tmp)
-            messages = prebuilt_messages(make_project(base / "ref", port, args.connections, args.recipients))
+            messages = prebuilt_messages(make_project(base / "ref", port, args.connections, args.recipients)) \
+                if args.rounds else []
             mailer_times, bare_times = [], []
             for round_ in range(args.rounds):
                 project = make_project(base / f"r{round_}", port, args.connections, args.recipients)
@@ -213,11 +214,13 @@ def main() -> None:
                 print(f"round {round_ + 1}: mailer {mailer_times[-1]:.2f}s, bare aiosmtplib {bare_times[-1]:.2f}s",
                       flush=True)
             n = args.recipients
-            m, b = statistics.median(mailer_times), statistics.median(bare_times)
-            print(f"\n{n} recipients, {args.connections} connections, smtp-sink on loopback, median of {args.rounds}")
-            print(f"mailer send (whole process)  {m:.2f}s  {n / m:,.0f} msg/s")
-            print(f"bare aiosmtplib loop         {b:.2f}s  {n / b:,.0f} msg/s")
-            print(f"throughput ratio mailer/bare {b / m:.2f}  (target >= 0.70)")
+            m = statistics.median(mailer_times) if mailer_times else float("nan")
+            b = statistics.median(bare_times) if bare_times else float("nan")
+            if args.rounds:
+                print(f"\n{n} recipients, {args.connections} connections, smtp-sink on loopback, median of {args.rounds}")
+                print(f"mailer send (whole process)  {m:.2f}s  {n / m:,.0f} msg/s")
+                print(f"bare aiosmtplib loop         {b:.2f}s  {n / b:,.0f} msg/s")
+                print(f"throughput ratio mailer/bare {b / m:.2f}  (target >= 0.70)")
             if args.memory:
                 project = make_project(base / "mem", port, args.connections, args.memory)
                 elapsed, meter = run_mailer(project, rss=True)

@@ -270,7 +270,7 @@ def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None
     if blocked:
         click.echo("Blocked:")
         for r in blocked[:100]:
-            click.echo(f"  {r.email:<40} {r.blocked_by:<20} {r.detail}")
+            click.echo(f"  {r.key:<40} {r.blocked_by:<20} {r.detail}")
         if len(blocked) > 100:
             click.echo(f"  … and {len(blocked) - 100} more (mailer status shows them after a send)")
 

@@ -130,22 +130,29 @@ class _CsvSyntax(Exception):
         self.line = line
 
 
-def parse_contacts_csv(path: Path, *, today: date) -> ParsedCsv:
-    """Parse a contacts CSV. Returns every good record and every problem found.
+class ContactsCsv:
+    """A contacts CSV read row by row: iterate for the good records; `problems` fills as you go.
 
-    `today` is the default for `collected_at` when the column is absent or empty.
-    An address with bad syntax is *not* a problem here: the gate blocks it, so the
-    marketer sees it in `check` and `preview`.
+    The header is checked on opening (a missing `email` or `kind` column is one
+    error at once). `today` is the default for `collected_at`. An address with
+    bad syntax is *not* a problem here: the gate blocks it, so the marketer sees
+    it in `check` and `preview`.
     """
-    text = _decode(path)
-    if not text.strip():
-        raise CsvError([f"{path}:1: the file is empty"], hint="the first line must be a header with at least 'email' and 'kind'")
-    delimiter = _delimiter(text.split("\n", 1)[0])
-    records: list[ContactData] = []
-    problems: list[str] = []
-    rows = _rows(text, delimiter)
-    try:
-        _, header = next(rows, (1, []))
+
+    def __init__(self, path: Path, *, today: date) -> None:
+        self.path = path
+        self.today = today
+        self.problems: list[str] = []
+        text = _decode(path)
+        if not text.strip():
+            raise CsvError([f"{path}:1: the file is empty"],
+                           hint="the first line must be a header with at least 'email' and 'kind'")
+        self.delimiter = _delimiter(text.split("\n", 1)[0])
+        self._rows = _rows(text, self.delimiter)
+        try:
+            _, header = next(self._rows, (1, []))
+        except _CsvSyntax as exc:
+            raise _syntax_error(path, exc) from None
         columns = tuple(h.strip().lower().lstrip("\ufeff") for h in header)
         missing = [c for c in ("email", "kind") if c not in columns]
         if missing:
@@ -158,20 +165,39 @@ def parse_contacts_csv(path: Path, *, today: date) -> ParsedCsv:
             raise CsvError([f"{path}:1: column {', '.join(dupes)} appears twice in the header"])
         if "" in columns:
             raise CsvError([f"{path}:1: column {columns.index('') + 1} has no name in the header"])
-        for line, row in rows:
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(columns):
-                problems.append(f"{path}:{line}: {len(row)} fields, but the header has {len(columns)}"
-                                f" (is a value with a '{delimiter}' missing its quotes?)")
-                continue
-            record = _record(path, line, dict(zip(columns, row)), today, problems)
-            if record is not None:
-                records.append(record)
-    except _CsvSyntax as exc:
-        raise CsvError([f"{path}:{exc.line}: CSV syntax error: {exc}"],
-                       hint="check the quotes on that line: a value with a quote must be written \"like \"\"this\"\"\"") from None
-    return ParsedCsv(path=path, columns=columns, records=records, problems=problems)
+        self.columns = columns
+
+    @property
+    def present(self) -> frozenset[str]:
+        return frozenset(self.columns)
+
+    def __iter__(self) -> Iterator[ContactData]:
+        columns, path = self.columns, self.path
+        try:
+            for line, row in self._rows:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != len(columns):
+                    self.problems.append(f"{path}:{line}: {len(row)} fields, but the header has {len(columns)}"
+                                         f" (is a value with a '{self.delimiter}' missing its quotes?)")
+                    continue
+                record = _record(path, line, dict(zip(columns, row)), self.today, self.problems)
+                if record is not None:
+                    yield record
+        except _CsvSyntax as exc:
+            raise _syntax_error(path, exc) from None
+
+
+def _syntax_error(path: Path, exc: "_CsvSyntax") -> CsvError:
+    return CsvError([f"{path}:{exc.line}: CSV syntax error: {exc}"],
+                    hint="check the quotes on that line: a value with a quote must be written \"like \"\"this\"\"\"")
+
+
+def parse_contacts_csv(path: Path, *, today: date) -> ParsedCsv:
+    """Parse a whole contacts CSV into memory: every good record and every problem."""
+    reader = ContactsCsv(path, today=today)
+    records = list(reader)
+    return ParsedCsv(path=path, columns=reader.columns, records=records, problems=reader.problems)
 
 
 def _record(path: Path, line: int, row: dict[str, str], today: date, problems: list[str]) -> ContactData | None:

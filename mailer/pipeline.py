@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .addresses import address_hash
 from .config import Campaign, Config, load_campaign, load_config
-from .contacts import ContactData, parse_contacts_csv
+from .contacts import ContactData, ContactsCsv
 from .delivery import DeliveryReport, Outgoing, RetryPolicy, deliver_all
 from .errors import ComplianceRefusal, CsvError, TemplateError
 from .gate import FOOTER_MISSING, GateContext, RelevanceMatcher, campaign_problems, decide, retention_reference
@@ -59,23 +59,52 @@ def open_workspace(config_path: Path, environ: Mapping[str, str]) -> Workspace:
 class ImportOutcome:
     path: Path
     result: ImportResult
-    rows: int
+    rows: int = 0
     skipped: list[str] = field(default_factory=list)
-    records: list[ContactData] = field(default_factory=list)
+    repeated: list[ContactData] = field(default_factory=list)  # rows whose address came earlier in the file
     erased_skipped: int = 0
 
 
 def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: bool = False,
                     now: datetime | None = None) -> ImportOutcome:
-    """Validate a contacts CSV and upsert it into a list: all or nothing, unless skip_invalid."""
+    """Validate a contacts CSV and upsert it into a list: all or nothing, unless skip_invalid.
+
+    The file is read and written in chunks inside one transaction, so memory
+    stays flat however long the file; a bad row anywhere rolls everything back.
+    """
     now = now or utcnow()
-    parsed = parse_contacts_csv(path, today=now.date())
-    if parsed.problems and not skip_invalid:
-        raise CsvError(parsed.problems, hint=f"fix these rows (nothing was imported), or rerun with --skip-invalid "
-                                             f"to import the {len(parsed.records)} good rows")
-    records, erased = _without_erased(ws, parsed.records, now)
-    result = ws.store.upsert_contacts(records, list_name, parsed.present, now=now)
-    return ImportOutcome(path, result, len(records), list(parsed.problems), records, erased)
+    reader = ContactsCsv(path, today=now.date())
+    outcome = ImportOutcome(path, ImportResult())
+    seen: set[str] = set()
+
+    def records() -> Iterator[ContactData]:
+        chunk: list[ContactData] = []
+        for record in reader:
+            chunk.append(record)
+            if len(chunk) >= 500:
+                yield from keep(chunk)
+                chunk = []
+        yield from keep(chunk)
+
+    def keep(chunk: list[ContactData]) -> Iterator[ContactData]:
+        kept, erased = _without_erased(ws, chunk, now)
+        outcome.erased_skipped += erased
+        for record in kept:
+            outcome.rows += 1
+            if record.address.key in seen:
+                outcome.repeated.append(record)
+            seen.add(record.address.key)
+            yield record
+
+    def all_or_nothing() -> None:
+        if reader.problems and not skip_invalid:
+            raise CsvError(reader.problems, hint=f"fix these rows (nothing was imported), or rerun with "
+                                                 f"--skip-invalid to import the {outcome.rows} good rows")
+
+    outcome.result = ws.store.upsert_contacts(records(), list_name, reader.present, now=now,
+                                              before_commit=all_or_nothing)
+    outcome.skipped = list(reader.problems)
+    return outcome
 
 
 def _without_erased(ws: Workspace, records: list[ContactData], now: datetime) -> tuple[list[ContactData], int]:
@@ -121,9 +150,8 @@ def prepare_campaign(ws: Workspace, campaign_path: Path) -> PreparedCampaign:
 
 @dataclass(slots=True)
 class PlannedRecipient:
-    key: str
+    key: str  # the normalised address
     contact_id: int | None
-    email: str
     blocked_by: str | None
     detail: str
 
@@ -146,17 +174,11 @@ class Plan:
 
 
 def _candidates(ws: Workspace, campaign: Campaign, imported: ImportOutcome | None) -> Iterator[ContactData]:
-    """The CSV's rows in file order (duplicates included), then the rest of the list."""
-    stored = {c.address.key: c for c in ws.store.list_contacts(campaign.list_name)}
+    """The list's members, streamed from the database, then the CSV's repeated rows
+    (which the gate blocks as `duplicate`)."""
+    yield from ws.store.list_contacts(campaign.list_name)
     if imported is not None:
-        for record in imported.records:
-            contact = stored.get(record.address.key)
-            if contact is not None:
-                yield contact
-    yielded = {r.address.key for r in imported.records} if imported else set()
-    for key, contact in stored.items():
-        if key not in yielded:
-            yield contact
+        yield from imported.repeated
 
 
 def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | None = None,
@@ -181,14 +203,14 @@ def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | No
         ws.store.record_campaign(campaign.id, campaign.kind, campaign.locale, campaign.list_name)
         confirmed, recovered = _recover_crashed(ws, campaign.id, transport)
 
-    states = ws.store.log_states(campaign.id)
     delivered_states = set(DELIVERED_STATES) - ({"uncertain"} if retry_uncertain else set())
+    delivered = ws.store.log_keys(campaign.id, delivered_states)
     hashes, domains = ws.store.suppressed_sets()
     relevance = campaign.relevance
     ctx = GateContext(
         today=today, retention_years=ws.config.compliance.retention_years, hash_address=ws.hash_address,
         suppressed_hashes=hashes, suppressed_domains=domains,
-        delivered={k for k, s in states.items() if s in delivered_states},
+        delivered=delivered,
         generic_locals=frozenset(g.lower() for g in ws.config.compliance.generic_locals),
         relevance=RelevanceMatcher.build(relevance.job_titles, relevance.industries) if relevance else None,
     )
@@ -200,7 +222,7 @@ def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | No
             problems = prepared.renderer.render(contact).footer_problems
             if problems:
                 blocked_by, detail = FOOTER_MISSING, "; ".join(problems)
-        recipients.append(PlannedRecipient(contact.address.key, contact.id, contact.email, blocked_by, detail))
+        recipients.append(PlannedRecipient(contact.address.key, contact.id, blocked_by, detail))
 
     plan = Plan(campaign, recipients, imported, recovered, confirmed)
     if persist:
@@ -272,7 +294,9 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
                 yield render_chunk(renderer, items(chunk), campaign.id, bounce)
                 await asyncio.sleep(0)
             return
-        context = multiprocessing.get_context("fork")
+        # forkserver, not fork: workers start small instead of inheriting the plan's memory.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["mailer.pipeline"])
         pool = ProcessPoolExecutor(render_workers, mp_context=context, initializer=_init_worker,
                                    initargs=(ws.config, campaign, ws.keys, bounce))
         try:

@@ -7,7 +7,7 @@ statements, the ORM classes below only declare the tables.
 from __future__ import annotations
 
 import secrets as _secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
@@ -269,30 +269,43 @@ class Store:
                            hint=f"import contacts into it first: mailer contacts import FILE --list {name}")
         return found
 
-    def upsert_contacts(self, records: Sequence[ContactData], list_name: str,
+    def upsert_contacts(self, records: Iterable[ContactData], list_name: str,
                         present_columns: frozenset[str], *, now: datetime | None = None,
-                        chunk: int = 500) -> ImportResult:
+                        chunk: int = 500, before_commit: Callable[[], None] | None = None) -> ImportResult:
         """Insert or update contacts on their normalised address, and add them to a list.
 
         Only the columns present in the file overwrite stored values; custom
         attributes are merged; `collected_at` keeps its stored value unless the file
-        gives one (a re-import must not restart the retention clock). One transaction:
-        all or nothing.
+        gives one (a re-import must not restart the retention clock). Records are
+        consumed in chunks, so a large file is never all in memory, but in one
+        transaction: `before_commit` may raise to roll everything back.
         """
         now = now or utcnow()
         result = ImportResult()
-        latest: dict[str, ContactData] = {}
-        for record in records:
-            if record.address.key in latest:
-                result.duplicates += 1
-            latest[record.address.key] = record
-        unique = list(latest.values())
         table = Contact.__table__
+        seen: set[str] = set()
+
+        def batches() -> Iterator[list[ContactData]]:
+            batch: dict[str, ContactData] = {}
+            for record in records:
+                key = record.address.key
+                if key in seen:
+                    result.duplicates += 1
+                    if key not in batch:  # repeated in an earlier chunk: upsert again, later row wins
+                        batch[key] = record
+                        continue
+                seen.add(key)
+                batch[key] = record
+                if len(batch) >= chunk:
+                    yield list(batch.values())
+                    batch = {}
+            if batch:
+                yield list(batch.values())
+
         with self.engine.begin() as conn:
             conn.execute(self._insert_ignore(ContactList.__table__), [{"name": list_name, "created_at": now}])
             list_id = conn.execute(select(ContactList.id).where(ContactList.name == list_name)).scalar_one()
-            for start in range(0, len(unique), chunk):
-                batch = unique[start:start + chunk]
+            for batch in batches():
                 keys = [r.address.key for r in batch]
                 existing = {
                     row.email_key: row
@@ -327,13 +340,13 @@ class Store:
                 result.inserted += len(inserts)
                 result.updated += len(updates)
                 ids = conn.execute(select(table.c.id).where(table.c.email_key.in_(keys))).scalars().all()
-                before = conn.execute(select(func.count()).select_from(ListMember.__table__)
-                                      .where(ListMember.__table__.c.list_id == list_id)).scalar_one()
-                conn.execute(self._insert_ignore(ListMember.__table__),
-                             [{"list_id": list_id, "contact_id": i} for i in ids])
-                after = conn.execute(select(func.count()).select_from(ListMember.__table__)
-                                     .where(ListMember.__table__.c.list_id == list_id)).scalar_one()
-                result.added_to_list += after - before
+                members = ListMember.__table__
+                already = conn.execute(select(func.count()).select_from(members).where(
+                    members.c.list_id == list_id, members.c.contact_id.in_(ids))).scalar_one()
+                conn.execute(self._insert_ignore(members), [{"list_id": list_id, "contact_id": i} for i in ids])
+                result.added_to_list += len(ids) - already
+            if before_commit is not None:
+                before_commit()
         return result
 
     def list_contacts(self, list_name: str) -> Iterator[ContactData]:
@@ -468,12 +481,12 @@ class Store:
                                         detail="the sending process stopped during delivery"))
         return done.rowcount
 
-    def log_states(self, campaign_id: str) -> dict[str, str]:
-        """address key -> state, for this campaign."""
+    def log_keys(self, campaign_id: str, states: Iterable[str]) -> set[str]:
+        """Address keys of this campaign's rows in the given states."""
         table = SendLog.__table__
         with self.engine.connect() as conn:
-            return dict(conn.execute(select(table.c.address_key, table.c.state)
-                                     .where(table.c.campaign_id == campaign_id)).all())
+            return set(conn.execute(select(table.c.address_key).where(
+                table.c.campaign_id == campaign_id, table.c.state.in_(list(states)))).scalars())
 
     def write_decisions(self, campaign_id: str, rows: Sequence[dict[str, Any]],
                         replaceable: Sequence[str] = ("blocked", "planned", "deferred")) -> None:
