@@ -30,9 +30,10 @@ def mailbox(name: str, address: str) -> str:
 
 
 def quoted_printable(text: str) -> bytes:
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    encoded = (binascii.b2a_qp(line.encode("utf-8"), istext=False).replace(b"=\n", b"=\r\n") for line in lines)
-    return b"\r\n".join(encoded)
+    """Quoted-printable with CRLF line ends (b2a_qp keeps the CRLFs it is given)."""
+    crlf = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+    # Soft breaks follow the data's line ends, and are bare LF when it has none.
+    return binascii.b2a_qp(crlf.encode("utf-8"), istext=True).replace(b"=\n", b"=\r\n")
 
 
 def _part(subtype: str, body: str) -> bytes:

@@ -52,6 +52,65 @@ class Templates:
     text: jinja2.Template | None
     html_path: Path | None
     text_path: Path | None
+    #: the text part's template, derived once from the HTML template (None: derive per message)
+    text_from_html: jinja2.Template | None = None
+
+
+_OPENERS = {"variable_begin": "variable_end", "block_begin": "block_end", "comment_begin": "comment_end"}
+_UNSAFE_TO_DERIVE = frozenset({"include", "extends", "import", "from", "macro", "call", "filter", "safe", "raw"})
+
+
+def derive_text_template(env: SandboxedEnvironment, source: str) -> str | None:
+    """The text part's template, made once from the HTML template's source.
+
+    Converting every rendered message from HTML to text was the costliest step
+    of rendering. Instead, each Jinja construct of the HTML template is replaced
+    by a placeholder, the HTML is converted to text once (inscriptis), and the
+    constructs are put back: rendering that text template per recipient gives the
+    same text as converting each message. Returns None (convert per message)
+    when the template does things this cannot follow: includes, macros, `safe`
+    output, or a block tag in a place the conversion drops (an attribute, <title>).
+    """
+    try:
+        tokens = list(env.lex(source))
+    except jinja2.TemplateSyntaxError:
+        return None
+    joined = "".join(value for _, _, value in tokens)
+    if joined != source and source.removesuffix("\n").removesuffix("\r") != joined:
+        return None  # the lexer lost something: do not guess
+    constructs: list[tuple[str, str]] = []  # (kind, source text)
+    html: list[str] = []
+    current: list[str] | None = None
+    kind = ""
+    for _, token, value in tokens:
+        if token in _OPENERS and current is None:
+            current, kind = [value], token
+            continue
+        if current is not None:
+            current.append(value)
+            if token == "name" and value in _UNSAFE_TO_DERIVE:
+                return None
+            if token == _OPENERS[kind]:
+                if kind != "comment_begin":
+                    html.append(f"\ue000{len(constructs)}\ue001")
+                    constructs.append((kind, "".join(current)))
+                current = None
+            continue
+        if token != "data":
+            return None  # line statements or anything else unexpected
+        html.append(value)
+    if current is not None:
+        return None
+    text = inscriptis.get_text("".join(html), _TEXT_CONFIG)
+    for index, (kind, construct) in enumerate(constructs):
+        marker = f"\ue000{index}\ue001"
+        count = text.count(marker)
+        if kind == "block_begin" and count != 1:
+            return None
+        text = text.replace(marker, construct)
+    if "\ue000" in text or "\ue001" in text:
+        return None
+    return text.strip("\n") + "\n"
 
 
 def _environment(folder: Path | None, autoescape: bool) -> SandboxedEnvironment:
@@ -82,12 +141,20 @@ def load_templates(campaign: Campaign) -> Templates:
         subject = subject_env.from_string(campaign.subject)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{campaign.path}: [campaign] subject: template syntax error: {exc.message}") from None
-    html = text = None
+    html = text = derived = None
     if campaign.html_template:
         html = _compile(_environment(campaign.html_template.parent, autoescape=True), campaign.html_template)
     if campaign.text_template:
         text = _compile(_environment(campaign.text_template.parent, autoescape=False), campaign.text_template)
-    return Templates(subject, html, text, campaign.html_template, campaign.text_template)
+    elif campaign.html_template:
+        text_env = _environment(campaign.html_template.parent, autoescape=False)
+        source = derive_text_template(text_env, campaign.html_template.read_text("utf-8"))
+        if source is not None:
+            try:
+                derived = text_env.from_string(source)
+            except jinja2.TemplateSyntaxError:
+                derived = None
+    return Templates(subject, html, text, campaign.html_template, campaign.text_template, derived)
 
 
 def _template_line(exc: BaseException, path: Path | None) -> int | None:
@@ -225,6 +292,9 @@ class Renderer:
             html_body = self._render(self.templates.html, self.templates.html_path, context, contact, "HTML template")
         if self.templates.text is not None:
             text_body = self._render(self.templates.text, self.templates.text_path, context, contact, "text template")
+        elif self.templates.text_from_html is not None:
+            text_body = self._render(self.templates.text_from_html, self.templates.html_path, context, contact,
+                                     "text part derived from the HTML template")
         else:
             text_body = inscriptis.get_text(html_body or "", _TEXT_CONFIG).strip("\n") + "\n"
         text = text_body.rstrip() + "\n\n" + self.footer.text.render(footer_context).strip("\n") + "\n"

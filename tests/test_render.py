@@ -1,0 +1,76 @@
+"""Rendering details: the derived text part, MIME encoding round trips."""
+from __future__ import annotations
+
+import email
+from email import policy
+from pathlib import Path
+
+import inscriptis
+import pytest
+from jinja2 import StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from mailer.mime import build_message, encode_words, mailbox
+from mailer.render import _TEXT_CONFIG, derive_text_template
+
+SAMPLE = Path(__file__).resolve().parents[1] / "mailer" / "sample" / "templates" / "cloud-audit.html.j2"
+
+
+def environments() -> tuple[SandboxedEnvironment, SandboxedEnvironment]:
+    html = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
+    text = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    return html, text
+
+
+CONTACTS = [
+    {"first_name": "Claire", "job_title": "DSI", "company": "Client & Fils <SA>"},
+    {"first_name": "", "job_title": "", "company": ""},
+]
+
+
+@pytest.mark.parametrize("source", [
+    SAMPLE.read_text("utf-8"),
+    "<h1>Hi {{ contact.first_name }}</h1><ul>{% for x in ['a', 'b'] %}<li>{{ x }} {{ contact.company }}</li>"
+    "{% endfor %}</ul><p>See <a href='https://acme.example/{{ contact.job_title }}'>our offer</a>.</p>",
+    "<table><tr><td>{{ contact.first_name }}</td><td>{% if contact.company %}{{ contact.company }}{% else %}"
+    "vous{% endif %}</td></tr></table>",
+])
+@pytest.mark.parametrize("values", CONTACTS)
+def test_the_derived_text_template_gives_the_text_of_each_rendered_message(source: str, values: dict) -> None:
+    html_env, text_env = environments()
+    context = {"contact": values, "campaign": {"id": "c"}, "organization": {}}
+    derived = derive_text_template(text_env, source)
+    assert derived is not None
+    per_message = inscriptis.get_text(html_env.from_string(source).render(context), _TEXT_CONFIG)
+    once = text_env.from_string(derived).render(context)
+    assert once.split() == per_message.split()
+
+
+@pytest.mark.parametrize("source", [
+    "{% include 'other.html' %}",
+    "<p>{{ contact.bio|safe }}</p>",
+    "<title>{% if contact.first_name %}x{% endif %}</title><p>hi</p>",
+    "<p title=\"{% if contact.first_name %}x{% endif %}\">hi</p>",
+])
+def test_templates_it_cannot_follow_fall_back_to_per_message_conversion(source: str) -> None:
+    assert derive_text_template(environments()[1], source) is None
+
+
+def test_mime_round_trip_with_non_ascii_and_special_characters() -> None:
+    subject = "Claire, votre audit cloud offert — très « spécial » " + "x" * 120
+    raw = build_message([
+        ("From", mailbox("Acme, \"Sales\"", "sales@acme.example")),
+        ("To", mailbox("Zoé Ünïcode", "zoe@client.example")),
+        ("Subject", encode_words(subject)),
+        ("List-Unsubscribe", "<https://mail.acme.example/u/" + "A" * 200 + ">"),
+    ], "Bonjour Zoé,\n\n" + "é" * 300 + "\n.\nFrom here\n", "<p>Bonjour Zoé</p>" + "<p>x</p>" * 200)
+    message = email.message_from_bytes(raw, policy=policy.default)
+    assert message["Subject"] == subject
+    assert message["From"].addresses[0].display_name == 'Acme, "Sales"'
+    assert message["To"].addresses[0].display_name == "Zoé Ünïcode"
+    assert message["List-Unsubscribe"] == "<https://mail.acme.example/u/" + "A" * 200 + ">"
+    text = message.get_body(("plain",)).get_content()
+    assert text.replace("\r\n", "\n") == "Bonjour Zoé,\n\n" + "é" * 300 + "\n.\nFrom here\n"
+    assert message.get_body(("html",)).get_content().startswith("<p>Bonjour Zoé</p>")
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert b"\n" not in raw.replace(b"\r\n", b"")
