@@ -25,6 +25,7 @@ import inscriptis
 import jinja2
 from inscriptis.model.config import ParserConfig
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import escape
 
 from .addresses import address_hash, is_generic, parse_from_header
 from .config import Campaign, Config
@@ -38,6 +39,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 _HTML_END = re.compile(r"</html\s*>", re.IGNORECASE)
 _TEXT_CONFIG = ParserConfig(display_links=True)
+_SENTENCE, _URL = "\ue000source\ue001", "\ue000unsubscribe\ue001"
 
 
 def one_line(value: str) -> str:
@@ -233,6 +235,12 @@ class Renderer:
         self.generic_locals = frozenset(config.compliance.generic_locals)
         self.base_url = config.unsubscribe.base_url.rstrip("/")
         self.list_id = f"{campaign.id}.{self.from_domain}"
+        # The footer differs between recipients only by the source sentence and the
+        # unsubscribe URL: render it once with markers, fill them in per message.
+        marked = {"organization": self.organization, "unsubscribe_url": _URL, "text": self.strings,
+                  "source_sentence": _SENTENCE, "locale": campaign.locale}
+        self._html_footer = self.footer.html.render(marked)
+        self._text_footer = self.footer.text.render(marked).strip("\n") + "\n"
         self.from_header = mailbox(one_line(self.from_name), self.from_address)
         self.reply_to_header = ""
         if campaign.reply_to:
@@ -285,8 +293,7 @@ class Renderer:
         context = {"contact": contact_context(contact), "campaign": self.campaign_view,
                    "organization": self.organization, "unsubscribe_url": url}
         subject = one_line(self._render(self.templates.subject, None, context, contact, "[campaign] subject"))
-        footer_context = {"organization": self.organization, "unsubscribe_url": url, "text": self.strings,
-                          "source_sentence": self.source_sentence(contact), "locale": self.campaign.locale}
+        sentence = self.source_sentence(contact)
         html_body = None
         if self.templates.html is not None:
             html_body = self._render(self.templates.html, self.templates.html_path, context, contact, "HTML template")
@@ -297,11 +304,12 @@ class Renderer:
                                      "text part derived from the HTML template")
         else:
             text_body = inscriptis.get_text(html_body or "", _TEXT_CONFIG).strip("\n") + "\n"
-        text = text_body.rstrip() + "\n\n" + self.footer.text.render(footer_context).strip("\n") + "\n"
+        text = text_body.rstrip() + "\n\n" + self._text_footer.replace(_SENTENCE, sentence).replace(_URL, url)
         html = None
         if html_body is not None:
-            html = _append_footer(html_body, self.footer.html.render(footer_context))
-        required = [self.organization.name, self.organization.postal_address, footer_context["source_sentence"]]
+            footer = self._html_footer.replace(_SENTENCE, str(escape(sentence))).replace(_URL, str(escape(url)))
+            html = _append_footer(html_body, footer)
+        required = [self.organization.name, self.organization.postal_address, sentence]
         problems = check_footer_text(text, required, url)
         if html is not None:
             problems += check_footer_html(html, required, url)
