@@ -105,6 +105,7 @@ class UnsubscribeApp:
         self.ws = workspace
         org = workspace.config.organization
         self.org = org
+        self._campaigns: set[str] = set()
         self.app = Starlette(routes=[
             Route("/u/{token}", self.show, methods=["GET", "HEAD"]),
             Route("/u/{token}", self.unsubscribe, methods=["POST"]),
@@ -131,8 +132,10 @@ class UnsubscribeApp:
             token = verify(self.ws.keys, raw)
         except InvalidToken:
             return None
-        if not self.ws.store.campaign_known(token.campaign_id):
-            return None
+        if token.campaign_id not in self._campaigns:
+            if not self.ws.store.campaign_known(token.campaign_id):
+                return None
+            self._campaigns.add(token.campaign_id)  # campaigns are never deleted
         return token
 
     def _suppressed(self, token: UnsubscribeToken) -> bool:

@@ -392,10 +392,9 @@ class Store:
             return 0
         table = Suppression.__table__
         with self.engine.begin() as conn:
-            before = conn.execute(select(func.count()).select_from(table)).scalar_one()
-            conn.execute(self._insert_ignore(table), rows)
-            after = conn.execute(select(func.count()).select_from(table)).scalar_one()
-        return after - before
+            # rowcount of an INSERT … ON CONFLICT DO NOTHING counts the rows really added
+            # (summed over executemany by sqlite3 and psycopg).
+            return max(conn.execute(self._insert_ignore(table), rows).rowcount, 0)
 
     def unsuppress(self, scope: str, value: str) -> bool:
         table = Suppression.__table__
