@@ -13,7 +13,6 @@ import argparse
 import csv
 import os
 import random
-import shutil
 import sqlite3
 import statistics
 import subprocess

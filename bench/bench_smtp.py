@@ -143,8 +143,9 @@ def prebuilt_messages(project: Path) -> list[tuple[str, bytes]]:
     from mailer.pipeline import open_workspace, prepare_campaign
     ws = open_workspace(project / "config.toml", {"MAILER_SECRET": "bench"})
     prepared = prepare_campaign(ws, project / "campaigns" / "bench.toml")
-    from mailer.contacts import parse_contacts_csv
     from datetime import date
+
+    from mailer.contacts import parse_contacts_csv
     records = parse_contacts_csv(project / "contacts" / "bench.csv", today=date.today()).records
     out = []
     for contact in records:

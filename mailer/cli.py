@@ -12,9 +12,10 @@ import signal
 import sys
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -23,8 +24,15 @@ from .addresses import normalise
 from .config import find_config_path, load_campaign
 from .errors import InputError, MailerError, NotFound
 from .gate import RULE_IDS
-from .pipeline import (Plan, Workspace, deliver_campaign, import_contacts, open_workspace, plan_campaign,
-                       prepare_campaign)
+from .pipeline import (
+    Plan,
+    Workspace,
+    deliver_campaign,
+    import_contacts,
+    open_workspace,
+    plan_campaign,
+    prepare_campaign,
+)
 from .store import utcnow
 from .transport import open_transport
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .addresses import NormalisedAddress, normalise
 from .errors import CsvError
@@ -181,14 +182,14 @@ class ContactsCsv:
                     self.problems.append(f"{path}:{line}: {len(row)} fields, but the header has {len(columns)}"
                                          f" (is a value with a '{self.delimiter}' missing its quotes?)")
                     continue
-                record = _record(path, line, dict(zip(columns, row)), self.today, self.problems)
+                record = _record(path, line, dict(zip(columns, row, strict=True)), self.today, self.problems)
                 if record is not None:
                     yield record
         except _CsvSyntax as exc:
             raise _syntax_error(path, exc) from None
 
 
-def _syntax_error(path: Path, exc: "_CsvSyntax") -> CsvError:
+def _syntax_error(path: Path, exc: _CsvSyntax) -> CsvError:
     return CsvError([f"{path}:{exc.line}: CSV syntax error: {exc}"],
                     hint="check the quotes on that line: a value with a quote must be written \"like \"\"this\"\"\"")
 

@@ -89,7 +89,7 @@ class _GroupCommitter:
         while True:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=0.05)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wakeup.clear()
             if self._claims or self._outcomes or self._suppressions:
@@ -234,7 +234,7 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
             batch, done = await take()
             if stop.is_set() or not batch:
                 continue
-            for message, go in zip(batch, await committer.claim(batch)):
+            for message, go in zip(batch, await committer.claim(batch), strict=True):
                 if not go:
                     finish("suppressed")
                 elif stop.is_set():
@@ -275,5 +275,5 @@ class _Pace:
 async def _sleep_or_stop(seconds: float, stop: asyncio.Event) -> None:
     try:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass

@@ -37,16 +37,17 @@ def preflight(domain: str, dkim_selector: str = "", lookup: Lookup | None = None
     spf = records(domain)
     if spf is not None:
         found = [r for r in spf if r.lower().startswith("v=spf1")]
-        lines.append(f"  SPF   {'ok: ' + found[0] if found else 'MISSING: add a v=spf1 TXT record'}")
+        lines.append(f"  SPF   ok: {found[0]}" if found else "  SPF   MISSING: add a v=spf1 TXT record")
     if dkim_selector:
         dkim = records(f"{dkim_selector}._domainkey.{domain}")
         if dkim is not None:
             ok = any("p=" in r for r in dkim)
-            lines.append(f"  DKIM  {'ok: selector ' + dkim_selector if ok else 'MISSING: no key at ' + dkim_selector + '._domainkey.' + domain}")
+            where = f"{dkim_selector}._domainkey.{domain}"
+            lines.append(f"  DKIM  ok: selector {dkim_selector}" if ok else f"  DKIM  MISSING: no key at {where}")
     else:
         lines.append("  DKIM  not checked (set [dkim] selector in config.toml)")
     dmarc = records(f"_dmarc.{domain}")
     if dmarc is not None:
         found = [r for r in dmarc if r.lower().startswith("v=dmarc1")]
-        lines.append(f"  DMARC {'ok: ' + found[0] if found else 'MISSING: add a v=DMARC1 TXT record at _dmarc.' + domain}")
+        lines.append(f"  DMARC ok: {found[0]}" if found else f"  DMARC MISSING: add a v=DMARC1 TXT record at _dmarc.{domain}")
     return lines

@@ -45,7 +45,7 @@ class RelevanceMatcher:
     industries: tuple[tuple[str, ...], ...]
 
     @classmethod
-    def build(cls, job_titles: Iterable[str], industries: Iterable[str]) -> "RelevanceMatcher":
+    def build(cls, job_titles: Iterable[str], industries: Iterable[str]) -> RelevanceMatcher:
         return cls(tuple(w for w in map(words, job_titles) if w),
                    tuple(w for w in map(words, industries) if w))
 

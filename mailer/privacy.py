@@ -11,15 +11,25 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, update
 
 from .addresses import is_generic, normalise
 from .contacts import ContactData
 from .errors import InputError, NotFound
 from .gate import add_years, retention_reference
 from .pipeline import Workspace
-from .store import (CampaignRecord, Contact, ContactList, Erasure, Interaction, ListMember, SendLog, Suppression,
-                    contact_from_row, utcnow)
+from .store import (
+    CampaignRecord,
+    Contact,
+    ContactList,
+    Erasure,
+    Interaction,
+    ListMember,
+    SendLog,
+    Suppression,
+    contact_from_row,
+    utcnow,
+)
 
 ERASED_PREFIX = "erased:"
 INTERACTIONS = ("reply", "click", "form")

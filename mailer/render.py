@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 import tomllib
+import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from importlib import resources
 from pathlib import Path
@@ -330,7 +330,7 @@ class Renderer:
             ("From", self.from_header),
             ("To", mailbox(message.to_name, message.to_address)),
             ("Subject", encode_words(message.subject)),
-            ("Date", format_datetime(when or datetime.now(timezone.utc))),
+            ("Date", format_datetime(when or datetime.now(UTC))),
             ("Message-ID", message_id),
         ]
         if self.reply_to_header:

@@ -19,7 +19,6 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette

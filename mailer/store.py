@@ -9,10 +9,10 @@ from __future__ import annotations
 import secrets as _secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, bindparam, Index, UniqueConstraint, delete, event, func, or_, select, update
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, bindparam, delete, event, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlmodel import Field, SQLModel, create_engine
@@ -23,7 +23,7 @@ from .errors import NotFound, StoreError
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # --------------------------------------------------------------------------- tables
@@ -189,7 +189,7 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str) -> "Store":
+    def open(cls, url: str) -> Store:
         try:
             engine = create_engine(url)
         except (SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:

@@ -27,7 +27,7 @@ class Keys:
     token: bytes
 
     @classmethod
-    def derive(cls, secret: bytes) -> "Keys":
+    def derive(cls, secret: bytes) -> Keys:
         return cls(
             address=hmac.new(secret, b"mailer/address-hash/v1", hashlib.sha256).digest(),
             token=hmac.new(secret, b"mailer/unsubscribe-token/v1", hashlib.sha256).digest(),

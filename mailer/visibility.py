@@ -32,7 +32,7 @@ RENDERED_CONTAINERS = frozenset({
     "center", "font", "section", "article", "main", "header", "footer", "aside", "nav",
     "blockquote", "b", "i", "u", "em", "strong", "ul", "ol", "li", "dl", "dd", "dt", "figure",
     "figcaption", "address", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "code", "big", "form",
-    "fieldset", "label", "article", "strike", "s", "tt", "var", "cite", "abbr", "mark", "small", "sup", "sub",
+    "fieldset", "label", "strike", "s", "tt", "var", "cite", "abbr", "mark", "small", "sup", "sub",
 })
 
 _PX = re.compile(r"^(-?[\d.]+)(px|pt|em|rem|%)?$")

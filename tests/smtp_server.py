@@ -92,7 +92,7 @@ class SmtpServer:
         self.port = free_port()
         self.controller = Controller(handler, hostname="127.0.0.1", port=self.port, **smtp_options)
 
-    def __enter__(self) -> "SmtpServer":
+    def __enter__(self) -> SmtpServer:
         self.controller.start()
         return self
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 from click.testing import CliRunner
-
 from conftest import SECRET, Project
+
 from mailer.cli import cli
 
 

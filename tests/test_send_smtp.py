@@ -9,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import trustme
-
 from conftest import CONFIG, HEADER, SECRET, Project, counts
-from mailer.pipeline import open_workspace
 from smtp_server import RecordingHandler, SmtpServer, free_port, password_authenticator
+
+from mailer.pipeline import open_workspace
 
 CLAIRE, PAUL = "claire@client.example", "paul@telco.example"
 

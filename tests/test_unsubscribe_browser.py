@@ -6,12 +6,11 @@ import re
 import shutil
 from email import policy
 
-import pytest
-from playwright.sync_api import sync_playwright
-
 from conftest import SECRET, Project
-from mailer.pipeline import open_workspace
+from playwright.sync_api import sync_playwright
 from web_server import UnsubscribeServer
+
+from mailer.pipeline import open_workspace
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -8,10 +8,10 @@ from email import policy
 
 import httpx
 import pytest
-
 from conftest import SECRET, Project, counts
-from mailer.pipeline import open_workspace
 from web_server import UnsubscribeServer
+
+from mailer.pipeline import open_workspace
 
 
 def unsubscribe_urls(project: Project) -> dict[str, str]:

@@ -5,10 +5,10 @@ import threading
 import time
 
 import uvicorn
+from smtp_server import free_port
 
 from mailer.pipeline import Workspace
 from mailer.server import create_app
-from smtp_server import free_port
 
 
 class UnsubscribeServer:
@@ -23,7 +23,7 @@ class UnsubscribeServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "UnsubscribeServer":
+    def __enter__(self) -> UnsubscribeServer:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:

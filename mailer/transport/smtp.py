@@ -6,15 +6,20 @@ a connection lost during DATA may have delivered the message (`uncertain`).
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import ssl
 from ipaddress import ip_address
 
 import aiosmtplib
-from aiosmtplib import (SMTPAuthenticationError, SMTPConnectError, SMTPException, SMTPResponseException,
-                        SMTPServerDisconnected, SMTPTimeoutError)
+from aiosmtplib import (
+    SMTPAuthenticationError,
+    SMTPConnectError,
+    SMTPException,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
 
 from ..config import Config
 from ..errors import InputError, TransportError
@@ -91,7 +96,7 @@ class SmtpTransport:
             raise TransportError(f"TLS with {self._where} failed: {exc.reason or exc}",
                                  hint="check [smtp] security (tls for port 465, starttls for 587) and the "
                                       "server's certificate (ca_file for a private CA)") from None
-        except (SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, SMTPException, OSError) as exc:
             raise TransportError(f"cannot connect to SMTP server {self._where}: {_describe(exc)}",
                                  hint="check [smtp] host and port, and that the server is up; nothing was sent") from None
 
@@ -100,7 +105,7 @@ class SmtpTransport:
         for client in idle:
             try:
                 await client.quit()
-            except (SMTPException, OSError, asyncio.TimeoutError):
+            except (TimeoutError, SMTPException, OSError):
                 client.close()
 
     def delivered(self, key: str) -> bool | None:
@@ -113,7 +118,7 @@ class SmtpTransport:
             client = self._idle.pop() if self._idle else await self._connect()
         except SMTPResponseException as exc:
             return _classify(exc.code, exc.message, before_data=True)
-        except (SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, SMTPException, OSError) as exc:
             return Delivery("deferred", text=f"cannot connect to {self._where}: {_describe(exc)}")
         keep = True
         try:
@@ -123,7 +128,7 @@ class SmtpTransport:
             except SMTPResponseException as exc:
                 keep = exc.code != 421 and await _reset(client)
                 return _classify(exc.code, exc.message, before_data=True, recipient=True)
-            except (SMTPServerDisconnected, SMTPTimeoutError, SMTPException, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, SMTPServerDisconnected, SMTPTimeoutError, SMTPException, OSError) as exc:
                 keep = False
                 return Delivery("deferred", text=f"connection to {self._where} lost before DATA: {_describe(exc)}")
             try:
@@ -131,7 +136,7 @@ class SmtpTransport:
             except SMTPResponseException as exc:
                 keep = exc.code != 421 and await _reset(client)
                 return _classify(exc.code, exc.message, before_data=False)
-            except (SMTPServerDisconnected, SMTPTimeoutError, SMTPException, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, SMTPServerDisconnected, SMTPTimeoutError, SMTPException, OSError) as exc:
                 keep = False
                 return Delivery("uncertain", text=f"connection to {self._where} lost during DATA: {_describe(exc)}")
             return Delivery("sent", response.code, response.message)
@@ -146,7 +151,7 @@ async def _reset(client: aiosmtplib.SMTP) -> bool:
     try:
         await client.rset()
         return True
-    except (SMTPException, OSError, asyncio.TimeoutError):
+    except (TimeoutError, SMTPException, OSError):
         return False
 
 
