@@ -1,12 +1,17 @@
 """Shared fixtures: a real project folder (config, campaign, templates, CSV) and a CLI runner."""
 from __future__ import annotations
 
-import sqlite3
+import os
+import re
 import textwrap
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy
 from click.testing import CliRunner, Result
 
 from mailer.cli import cli
@@ -81,10 +86,48 @@ marc@soft.example,Marc,Petit,Soft,Comptable,food,b2b,Salon VivaTech 2026,2026-06
 """
 
 
+# PostgreSQL server for the modules that set BOTH_DATABASES = True (.ci/run starts one).
+POSTGRES_URL = os.environ.get("MAILER_TEST_POSTGRES_URL", "")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database" in metafunc.fixturenames:
+        both = getattr(metafunc.module, "BOTH_DATABASES", False) and POSTGRES_URL
+        metafunc.parametrize("database", ["sqlite", "postgresql"] if both else ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest, tmp_path: Path):
+    """The database URL for one test: a SQLite file, or a fresh PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield "sqlite:///mailer.db"
+        return
+    name = f"mailer_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sqlalchemy.engine.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
 @dataclass
 class Project:
     root: Path
     runner: CliRunner
+    database_url: str = "sqlite:///mailer.db"
+    _engine: Any = field(default=None, repr=False)
+
+    @property
+    def base_config(self) -> str:
+        """The fixture's config.toml, pointing at this test's database."""
+        return CONFIG.replace('url = "sqlite:///mailer.db"', f'url = "{self.database_url}"')
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
 
     @property
     def config(self) -> Path:
@@ -127,18 +170,37 @@ class Project:
         return [p.read_bytes() for p in sorted(self.outbox.iterdir())]
 
     def sql(self, query: str, *params: object) -> list[tuple]:
-        with sqlite3.connect(self.db) as conn:
-            return conn.execute(query, params).fetchall()
+        """Run SQL on the project's database; dates come back as ISO strings on both databases."""
+        if self._engine is None:
+            url = f"sqlite:///{self.db}" if not self.is_postgres else self.database_url
+            self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        names = iter(range(len(params)))
+        statement = sqlalchemy.text(re.sub(r"\?", lambda _: f":p{next(names)}", query))
+        with self._engine.begin() as conn:
+            result = conn.execute(statement, {f"p{i}": v for i, v in enumerate(params)})
+            if not result.returns_rows:
+                return []
+            return [tuple(_plain(v) for v in row) for row in result]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Project:
-    p = Project(tmp_path, CliRunner())
-    p.write("config.toml", CONFIG)
+def project(tmp_path: Path, database: str):
+    p = Project(tmp_path, CliRunner(), database)
+    p.write("config.toml", p.base_config)
     p.write("campaigns/offer.toml", CAMPAIGN)
     p.write("templates/offer.html.j2", HTML)
     p.write("contacts.csv", CSV)
-    return p
+    yield p
+    if p._engine is not None:
+        p._engine.dispose()
 
 
 def counts(output: str) -> dict[str, int]:

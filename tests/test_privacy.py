@@ -6,6 +6,8 @@ from datetime import date, timedelta
 
 from conftest import Project, counts
 
+BOTH_DATABASES = True  # also run on PostgreSQL when MAILER_TEST_POSTGRES_URL is set
+
 PEOPLE = """\
 email,first_name,last_name,company,job_title,industry,kind,source,source_type,collected_at,consent,consent_at,consent_proof,partner_consent,last_interaction_at,segment
 zoe.quintal@client.example,Zoé,Quintal,Client SA,CTO,software,b2b,Salon VivaTech 2026,direct,2026-06-01,,,,,,gold
@@ -72,10 +74,13 @@ def test_forget_leaves_no_trace_in_the_database_files(project: Project) -> None:
     project.run("contacts", "touch", "zoe.quintal@client.example", "--at", "2026-11-01", "--what", "reply")
     result = project.run("forget", "ZOE.QUINTAL@client.example", "--yes")
     assert result.exit_code == 0 and "Erased" in result.output
-    raw = b"".join(p.read_bytes() for p in project.root.glob("mailer.db*"))
-    for trace in ("zoe.quintal", "Quintal", "Zoé", "ZOE.QUINTAL"):
-        assert trace.encode("utf-8") not in raw, trace
-        assert trace.lower().encode("utf-8") not in raw.lower(), trace
+    if project.is_postgres:  # the rows are gone and VACUUM ran; the server's files are not ours to read
+        tables = [t for (t,) in project.sql("select tablename from pg_tables where schemaname = 'public'")]
+        raw = repr([project.sql(f'select * from "{t}"') for t in tables]).encode("utf-8")
+    else:  # secure_delete zeroes freed pages and the WAL is truncated: check the bytes of every file
+        raw = b"".join(p.read_bytes() for p in project.root.glob("mailer.db*"))
+    for trace in ("zoe.quintal", "quintal", "zoé"):
+        assert trace.encode("utf-8") not in raw.lower(), trace
     assert project.sql("select origin from suppressions") == [("erasure",)]
     assert project.sql("select reason from erasures") == [("request",)]
     # The send log still says a message went out, keyed by hash.

@@ -6,6 +6,8 @@ from email import policy
 
 from conftest import HEADER, Project, counts
 
+BOTH_DATABASES = True  # also run on PostgreSQL when MAILER_TEST_POSTGRES_URL is set
+
 
 def parse(data: bytes) -> email.message.EmailMessage:
     return email.message_from_bytes(data, policy=policy.default)  # type: ignore[return-value]

@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import trustme
-from conftest import CONFIG, HEADER, SECRET, Project, counts
+from conftest import HEADER, SECRET, Project, counts
 from smtp_server import RecordingHandler, SmtpServer, free_port, password_authenticator
 
 from mailer.pipeline import open_workspace
+
+BOTH_DATABASES = True  # also run on PostgreSQL when MAILER_TEST_POSTGRES_URL is set
 
 CLAIRE, PAUL = "claire@client.example", "paul@telco.example"
 
@@ -21,7 +23,7 @@ CLAIRE, PAUL = "claire@client.example", "paul@telco.example"
 def use_smtp(project: Project, port: int, **settings: object) -> None:
     extra = "".join(f"{k} = {v!r}\n".replace("'", '"') if not isinstance(v, (int, float)) else f"{k} = {v}\n"
                     for k, v in settings.items())
-    project.write("config.toml", CONFIG.replace('type = "maildir"', 'type = "smtp"')
+    project.write("config.toml", project.base_config.replace('type = "maildir"', 'type = "smtp"')
                   .replace("port = 2525", f"port = {port}\nretry_base_seconds = 0.01\nmax_attempts = 3\n" + extra))
 
 
@@ -168,7 +170,7 @@ def test_starttls_with_certificate_verification_and_auth(project: Project, tmp_p
     handler = RecordingHandler()
     with SmtpServer(handler, tls_context=server_context, require_starttls=True,
                     authenticator=password_authenticator("acme", "s3cret"), auth_required=True) as server:
-        project.write("config.toml", CONFIG.replace('type = "maildir"', 'type = "smtp"')
+        project.write("config.toml", project.base_config.replace('type = "maildir"', 'type = "smtp"')
                       .replace('host = "127.0.0.1"', 'host = "localhost"')
                       .replace("port = 2525", f"port = {server.port}\nca_file = \"{ca_file}\"\nusername = \"acme\"")
                       .replace('security = "none"', 'security = "starttls"'))
@@ -189,7 +191,7 @@ def test_starttls_with_certificate_verification_and_auth(project: Project, tmp_p
 
 
 def test_cleartext_smtp_to_a_remote_host_is_refused(project: Project) -> None:
-    project.write("config.toml", CONFIG.replace('type = "maildir"', 'type = "smtp"')
+    project.write("config.toml", project.base_config.replace('type = "maildir"', 'type = "smtp"')
                   .replace('host = "127.0.0.1"', 'host = "smtp.example.net"'))
     result = project.send()
     assert result.exit_code == 2

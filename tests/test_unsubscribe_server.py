@@ -13,6 +13,8 @@ from web_server import UnsubscribeServer
 
 from mailer.pipeline import open_workspace
 
+BOTH_DATABASES = True  # also run on PostgreSQL when MAILER_TEST_POSTGRES_URL is set
+
 
 def unsubscribe_urls(project: Project) -> dict[str, str]:
     """address -> https URL from each sent message's List-Unsubscribe header."""
