@@ -6,6 +6,7 @@ whole campaign; 4 finished, but some deliveries failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -259,7 +260,7 @@ def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None
     found = ws.store.contacts_by_key(r.key for r in allowed)
     first: bytes | None = None
     with click.progressbar(allowed, label="Rendering", file=sys.stderr,
-                           show_pos=True) if len(allowed) > 200 else _nullbar(allowed) as bar:
+                           show_pos=True) if len(allowed) > 200 else contextlib.nullcontext(allowed) as bar:
         for index, planned in enumerate(bar, start=1):
             rendered = renderer.render(found[planned.key])
             data = renderer.build_mime(rendered, renderer.message_id())
@@ -281,17 +282,6 @@ def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None
             click.echo(f"  {r.key:<40} {r.blocked_by:<20} {r.detail}")
         if len(blocked) > 100:
             click.echo(f"  … and {len(blocked) - 100} more (mailer status shows them after a send)")
-
-
-class _nullbar:
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-
-    def __enter__(self) -> list[Any]:
-        return self.items
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _safe(key: str) -> str:
@@ -351,11 +341,15 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
     results: Counter[str] = Counter()
     outcome = "interrupted"
     try:
-        with click.progressbar(length=to_send, label="Sending", file=sys.stderr, show_pos=True,
-                               item_show_func=lambda _: _progress_label(results)) as bar:
+        # A bar only for sends that take more than a moment.
+        progress = click.progressbar(length=to_send, label="Sending", file=sys.stderr, show_pos=True,
+                                     item_show_func=lambda _: _progress_label(results)) \
+            if to_send >= 50 else contextlib.nullcontext(None)
+        with progress as bar:
             def on_result(state: str) -> None:
                 results[state] += 1
-                bar.update(1, state)
+                if bar is not None:
+                    bar.update(1, state)
 
             workers = env.environ.get("MAILER_RENDER_WORKERS")
             report = asyncio.run(_deliver(ws, prepared, plan, transport, limit, on_result,
