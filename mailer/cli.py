@@ -545,6 +545,44 @@ def suppress_import(env: Env, file: str, reason: str) -> None:
     click.echo(f"{file}: {len(targets)} entries read, {added} added, {len(set(targets)) - added} already on the list.")
 
 
+@suppress.command("mailto")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@pass_env
+def suppress_mailto(env: Env, paths: tuple[str, ...]) -> None:
+    """Record the opt-outs mailed to the List-Unsubscribe mailto address.
+
+    Give the messages received at [unsubscribe] mailto (.eml files, or folders
+    such as a maildir): each one whose Subject carries a valid
+    `unsubscribe-TOKEN` suppresses that address (origin `mailto`). Run it from
+    cron on the mailbox; messages without a valid token are listed, not guessed.
+
+    \b
+    Example:  mailer suppress mailto ~/Maildir/unsubscribe/new
+    """
+    from .suppression import message_files, token_from_message
+    from .tokens import InvalidToken, verify
+    ws = env.workspace()
+    added = known = 0
+    rejected: list[str] = []
+    for path in message_files([Path(p) for p in paths]):
+        raw = token_from_message(path.read_bytes())
+        try:
+            if raw is None:
+                raise InvalidToken("no unsubscribe-TOKEN in the subject")
+            token = verify(ws.keys, raw)
+        except InvalidToken as exc:
+            rejected.append(f"{path}: {exc}")
+            continue
+        if ws.store.suppress(scope="address", value=token.address_hash, origin="mailto",
+                             campaign_id=token.campaign_id):
+            added += 1
+        else:
+            known += 1
+    click.echo(f"{added} added, {known} already on the list, {len(rejected)} messages without a valid token.")
+    for line in rejected[:50]:
+        click.echo(f"  {line}")
+
+
 @suppress.command("export")
 @pass_env
 def suppress_export(env: Env) -> None:

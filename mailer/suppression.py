@@ -1,9 +1,14 @@
-"""Reading suppression files: one address or @domain per line, or a CSV with an email column."""
+"""Reading suppression files (addresses, @domains, CSV) and mailto opt-out messages."""
 from __future__ import annotations
 
 import csv
+import email
 import io
+import re
+from collections.abc import Iterator
+from email import policy
 from pathlib import Path
+from urllib.parse import unquote
 
 from .errors import CsvError
 
@@ -40,3 +45,27 @@ def read_suppression_file(path: Path) -> list[str]:
     if problems:
         raise CsvError(problems, hint="one address or @domain per line; nothing was imported")
     return values
+
+
+# ----------------------------------------------------------------------------- mailto opt-outs
+
+_TOKEN_IN_SUBJECT = re.compile(r"unsubscribe-([A-Za-z0-9_\-.]{40,400})")
+
+
+def message_files(paths: list[Path]) -> Iterator[Path]:
+    """Message files given directly, or found in folders (a maildir's new/ and cur/ included)."""
+    for path in paths:
+        if path.is_dir():
+            for candidate in sorted(path.rglob("*")):
+                if candidate.is_file() and not candidate.name.startswith("."):
+                    yield candidate
+        else:
+            yield path
+
+
+def token_from_message(data: bytes) -> str | None:
+    """The unsubscribe token in the Subject of a mail sent to the List-Unsubscribe mailto address."""
+    message = email.message_from_bytes(data, policy=policy.default)
+    subject = str(message.get("Subject", ""))
+    match = _TOKEN_IN_SUBJECT.search(unquote(subject))
+    return match.group(1) if match else None

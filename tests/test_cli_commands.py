@@ -112,3 +112,23 @@ def test_suppress_import_lines_and_csv(project: Project) -> None:
     result = project.run("suppress", "import", str(bad))
     assert result.exit_code == 2 and "bad.txt:2:" in result.output
     assert project.sql("select origin, count(*) from suppressions group by origin") == [("import", 4)]
+
+
+def test_suppress_mailto_records_the_opt_outs_mailed_to_the_list_unsubscribe_address(project: Project) -> None:
+    import re
+    assert project.send().exit_code == 0
+    inbox = project.root / "inbox" / "new"
+    inbox.mkdir(parents=True)
+    for index, raw in enumerate(project.messages()):
+        header = email.message_from_bytes(raw, policy=policy.default)["List-Unsubscribe"]
+        subject = re.search(r"subject=([^>]+)>", header).group(1)
+        (inbox / f"{index}.eml").write_bytes(
+            f"From: someone@client.example\r\nTo: unsubscribe@acme.example\r\nSubject: {subject}\r\n\r\n".encode())
+    (inbox / "junk.eml").write_bytes(b"Subject: unsubscribe-garbage\r\n\r\nplease stop\r\n")
+    result = project.run("suppress", "mailto", str(project.root / "inbox"))
+    assert result.exit_code == 0
+    assert "2 added, 0 already on the list, 1 messages without a valid token." in result.output
+    assert project.sql("select origin, campaign_id from suppressions") == [
+        ("mailto", "2026-12-cloud-audit"), ("mailto", "2026-12-cloud-audit")]
+    again = project.run("suppress", "mailto", str(project.root / "inbox"))
+    assert "0 added, 2 already on the list" in again.output
