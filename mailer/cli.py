@@ -23,7 +23,7 @@ import click
 from . import __version__
 from .addresses import normalise
 from .config import find_config_path, load_campaign
-from .errors import InputError, MailerError, NotFound
+from .errors import InputError, MailerError, NotFound, TransportError
 from .gate import RULE_IDS
 from .pipeline import (
     Plan,
@@ -354,11 +354,14 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
             workers = env.environ.get("MAILER_RENDER_WORKERS")
             report = asyncio.run(_deliver(ws, prepared, plan, transport, limit, on_result,
                                           int(workers) if workers and workers.isdigit() else None))
-        outcome = "stopped" if report.delivered.stopped else "finished"
+        outcome = "aborted" if report.delivered.aborted else "stopped" if report.delivered.stopped else "finished"
     finally:
         counts = dict(plan.counts) | {f"delivery:{k}": v for k, v in results.items()}
         ws.store.finish_run(run_id, outcome, counts)
     _print_summary(report, ws, plan.campaign.id)
+    if report.delivered.aborted:
+        raise TransportError(f"sending stopped: {report.delivered.aborted}",
+                             hint="nothing is lost: check the server, then rerun the same command to resume")
     if report.delivered.stopped:
         click.echo("Stopped. Rerun the same command to resume.")
     if report.delivered.counts.get("failed"):

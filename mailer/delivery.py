@@ -39,6 +39,7 @@ class Outgoing:
 class DeliveryReport:
     counts: Counter[str] = field(default_factory=Counter)
     stopped: bool = False
+    aborted: str = ""  # why the engine stopped by itself (the server went away)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (address, reason)
 
 
@@ -210,6 +211,11 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
             batch.append(message)
         return batch, False
 
+    # Circuit breaker: when every connection keeps failing, retrying each remaining
+    # message with backoff would take hours; stop instead (the rest stays planned).
+    unreachable = [0]
+    give_up_after = max(5, transport.concurrency)
+
     async def deliver_one(message: Outgoing) -> None:
         while True:
             await pace.wait()
@@ -222,6 +228,13 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
                     continue
             break
         committer.outcome(message, delivery)
+        if delivery.state == "deferred" and (delivery.code is None or delivery.code == 421):
+            unreachable[0] += 1
+            if unreachable[0] >= give_up_after and not stop.is_set():
+                report.aborted = f"the server stopped answering ({delivery.text})"
+                stop.set()
+        elif delivery.state in ("sent", "failed"):
+            unreachable[0] = 0
         if delivery.hard_bounce:
             committer.hard_bounce(message, f"{delivery.code} {delivery.text}"[:200], campaign_id)
         if delivery.state == "failed":

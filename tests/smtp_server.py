@@ -94,10 +94,19 @@ class SmtpServer:
 
     def __enter__(self) -> SmtpServer:
         self.controller.start()
+        self._stopped = False
+        self._lock = threading.Lock()
         return self
 
+    def stop(self) -> None:
+        """Stop accepting connections (idempotent; callable from any thread)."""
+        with self._lock:
+            if not self._stopped:
+                self._stopped = True
+                self.controller.stop()
+
     def __exit__(self, *exc: object) -> None:
-        self.controller.stop()
+        self.stop()
 
 
 def password_authenticator(username: str, password: str) -> Callable[..., AuthResult]:

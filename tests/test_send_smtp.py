@@ -250,3 +250,38 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(project: Project) -> None:
         rerun = project.send()
     assert rerun.exit_code == 0
     assert handler.recipients() == {a: 1 for a in addresses}
+
+
+def test_server_going_away_mid_run_stops_with_exit_1_and_a_rerun_resumes(project: Project) -> None:
+    import threading
+    addresses = many(project, 60)
+    stopping = threading.Event()
+
+    def go_away_after_ten(_: object) -> None:
+        if len(handler.received) >= 10 and not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.stop, daemon=True).start()
+
+    handler = RecordingHandler(on_data=go_away_after_ten)
+    server = SmtpServer(handler)
+    use_smtp(project, server.port, max_connections=2)
+    with server:
+        result = project.send()
+    assert result.exit_code == 1, result.output
+    assert "sending stopped: the server stopped answering" in result.output
+    assert "rerun the same command to resume" in result.output
+    first = handler.recipients()
+    assert 10 <= len(first) < 60
+    # Same port, a new server: the rerun delivers the rest, nobody twice.
+    handler2 = RecordingHandler()
+    server2 = SmtpServer(handler2)
+    server2.port = server.port
+    from aiosmtpd.controller import Controller
+    server2.controller = Controller(handler2, hostname="127.0.0.1", port=server.port)
+    with server2:
+        rerun = project.send()
+    assert rerun.exit_code == 0, rerun.output
+    second = handler2.recipients()
+    assert not set(first) & set(second)
+    uncertain = {a for a, s in states(project).items() if s == "uncertain"}
+    assert set(first) | set(second) | uncertain == set(addresses)
