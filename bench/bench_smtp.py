@@ -87,34 +87,55 @@ class PeakRss:
     """Samples the resident memory of a process and its children (render workers)."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.peak_total, self.peak_main = pid, 0, 0
+        self.pid, self.peak_total, self.peak_main, self.peak_pss = pid, 0, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     @staticmethod
-    def _rss(pid: int) -> int:
+    def _rss(pid: int, field: str = "VmRSS:") -> int:
         try:
             with open(f"/proc/{pid}/status") as handle:
                 for line in handle:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field):
                         return int(line.split()[1]) * 1024
         except OSError:
             pass
         return 0
 
-    def _children(self) -> list[int]:
+    @staticmethod
+    def _pss(pid: int) -> int:
+        """Proportional set size: shared pages (Python, libraries) counted once across processes."""
         try:
-            with open(f"/proc/{self.pid}/task/{self.pid}/children") as handle:
-                return [int(p) for p in handle.read().split()]
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Pss:"):
+                        return int(line.split()[1]) * 1024
         except OSError:
-            return []
+            pass
+        return 0
+
+    def _descendants(self) -> list[int]:
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as handle:
+                    children = [int(p) for p in handle.read().split()]
+            except OSError:
+                children = []
+            found += children
+            todo += children
+        return found
 
     def _run(self) -> None:
         while not self._stop.is_set():
             main = self._rss(self.pid)
-            total = main + sum(self._rss(c) for c in self._children())
+            processes = [self.pid, *self._descendants()]
+            total = sum(self._rss(p) for p in processes)
+            pss = sum(self._pss(p) for p in processes)
             self.peak_main, self.peak_total = max(self.peak_main, main), max(self.peak_total, total)
+            self.peak_pss = max(self.peak_pss, pss)
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -226,8 +247,10 @@ def main() -> None:
                 project = make_project(base / "mem", port, args.connections, args.memory)
                 elapsed, meter = run_mailer(project, rss=True)
                 assert meter is not None
-                print(f"\npeak memory, {args.memory} recipients: main process {meter.peak_main / 2**20:.0f} MB, "
-                      f"with render workers {meter.peak_total / 2**20:.0f} MB ({elapsed:.1f}s, target < 200 MB)")
+                print(f"\npeak memory, {args.memory} recipients ({elapsed:.1f}s, target < 200 MB): "
+                      f"main process RSS {meter.peak_main / 2**20:.0f} MB; all processes (render workers and "
+                      f"forkserver included) PSS {meter.peak_pss / 2**20:.0f} MB, RSS summed "
+                      f"{meter.peak_total / 2**20:.0f} MB")
             if args.mailmerge:
                 k = args.mailmerge
                 mm = run_mailmerge(base / "mailmerge", port, k)

@@ -309,38 +309,41 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
     ws = env.workspace()
     prepared = prepare_campaign(ws, Path(campaign))
     transport = open_transport(ws.config, env.environ)
-    plan = plan_campaign(ws, prepared, persist=not dry_run, retry_uncertain=retry_uncertain,
-                         transport=transport)
-    if plan.imported is not None:
-        r = plan.imported.result
-        click.echo(f"Imported {plan.imported.path.name}: {r.inserted} new, {r.updated} updated.")
-        if plan.imported.erased_skipped:
-            click.echo(f"Skipped {plan.imported.erased_skipped} rows of people whose data was erased.")
-    if plan.confirmed_delivered:
-        click.echo(f"{plan.confirmed_delivered} messages interrupted by a crash were found delivered.")
-    _print_counts(plan)
-    to_send = len(plan.allowed) if limit is None else min(limit, len(plan.allowed))
-    if plan.allowed:  # a misspelt variable stops here, before anything is sent
-        probe = ws.store.contacts_by_key([plan.allowed[0].key])
-        prepared.renderer.render(probe[plan.allowed[0].key])
-    if dry_run:
-        click.echo(f"Dry run: {to_send} messages would be sent; nothing was recorded or sent.")
-        return
-    if to_send == 0:
-        click.echo("Nothing to send.")
-        return
-    target = ws.config.outbox if ws.config.transport.type == "maildir" else \
-        f"{ws.config.smtp.host}:{ws.config.smtp.port}"
-    if not yes:
-        if not sys.stdin.isatty() and not os.environ.get("MAILER_ASSUME_TTY"):
-            raise InputError("not asking for confirmation without a terminal",
-                             hint="add --yes to send without confirmation")
-        click.confirm(f"Send {to_send} messages via {ws.config.transport.type} ({target})?", abort=True)
-
-    run_id = ws.store.start_run(plan.campaign.id)
+    run_id = None if dry_run else ws.store.start_run(prepared.campaign.id)
     results: Counter[str] = Counter()
-    outcome = "interrupted"
+    counts: dict[str, int] = {}
+    outcome = "failed"
     try:
+        plan = plan_campaign(ws, prepared, persist=not dry_run, retry_uncertain=retry_uncertain,
+                             transport=transport, run_id=run_id, keep_recipients=False)
+        counts = dict(plan.counts)
+        if plan.imported is not None:
+            r = plan.imported.result
+            click.echo(f"Imported {plan.imported.path.name}: {r.inserted} new, {r.updated} updated.")
+            if plan.imported.erased_skipped:
+                click.echo(f"Skipped {plan.imported.erased_skipped} rows of people whose data was erased.")
+        if plan.confirmed_delivered:
+            click.echo(f"{plan.confirmed_delivered} messages interrupted by a crash were found delivered.")
+        _print_counts(plan)
+        to_send = plan.allowed_count if limit is None else min(limit, plan.allowed_count)
+        if plan.first_allowed is not None:  # a misspelt variable stops here, before anything is sent
+            prepared.renderer.render(plan.first_allowed)
+        if dry_run:
+            click.echo(f"Dry run: {to_send} messages would be sent; nothing was recorded or sent.")
+            return
+        if to_send == 0:
+            outcome = "nothing to send"
+            click.echo("Nothing to send.")
+            return
+        target = ws.config.outbox if ws.config.transport.type == "maildir" else \
+            f"{ws.config.smtp.host}:{ws.config.smtp.port}"
+        if not yes:
+            if not sys.stdin.isatty() and not os.environ.get("MAILER_ASSUME_TTY"):
+                raise InputError("not asking for confirmation without a terminal",
+                                 hint="add --yes to send without confirmation")
+            click.confirm(f"Send {to_send} messages via {ws.config.transport.type} ({target})?", abort=True)
+
+        outcome = "interrupted"
         # A bar only for sends that take more than a moment.
         progress = click.progressbar(length=to_send, label="Sending", file=sys.stderr, show_pos=True,
                                      item_show_func=lambda _: _progress_label(results)) \
@@ -356,8 +359,8 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
                                           int(workers) if workers and workers.isdigit() else None))
         outcome = "aborted" if report.delivered.aborted else "stopped" if report.delivered.stopped else "finished"
     finally:
-        counts = dict(plan.counts) | {f"delivery:{k}": v for k, v in results.items()}
-        ws.store.finish_run(run_id, outcome, counts)
+        if run_id is not None:
+            ws.store.finish_run(run_id, outcome, counts | {f"delivery:{k}": v for k, v in results.items()})
     _print_summary(report, ws, plan.campaign.id)
     if report.delivered.aborted:
         raise TransportError(f"sending stopped: {report.delivered.aborted}",

@@ -158,19 +158,24 @@ class PlannedRecipient:
 
 @dataclass
 class Plan:
+    """The gate's decisions for one run: counts always, each recipient when kept."""
+
     campaign: Campaign
-    recipients: list[PlannedRecipient]
+    counts: Counter[str]
+    recipients: list[PlannedRecipient] | None = None  # kept for check and preview, not for send
     imported: ImportOutcome | None = None
     uncertain_recovered: int = 0
     confirmed_delivered: int = 0
+    run_id: int | None = None
+    first_allowed: ContactData | None = None
 
     @property
-    def counts(self) -> Counter[str]:
-        return Counter(r.blocked_by or "allowed" for r in self.recipients)
+    def allowed_count(self) -> int:
+        return self.counts.get("allowed", 0)
 
     @property
     def allowed(self) -> list[PlannedRecipient]:
-        return [r for r in self.recipients if r.blocked_by is None]
+        return [r for r in self.recipients or [] if r.blocked_by is None]
 
 
 def _candidates(ws: Workspace, campaign: Campaign, imported: ImportOutcome | None) -> Iterator[ContactData]:
@@ -183,12 +188,15 @@ def _candidates(ws: Workspace, campaign: Campaign, imported: ImportOutcome | Non
 
 def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | None = None,
                   import_csv: bool = True, retry_uncertain: bool = False, render_check: bool = False,
-                  transport: Transport | None = None, persist: bool = True) -> Plan:
+                  transport: Transport | None = None, persist: bool = True, run_id: int | None = None,
+                  keep_recipients: bool = True) -> Plan:
     """Import the campaign's CSV, recover a crashed run, and decide for every candidate.
 
-    render_check renders every allowed message so that `footer-missing` (and any
-    template error) is known now, as `check` and `preview` need; `send` checks
-    each message as it renders it instead.
+    Candidates are streamed and decisions written in batches tagged with
+    `run_id`, so a large list is never all in memory (unless keep_recipients,
+    for check and preview). render_check renders every allowed message so that
+    `footer-missing` (and any template error) is known now; `send` checks each
+    message as it renders it instead.
     """
     campaign = prepared.campaign
     now = utcnow()
@@ -204,17 +212,18 @@ def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | No
         confirmed, recovered = _recover_crashed(ws, campaign.id, transport)
 
     delivered_states = set(DELIVERED_STATES) - ({"uncertain"} if retry_uncertain else set())
-    delivered = ws.store.log_keys(campaign.id, delivered_states)
     hashes, domains = ws.store.suppressed_sets()
     relevance = campaign.relevance
     ctx = GateContext(
         today=today, retention_years=ws.config.compliance.retention_years, hash_address=ws.hash_address,
         suppressed_hashes=hashes, suppressed_domains=domains,
-        delivered=delivered,
+        delivered=ws.store.log_keys(campaign.id, delivered_states),
         generic_locals=frozenset(g.lower() for g in ws.config.compliance.generic_locals),
         relevance=RelevanceMatcher.build(relevance.job_titles, relevance.industries) if relevance else None,
     )
-    recipients: list[PlannedRecipient] = []
+    replaceable = ("blocked", "planned", "deferred") + (("uncertain",) if retry_uncertain else ())
+    plan = Plan(campaign, Counter(), [] if keep_recipients else None, imported, recovered, confirmed, run_id)
+    rows: list[dict[str, object]] = []
     for contact in _candidates(ws, campaign, imported):
         decision = decide(contact, campaign, ctx)
         blocked_by, detail = decision.blocked_by, decision.detail
@@ -222,15 +231,19 @@ def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | No
             problems = prepared.renderer.render(contact).footer_problems
             if problems:
                 blocked_by, detail = FOOTER_MISSING, "; ".join(problems)
-        recipients.append(PlannedRecipient(contact.address.key, contact.id, blocked_by, detail))
-
-    plan = Plan(campaign, recipients, imported, recovered, confirmed)
+        plan.counts[blocked_by or "allowed"] += 1
+        if blocked_by is None and plan.first_allowed is None:
+            plan.first_allowed = contact
+        if plan.recipients is not None:
+            plan.recipients.append(PlannedRecipient(contact.address.key, contact.id, blocked_by, detail))
+        if persist and blocked_by not in ("duplicate", "already-sent"):
+            rows.append({"address_key": contact.address.key, "contact_id": contact.id, "run_id": run_id,
+                         "state": "blocked" if blocked_by else "planned", "rule": blocked_by or "",
+                         "detail": detail})
+            if len(rows) >= 1000:
+                ws.store.write_decisions(campaign.id, rows, replaceable)
+                rows = []
     if persist:
-        rows = [{"address_key": r.key, "contact_id": r.contact_id,
-                 "state": "blocked" if r.blocked_by else "planned",
-                 "rule": r.blocked_by or "", "detail": r.detail}
-                for r in recipients if r.blocked_by not in ("duplicate", "already-sent")]
-        replaceable = ("blocked", "planned", "deferred") + (("uncertain",) if retry_uncertain else ())
         ws.store.write_decisions(campaign.id, rows, replaceable)
     return plan
 
@@ -274,19 +287,19 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
     """
     campaign = prepared.campaign
     renderer = prepared.renderer
-    allowed = plan.allowed[:limit] if limit is not None else plan.allowed
-    ids = _log_ids(ws, campaign.id, [r.key for r in allowed])
     bounce = ws.config.smtp.bounce_address or renderer.from_address
-    report = SendReport(DeliveryReport(), attempted=len(allowed))
+    to_send = plan.allowed_count if limit is None else min(limit, plan.allowed_count)
+    report = SendReport(DeliveryReport(), attempted=to_send)
     footer_blocked: list[dict[str, object]] = []
     if render_workers is None:
-        render_workers = (os.cpu_count() or 1) if len(allowed) >= 1000 else 0
+        render_workers = (os.cpu_count() or 1) if to_send >= 1000 else 0
 
-    def items(chunk: list[PlannedRecipient]) -> list[tuple[int, ContactData]]:
-        found = ws.store.contacts_by_key(r.key for r in chunk)
-        return [(ids[r.key], found[r.key]) for r in chunk if r.key in ids and r.key in found]
+    def items(chunk: list[tuple[int, int]]) -> list[tuple[int, ContactData]]:
+        found = ws.store.contacts_by_id(contact_id for _, contact_id in chunk)
+        return [(log_id, found[contact_id]) for log_id, contact_id in chunk if contact_id in found]
 
-    chunks = [allowed[i:i + RENDER_CHUNK] for i in range(0, len(allowed), RENDER_CHUNK)]
+    # This run's planned rows, read from the send log in chunks rather than held in memory.
+    chunks = ws.store.pending_chunks(campaign.id, plan.run_id, RENDER_CHUNK, to_send)
 
     async def rendered_chunks() -> AsyncIterator[list[Outgoing | Blocked]]:
         if render_workers <= 0:
@@ -393,8 +406,3 @@ class _WorkerTemplateError(Exception):
     def __init__(self, message: str, hint: str | None) -> None:
         super().__init__(message, hint)
         self.message, self.hint = message, hint
-
-
-def _log_ids(ws: Workspace, campaign_id: str, keys: list[str]) -> dict[str, int]:
-    wanted = set(keys)
-    return {key: log_id for key, log_id in ws.store.pending_ids(campaign_id).items() if key in wanted}

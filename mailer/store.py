@@ -116,6 +116,7 @@ class SendLog(SQLModel, table=True):
     campaign_id: str
     address_key: str  # normalised address; replaced by its keyed hash on erasure
     contact_id: int | None = Field(default=None, index=True)
+    run_id: int | None = None  # the run that last planned this row
     state: str  # blocked | planned | sending | sent | failed | deferred | uncertain
     rule: str = ""
     detail: str = ""
@@ -371,6 +372,16 @@ class Store:
                     found[row["email_key"]] = contact_from_row(row)
         return found
 
+    def contacts_by_id(self, ids: Iterable[int]) -> dict[int, ContactData]:
+        table = Contact.__table__
+        wanted = list(ids)
+        found: dict[int, ContactData] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                for row in conn.execute(select(table).where(table.c.id.in_(wanted[start:start + 500]))).mappings():
+                    found[row["id"]] = contact_from_row(row)
+        return found
+
     def count_contacts(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(Contact.__table__)).scalar_one()
@@ -502,24 +513,43 @@ class Store:
         statement = statement.on_conflict_do_update(
             index_elements=["campaign_id", "address_key"],
             set_={"state": statement.excluded.state, "rule": statement.excluded.rule,
+                  "run_id": statement.excluded.run_id,
                   "detail": statement.excluded.detail, "contact_id": statement.excluded.contact_id,
                   "updated_at": statement.excluded.updated_at},
             # OR of equalities, not IN: an expanding IN cannot be used with executemany.
             where=or_(*(table.c.state == state for state in replaceable)),
         )
-        payload = [{"campaign_id": campaign_id, "planned_at": now, "updated_at": now,
+        payload = [{"campaign_id": campaign_id, "planned_at": now, "updated_at": now, "run_id": None,
                     "attempts": 0, "subject": "", "message_id": "", "smtp_text": "", **r} for r in rows]
         with self.engine.begin() as conn:
             for start in range(0, len(payload), 1000):
                 conn.execute(statement, payload[start:start + 1000])
 
-    def pending_ids(self, campaign_id: str) -> dict[str, int]:
-        """address key -> log id of the rows waiting to be delivered (planned or deferred)."""
+    def pending_chunks(self, campaign_id: str, run_id: int | None, size: int,
+                       limit: int | None = None) -> Iterator[list[tuple[int, int]]]:
+        """(log id, contact id) of the rows waiting to be delivered, in plan order, `size` at a time.
+
+        Only the rows planned by `run_id` (when given): a row planned by an earlier
+        run for a contact since removed from the list is not sent. Pages by id, so
+        rows changing state while the caller delivers them do not disturb it.
+        """
         table = SendLog.__table__
-        query = select(table.c.address_key, table.c.id).where(
-            table.c.campaign_id == campaign_id, table.c.state.in_(PENDING_STATES))
-        with self.engine.connect() as conn:
-            return dict(conn.execute(query).all())
+        after, left = 0, limit
+        while left is None or left > 0:
+            query = select(table.c.id, table.c.contact_id).where(
+                table.c.campaign_id == campaign_id, table.c.state.in_(PENDING_STATES),
+                table.c.contact_id.is_not(None), table.c.id > after)
+            if run_id is not None:
+                query = query.where(table.c.run_id == run_id)
+            take = size if left is None else min(size, left)
+            with self.engine.connect() as conn:
+                rows = [(r.id, r.contact_id) for r in conn.execute(query.order_by(table.c.id).limit(take))]
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0]
+            if left is not None:
+                left -= len(rows)
 
     def update_log(self, changes: Sequence[dict[str, Any]]) -> None:
         """Apply per-row changes (each dict has `id`) in one transaction."""

@@ -211,3 +211,15 @@ def test_template_error_in_a_worker_process_is_reported_like_inline(project: Pro
     result = project.run("send", str(project.campaign), "--yes", env={"MAILER_RENDER_WORKERS": "2"})
     assert result.exit_code == 2
     assert "offer.html.j2:1:" in result.output and "segment" in result.output
+
+
+def test_a_contact_removed_from_the_list_after_planning_is_not_sent_by_a_later_run(project: Project) -> None:
+    project.campaign.write_text(project.campaign.read_text().replace('csv = "../contacts.csv"\n', ""))
+    assert project.run("contacts", "import", str(project.csv), "--list", "prospects").exit_code == 0
+    project.send("--limit", "1")
+    [(planned,)] = project.sql("select address_key from send_log where state = 'planned'")
+    project.sql("delete from list_members where contact_id = (select id from contacts where email_key = ?)", planned)
+    result = project.send()
+    assert "Nothing to send." in result.output
+    assert len(project.messages()) == 1
+    assert planned not in [parse(m)["To"].addresses[0].addr_spec for m in project.messages()]
