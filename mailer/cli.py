@@ -175,7 +175,7 @@ def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool) -> 
     """
     outcome = import_contacts(env.workspace(), Path(file), list_name, skip_invalid=skip_invalid)
     r = outcome.result
-    click.echo(f"{file}: {r.inserted} new, {r.updated} updated, {r.duplicates} repeated rows merged; "
+    click.echo(f"{file}: {r.inserted} new, {r.updated} updated, {len(outcome.repeated)} repeated rows merged; "
                f"{r.added_to_list} added to list {list_name!r}.")
     if outcome.erased_skipped:
         click.echo(f"Skipped {outcome.erased_skipped} rows of people whose data was erased "

@@ -1,8 +1,9 @@
 """Contacts CSV: parse and validate, all or nothing, with FILE:LINE errors."""
 from __future__ import annotations
 
+import codecs
 import csv
-import io
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -92,27 +93,31 @@ def parse_bool(value: str) -> bool:
     raise ValueError(f"{value!r} is not true or false")
 
 
-def _decode(path: Path) -> str:
+def _lines(path: Path) -> Iterator[str]:
+    """The file's lines, decoded one at a time (a large file is never all in memory)."""
     try:
-        raw = path.read_bytes()
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the generator
     except FileNotFoundError:
         raise CsvError([f"{path}: file not found"]) from None
     except OSError as exc:
         raise CsvError([f"{path}: cannot read: {exc.strerror}"]) from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise CsvError([f"{path}:{line}: not UTF-8 (byte {raw[exc.start]:#x})"],
-                       hint="save the file as UTF-8 (in Excel: 'CSV UTF-8')") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CsvError([f"{path}:{number}: not UTF-8 (byte {raw[exc.start]:#x})"],
+                               hint="save the file as UTF-8 (in Excel: 'CSV UTF-8')") from None
 
 
 def _delimiter(header_line: str) -> str:
     return ";" if header_line.count(";") > header_line.count(",") else ","
 
 
-def _rows(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+def _rows(lines: Iterator[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     start = 1
     while True:
         try:
@@ -144,12 +149,13 @@ class ContactsCsv:
         self.path = path
         self.today = today
         self.problems: list[str] = []
-        text = _decode(path)
-        if not text.strip():
+        lines = _lines(path)
+        first = next(lines, "")
+        if not first.strip():
             raise CsvError([f"{path}:1: the file is empty"],
                            hint="the first line must be a header with at least 'email' and 'kind'")
-        self.delimiter = _delimiter(text.split("\n", 1)[0])
-        self._rows = _rows(text, self.delimiter)
+        self.delimiter = _delimiter(first)
+        self._rows = _rows(itertools.chain([first], lines), self.delimiter)
         try:
             _, header = next(self._rows, (1, []))
         except _CsvSyntax as exc:

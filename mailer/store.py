@@ -167,7 +167,6 @@ PENDING_STATES = ("planned", "deferred")
 class ImportResult:
     inserted: int = 0
     updated: int = 0
-    duplicates: int = 0
     added_to_list: int = 0
 
 
@@ -284,19 +283,13 @@ class Store:
         now = now or utcnow()
         result = ImportResult()
         table = Contact.__table__
-        seen: set[str] = set()
 
         def batches() -> Iterator[list[ContactData]]:
+            # A key repeated within a batch: the later row wins. Repeated across batches:
+            # upserted again, same result. The caller counts repetitions.
             batch: dict[str, ContactData] = {}
             for record in records:
-                key = record.address.key
-                if key in seen:
-                    result.duplicates += 1
-                    if key not in batch:  # repeated in an earlier chunk: upsert again, later row wins
-                        batch[key] = record
-                        continue
-                seen.add(key)
-                batch[key] = record
+                batch[record.address.key] = record
                 if len(batch) >= chunk:
                     yield list(batch.values())
                     batch = {}
