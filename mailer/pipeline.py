@@ -283,7 +283,7 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
 
     Rendering (Jinja, text part, footer check, MIME bytes) is CPU work: with
     render_workers > 0 it runs in that many processes while this one talks to the
-    database and the transport. None picks one per core for large sends.
+    database and the transport. None picks one per core but one, for large sends.
     """
     campaign = prepared.campaign
     renderer = prepared.renderer
@@ -292,7 +292,8 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
     report = SendReport(DeliveryReport(), attempted=to_send)
     footer_blocked: list[dict[str, object]] = []
     if render_workers is None:
-        render_workers = (os.cpu_count() or 1) if to_send >= 1000 else 0
+        # This process is busy too (database, transport): leave it a core.
+        render_workers = max(1, (os.cpu_count() or 1) - 1) if to_send >= 1000 else 0
 
     def items(chunk: list[tuple[int, int]]) -> list[tuple[int, ContactData]]:
         found = ws.store.contacts_by_id(contact_id for _, contact_id in chunk)
