@@ -5,6 +5,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from email.utils import parseaddr
+from ipaddress import ip_address
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -68,6 +69,16 @@ def address_hash(secret: bytes, key: str) -> str:
     hashing a directory of known addresses without the organisation's secret.
     """
     return hmac.new(secret, b"address:" + key.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: where cleartext SMTP and http links are acceptable."""
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_from_header(value: str) -> tuple[str, str]:

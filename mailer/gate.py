@@ -12,10 +12,9 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
-from ipaddress import ip_address
 from urllib.parse import urlsplit
 
-from .addresses import is_generic, parse_from_header
+from .addresses import is_generic, is_loopback, parse_from_header
 from .config import Campaign, Config
 from .contacts import ContactData
 
@@ -228,15 +227,6 @@ def decide(contact: ContactData, campaign: Campaign, ctx: GateContext) -> Decisi
 
 # --------------------------------------------------------------------------- campaign level
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def campaign_problems(config: Config, campaign: Campaign) -> list[str]:
     """Reasons to refuse the whole campaign before anything is sent (exit 3)."""
     problems: list[str] = []
@@ -256,7 +246,7 @@ def campaign_problems(config: Config, campaign: Campaign) -> list[str]:
     if base.scheme not in ("http", "https") or not base.hostname:
         problems.append(f"{config.path}: [unsubscribe] base_url {config.unsubscribe.base_url!r} is not an http(s) URL; "
                         "the one-click unsubscribe link needs it")
-    elif config.transport.type == "smtp" and base.scheme != "https" and not _is_loopback(base.hostname):
+    elif config.transport.type == "smtp" and base.scheme != "https" and not is_loopback(base.hostname):
         problems.append(f"{config.path}: [unsubscribe] base_url must use https when mail really leaves "
                         "(mailbox providers require an https one-click link)")
 

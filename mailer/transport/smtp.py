@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import ssl
-from ipaddress import ip_address
 
 import aiosmtplib
 from aiosmtplib import (
@@ -21,20 +20,12 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
+from ..addresses import is_loopback
 from ..config import Config
 from ..errors import InputError, TransportError
 from .base import Delivery, Envelope
 
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def is_hard_bounce(code: int, text: str) -> bool:
