@@ -256,11 +256,6 @@ class Store:
 
     # ---------------------------------------------------------------- contacts
 
-    def ensure_list(self, name: str) -> int:
-        with self.engine.begin() as conn:
-            conn.execute(self._insert_ignore(ContactList.__table__), [{"name": name, "created_at": utcnow()}])
-            return conn.execute(select(ContactList.id).where(ContactList.name == name)).scalar_one()
-
     def list_id(self, name: str) -> int:
         with self.engine.connect() as conn:
             found = conn.execute(select(ContactList.id).where(ContactList.name == name)).scalar()
@@ -427,13 +422,6 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(select(table.c.id).where(
                 table.c.scope == "address", table.c.value == hash_value).limit(1)).first() is not None
-
-    def is_suppressed(self, hash_value: str, domain: str) -> bool:
-        table = Suppression.__table__
-        with self.engine.connect() as conn:
-            return conn.execute(select(table.c.id).where(
-                ((table.c.scope == "address") & (table.c.value == hash_value))
-                | ((table.c.scope == "domain") & (table.c.value == domain))).limit(1)).first() is not None
 
     def erasures(self, digests: Sequence[str]) -> dict[str, tuple[str, datetime]]:
         """hash -> (reason, when) of the latest erasure, for those of `digests` that were erased."""
