@@ -1,6 +1,6 @@
 """The campaign pipeline, top to bottom:
 
-    open_workspace -> prepare_campaign -> import_recipients -> plan_campaign
+    open_workspace -> prepare_campaign -> import_contacts -> plan_campaign
                    -> deliver_campaign (render, claim, transport, send log)
 
 Each step takes typed values and returns typed values; the CLI only wires them.
@@ -49,7 +49,12 @@ class Workspace:
 def open_workspace(config_path: Path, environ: Mapping[str, str]) -> Workspace:
     config = load_config(config_path)
     store = Store.open(config.database_url)
-    secret, generated = store.secret(environ.get(config.unsubscribe.secret_env) or None)
+    variable = config.unsubscribe.secret_env
+    try:
+        secret, generated = store.secret(environ.get(variable) or None, variable)
+    except BaseException:
+        store.close()
+        raise
     return Workspace(config, store, Keys.derive(secret), generated)
 
 

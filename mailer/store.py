@@ -6,6 +6,8 @@ statements, the ORM classes below only declare the tables.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets as _secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -231,21 +233,36 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(select(Setting.value).where(Setting.key == key)).scalar()
 
-    def secret(self, from_environment: str | None) -> tuple[bytes, bool]:
+    def secret(self, from_environment: str | None, variable: str = "MAILER_SECRET") -> tuple[bytes, bool]:
         """The HMAC secret: the environment's, else one generated once and kept here.
 
-        Returns (secret, created_now) so the caller can say that it made one.
+        Returns (secret, created_now) so the caller can say that it made one. The
+        suppression list holds hashes keyed by this secret: with another secret,
+        every recorded opt-out would silently stop matching. So the database keeps
+        a fingerprint of the secret it was first used with and refuses another.
         """
+        created = False
         if from_environment:
-            return from_environment.encode("utf-8"), False
-        existing = self.get_setting("secret")
-        if existing:
-            return existing.encode("ascii"), False
-        generated = _secrets.token_urlsafe(32)
+            secret = from_environment.encode("utf-8")
+        else:
+            existing = self.get_setting("secret")
+            if existing is None:
+                generated = _secrets.token_urlsafe(32)
+                with self.engine.begin() as conn:
+                    conn.execute(self._insert_ignore(Setting.__table__), [{"key": "secret", "value": generated}])
+                existing = self.get_setting("secret") or generated
+                created = existing == generated
+            secret = existing.encode("ascii")
+        fingerprint = hmac.new(secret, b"mailer/secret-fingerprint/v1", hashlib.sha256).hexdigest()[:32]
         with self.engine.begin() as conn:
-            conn.execute(self._insert_ignore(Setting.__table__), [{"key": "secret", "value": generated}])
-        kept = self.get_setting("secret") or generated
-        return kept.encode("ascii"), kept == generated
+            conn.execute(self._insert_ignore(Setting.__table__), [{"key": "secret_fingerprint", "value": fingerprint}])
+        if self.get_setting("secret_fingerprint") != fingerprint:
+            raise StoreError(
+                f"the unsubscribe secret (${variable}, or the one kept in the database) is not the one this "
+                "database was first used with: recorded opt-outs would no longer match",
+                hint=f"set ${variable} back to its previous value (or unset it if the database kept its own); "
+                     "to start over with a new secret, use a new database")
+        return secret, created
 
     def _insert_ignore(self, table: Any) -> Any:
         if self.dialect == "postgresql":

@@ -132,3 +132,12 @@ def test_suppress_mailto_records_the_opt_outs_mailed_to_the_list_unsubscribe_add
         ("mailto", "2026-12-cloud-audit"), ("mailto", "2026-12-cloud-audit")]
     again = project.run("suppress", "mailto", str(project.root / "inbox"))
     assert "0 added, 2 already on the list" in again.output
+
+
+def test_a_different_secret_is_refused_so_recorded_opt_outs_keep_matching(project: Project) -> None:
+    project.run("suppress", "add", "jean@example.com")
+    other = project.run("suppress", "list", env={"MAILER_SECRET": "another-secret"})
+    assert other.exit_code == 1
+    assert "not the one this database was first used with" in other.output
+    assert "set $MAILER_SECRET back to its previous value" in other.output
+    assert project.run("suppress", "list").exit_code == 0
