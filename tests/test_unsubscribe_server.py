@@ -136,3 +136,37 @@ def test_healthz(served) -> None:
     project, server, urls = served
     response = httpx.get(f"{server.url}/healthz")
     assert response.status_code == 200 and response.text == "ok\n"
+
+
+def test_mailer_serve_command_runs_the_endpoint(project: Project) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from smtp_server import free_port
+    assert project.send().exit_code == 0
+    url = next(iter(unsubscribe_urls(project).values()))
+    port = free_port()
+    env = dict(os.environ, MAILER_SECRET=SECRET)
+    server = subprocess.Popen([sys.executable, "-m", "mailer", "--config", str(project.config), "serve",
+                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert httpx.get(f"{base}/healthz").status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "mailer serve did not start"
+                time.sleep(0.05)
+        response = httpx.post(url.replace("https://mail.acme.example", base), data={"List-Unsubscribe": "One-Click"})
+        assert response.status_code == 200
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=10)
+    assert project.sql("select origin from suppressions") == [("one-click",)]
+    assert "POST /u/… 200" in output  # the access log, without the token
+    assert "claire" not in output and "paul" not in output
