@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
-from .addresses import address_hash
+from .addresses import address_hash, parse_from_header
 from .config import Campaign, Config, load_campaign, load_config
 from .contacts import ContactData, ContactsCsv
 from .delivery import DeliveryReport, Outgoing, RetryPolicy, deliver_all
+from .dkim_signing import DkimSigner, dkim_signer
 from .errors import ComplianceRefusal, CsvError, TemplateError
 from .gate import FOOTER_MISSING, GateContext, RelevanceMatcher, campaign_problems, decide, retention_reference
 from .render import Renderer, Templates, load_templates
@@ -38,6 +39,7 @@ class Workspace:
     store: Store
     keys: Keys
     secret_generated: bool = False
+    environ: Mapping[str, str] = field(default_factory=dict)
 
     def hash_address(self, key: str) -> str:
         return address_hash(self.keys.address, key)
@@ -55,7 +57,7 @@ def open_workspace(config_path: Path, environ: Mapping[str, str]) -> Workspace:
     except BaseException:
         store.close()
         raise
-    return Workspace(config, store, Keys.derive(secret), generated)
+    return Workspace(config, store, Keys.derive(secret), generated, dict(environ))
 
 
 # --------------------------------------------------------------------------- import
@@ -150,7 +152,9 @@ def prepare_campaign(ws: Workspace, campaign_path: Path) -> PreparedCampaign:
     problems = campaign_problems(ws.config, campaign)
     if problems:
         raise ComplianceRefusal(problems)
-    return PreparedCampaign(campaign, templates, Renderer(ws.config, campaign, ws.keys, templates))
+    from_domain = parse_from_header(campaign.from_)[1].rpartition("@")[2]
+    signer = dkim_signer(ws.config, from_domain, ws.environ)
+    return PreparedCampaign(campaign, templates, Renderer(ws.config, campaign, ws.keys, templates, signer))
 
 
 @dataclass(slots=True)
@@ -317,7 +321,7 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["mailer.pipeline"])
         pool = ProcessPoolExecutor(render_workers, mp_context=context, initializer=_init_worker,
-                                   initargs=(ws.config, campaign, ws.keys, bounce))
+                                   initargs=(ws.config, campaign, ws.keys, bounce, renderer.dkim))
         try:
             pending: deque[asyncio.Future[list[Outgoing | Blocked]]] = deque()
             upcoming = iter(chunks)
@@ -391,10 +395,10 @@ def render_chunk(renderer: Renderer, items: list[tuple[int, ContactData]], campa
 _WORKER: tuple[Renderer, str, str] | None = None
 
 
-def _init_worker(config: Config, campaign: Campaign, keys: Keys, bounce: str) -> None:
+def _init_worker(config: Config, campaign: Campaign, keys: Keys, bounce: str, dkim: DkimSigner | None) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how to stop
-    _WORKER = (Renderer(config, campaign, keys), campaign.id, bounce)
+    _WORKER = (Renderer(config, campaign, keys, dkim=dkim), campaign.id, bounce)
 
 
 def _render_in_worker(items: list[tuple[int, ContactData]]) -> list[Outgoing | Blocked]:

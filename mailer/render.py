@@ -30,6 +30,7 @@ from markupsafe import escape
 from .addresses import address_hash, is_generic, parse_from_header
 from .config import Campaign, Config
 from .contacts import ContactData
+from .dkim_signing import DkimSigner
 from .errors import TemplateError
 from .mime import build_message, encode_words, mailbox
 from .tokens import Keys, sign
@@ -219,8 +220,10 @@ def contact_context(contact: ContactData) -> SimpleNamespace:
 class Renderer:
     """Renders one campaign's messages. Build once per run; `render` per recipient."""
 
-    def __init__(self, config: Config, campaign: Campaign, keys: Keys, templates: Templates | None = None) -> None:
+    def __init__(self, config: Config, campaign: Campaign, keys: Keys, templates: Templates | None = None,
+                 dkim: DkimSigner | None = None) -> None:
         self.config = config
+        self.dkim = dkim
         self.campaign = campaign
         self.keys = keys
         self.templates = templates or load_templates(campaign)
@@ -340,7 +343,8 @@ class Renderer:
             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
             ("List-Id", f"{self.campaign.id} <{self.list_id}>"),
         ]
-        return build_message(headers, message.text, message.html)
+        data = build_message(headers, message.text, message.html)
+        return self.dkim.sign(data) if self.dkim is not None else data
 
 
 def _append_footer(html: str, footer: str) -> str:
