@@ -271,7 +271,7 @@ def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None
             if first is None:
                 first = data
     if first is not None:
-        click.echo(first.decode("utf-8", errors="replace").replace("\r\n", "\n"))
+        click.echo(_readable(first))
         click.echo("-" * 72)
     click.echo(f"Wrote {len(allowed)} messages to {folder}/")
     _print_counts(plan)
@@ -282,6 +282,17 @@ def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None
             click.echo(f"  {r.key:<40} {r.blocked_by:<20} {r.detail}")
         if len(blocked) > 100:
             click.echo(f"  … and {len(blocked) - 100} more (mailer status shows them after a send)")
+
+
+def _readable(data: bytes) -> str:
+    """A message as a reviewer reads it: decoded headers, then the decoded text part."""
+    import email
+    from email import policy
+    message = email.message_from_bytes(data, policy=policy.default)
+    lines = [f"{name}: {value}" for name, value in message.items() if name.lower() != "dkim-signature"]
+    body = message.get_body(("plain",))
+    text = body.get_content() if body is not None else ""
+    return "\n".join(lines) + "\n\n" + text.replace("\r\n", "\n")
 
 
 def _safe(key: str) -> str:
