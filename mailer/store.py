@@ -33,8 +33,10 @@ def utcnow() -> datetime:
 class Contact(SQLModel, table=True):
     __tablename__ = "contacts"
     id: int | None = Field(default=None, primary_key=True)
-    email_key: str = Field(unique=True, index=True)
-    email: str
+    email_key: str = Field(unique=True, index=True)  # normalised, what rows are matched on
+    email: str  # what we deliver to
+    # The syntax check's verdict, kept at import: validating every address again at
+    # each run cost more than the rest of the gate.
     email_valid: bool = True
     email_problem: str = ""
     kind: str
