@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, literal_column, or_, select, update
 
 from .store import SendLog, Store, Suppression, update_by_id, utcnow
 from .transport.base import Delivery, Envelope, Transport
@@ -50,23 +50,34 @@ _SUPPRESSED_AMONG = select(_sup.c.scope, _sup.c.value).where(
     | ((_sup.c.scope == "domain") & _sup.c.value.in_(bindparam("domains", expanding=True))))
 
 
+_log = SendLog.__table__
+_STILL_PENDING = or_(_log.c.state == literal_column("'planned'"), _log.c.state == literal_column("'deferred'"))
+_CLAIM_PENDING = update(_log).where(_log.c.id == bindparam("_id"), _STILL_PENDING).values(
+    state=literal_column("'sending'"), attempts=bindparam("_attempts"), message_id=bindparam("_message_id"),
+    subject=bindparam("_subject"), updated_at=bindparam("_now"))
+_BLOCK_PENDING = update(_log).where(_log.c.id == bindparam("_id"), _STILL_PENDING).values(
+    state=literal_column("'blocked'"), rule=literal_column("'suppressed'"), updated_at=bindparam("_now"),
+    detail=literal_column("'opted out while the campaign was running'"))
+
+
 class _GroupCommitter:
     """Batches claims and outcomes from concurrent workers into shared transactions."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._claims: list[tuple[Outgoing, asyncio.Future[bool]]] = []
+        self._claims: list[tuple[Outgoing, asyncio.Future[str]]] = []
         self._outcomes: list[dict[str, Any]] = []
         self._suppressions: list[tuple[str, str, str]] = []  # (hash, reason, campaign)
         self._wakeup = asyncio.Event()
         self._closed = False
 
-    async def claim(self, messages: list[Outgoing]) -> list[bool]:
-        """Mark the messages `sending` (committed); False for those opted out meanwhile."""
+    async def claim(self, messages: list[Outgoing]) -> list[str]:
+        """Mark the messages `sending` (committed). Each answer is "go", or "suppressed" (opted
+        out meanwhile), or "taken" (another process sending the same campaign claimed it)."""
         loop = asyncio.get_running_loop()
         futures = []
         for message in messages:
-            future: asyncio.Future[bool] = loop.create_future()
+            future: asyncio.Future[str] = loop.create_future()
             self._claims.append((message, future))
             futures.append(future)
         self._wakeup.set()
@@ -100,7 +111,7 @@ class _GroupCommitter:
                 try:
                     # In the loop's thread on purpose: a worker thread made every C call that
                     # releases the GIL (lxml, file I/O) wait for it to come back.
-                    blocked = self._flush(claims, outcomes, bounces)
+                    refused = self._flush(claims, outcomes, bounces)
                 except BaseException as exc:
                     for _, future in claims:
                         if not future.done():
@@ -108,7 +119,7 @@ class _GroupCommitter:
                     raise
                 for message, future in claims:
                     if not future.done():
-                        future.set_result(message.log_id not in blocked)
+                        future.set_result(refused.get(message.log_id, "go"))
                 self._wakeup.set()
             elif self._closed:
                 return
@@ -117,12 +128,14 @@ class _GroupCommitter:
         self._closed = True
         self._wakeup.set()
 
-    def _flush(self, claims: list[tuple[Outgoing, asyncio.Future[bool]]], outcomes: list[dict[str, Any]],
-               bounces: list[tuple[str, str, str]]) -> set[int]:
+    def _flush(self, claims: list[tuple[Outgoing, asyncio.Future[str]]], outcomes: list[dict[str, Any]],
+               bounces: list[tuple[str, str, str]]) -> dict[int, str]:
+        """One transaction. Returns the claims that did not go: log id -> "suppressed" | "taken"."""
         log = SendLog.__table__
         sup = Suppression.__table__
         now = utcnow()
         blocked: set[int] = set()
+        taken: set[int] = set()
         with self.store.engine.begin() as conn:
             update_by_id(conn, log, [{"updated_at": now, **change} for change in outcomes])
             if bounces:
@@ -135,19 +148,31 @@ class _GroupCommitter:
                 found = conn.execute(_SUPPRESSED_AMONG, {"hashes": hashes, "domains": domains}).all()
                 stopped_hashes = {v for s, v in found if s == "address"}
                 stopped_domains = {v for s, v in found if s == "domain"}
-                changes = []
+                stopped, going = [], []
                 for message, _ in claims:
                     if message.address_hash in stopped_hashes or message.domain in stopped_domains:
                         blocked.add(message.log_id)
-                        changes.append({"id": message.log_id, "state": "blocked", "rule": "suppressed",
-                                        "updated_at": now, "detail": "opted out while the campaign was running"})
+                        stopped.append({"_id": message.log_id, "_now": now})
                     else:
-                        message.attempts += 1
-                        changes.append({"id": message.log_id, "state": "sending", "attempts": message.attempts,
-                                        "message_id": message.message_id, "subject": message.subject,
-                                        "updated_at": now})
-                update_by_id(conn, log, changes)
-        return blocked
+                        going.append({"_id": message.log_id, "_now": now, "_attempts": message.attempts + 1,
+                                      "_message_id": message.message_id, "_subject": message.subject})
+                if stopped:
+                    conn.execute(_BLOCK_PENDING, stopped)
+                if going:
+                    conn.execute(_CLAIM_PENDING, going)
+                    # Conditional on the row still being pending: when another process sends the
+                    # same campaign, only one of them gets each row (its Message-ID is on it).
+                    ids = [g["_id"] for g in going]
+                    mine = {(row_id, message_id) for row_id, message_id in conn.execute(
+                        select(log.c.id, log.c.message_id).where(log.c.id.in_(ids)))}
+                    for message, _ in claims:
+                        if message.log_id in blocked:
+                            continue
+                        if (message.log_id, message.message_id) in mine:
+                            message.attempts += 1
+                        else:
+                            taken.add(message.log_id)
+        return {i: "suppressed" for i in blocked} | {i: "taken" for i in taken}
 
 
 @dataclass
@@ -247,9 +272,9 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
             batch, done = await take()
             if stop.is_set() or not batch:
                 continue
-            for message, go in zip(batch, await committer.claim(batch), strict=True):
-                if not go:
-                    finish("suppressed")
+            for message, answer in zip(batch, await committer.claim(batch), strict=True):
+                if answer != "go":
+                    finish(answer)
                 elif stop.is_set():
                     committer.outcome(message, Delivery("planned", text="stopped before delivery"))
                 else:

@@ -285,3 +285,19 @@ def test_server_going_away_mid_run_stops_with_exit_1_and_a_rerun_resumes(project
     assert not set(first) & set(second)
     uncertain = {a for a, s in states(project).items() if s == "uncertain"}
     assert set(first) | set(second) | uncertain == set(addresses)
+
+
+def test_two_sends_of_the_same_campaign_at_once_mail_nobody_twice(project: Project) -> None:
+    addresses = many(project, 60)
+    handler = RecordingHandler(delay=0.01)
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=3)
+        assert project.run("contacts", "import", str(project.csv), "--list", "prospects").exit_code == 0
+        first, second = _spawn_send(project), _spawn_send(project)
+        outputs = [p.communicate(timeout=60)[0] for p in (first, second)]
+        assert first.returncode == 0 and second.returncode == 0, outputs
+        rerun = project.send()  # whatever one run left planned when the other re-planned it
+    assert rerun.exit_code == 0
+    received = handler.recipients()
+    assert max(received.values()) == 1, "somebody received two messages"
+    assert set(received) == set(addresses)
