@@ -25,6 +25,7 @@ from .addresses import normalise
 from .config import find_config_path, load_campaign
 from .errors import InputError, MailerError, NotFound, TransportError
 from .gate import RULE_IDS
+from .lease import keep_campaign, take_campaign, this_process
 from .pipeline import (
     Plan,
     Workspace,
@@ -320,6 +321,11 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
     ws = env.workspace()
     prepared = prepare_campaign(ws, Path(campaign))
     transport = open_transport(ws.config, env.environ)
+    lease = None
+    if not dry_run:  # one process at a time sends a campaign (and recovers its crashed rows)
+        c = prepared.campaign
+        ws.store.record_campaign(c.id, c.kind, c.locale, c.list_name)
+        lease = take_campaign(ws.store, c.id)
     run_id = None if dry_run else ws.store.start_run(prepared.campaign.id)
     results: Counter[str] = Counter()
     counts: dict[str, int] = {}
@@ -367,11 +373,13 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
 
             workers = env.environ.get("MAILER_RENDER_WORKERS")
             report = asyncio.run(_deliver(ws, prepared, plan, transport, limit, on_result,
-                                          int(workers) if workers and workers.isdigit() else None))
+                                          int(workers) if workers and workers.isdigit() else None, lease))
         outcome = "aborted" if report.delivered.aborted else "stopped" if report.delivered.stopped else "finished"
     finally:
         if run_id is not None:
             ws.store.finish_run(run_id, outcome, counts | {f"delivery:{k}": v for k, v in results.items()})
+        if lease is not None:
+            ws.store.release_lease(prepared.campaign.id, lease)
     _print_summary(report, ws, plan.campaign.id)
     if report.delivered.aborted:
         raise TransportError(f"sending stopped: {report.delivered.aborted}",
@@ -387,7 +395,7 @@ def _progress_label(results: Counter[str]) -> str:
 
 
 async def _deliver(ws: Workspace, prepared: Any, plan: Plan, transport: Any, limit: int | None,
-                   on_result: Callable[[str], None], render_workers: int | None) -> Any:
+                   on_result: Callable[[str], None], render_workers: int | None, lease: str | None) -> Any:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -404,8 +412,9 @@ async def _deliver(ws: Workspace, prepared: Any, plan: Plan, transport: Any, lim
         pass
     await transport.open()
     try:
-        return await deliver_campaign(ws, prepared, plan, transport, limit=limit, on_result=on_result, stop=stop,
-                                      render_workers=render_workers)
+        async with keep_campaign(ws.store, prepared.campaign.id, lease or this_process()):
+            return await deliver_campaign(ws, prepared, plan, transport, limit=limit, on_result=on_result,
+                                          stop=stop, render_workers=render_workers)
     finally:
         await transport.close()
 

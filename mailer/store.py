@@ -11,7 +11,7 @@ import hmac
 import secrets as _secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint, bindparam, delete, event, func, or_, select, update
@@ -94,6 +94,9 @@ class CampaignRecord(SQLModel, table=True):
     locale: str
     list_name: str
     created_at: datetime = Field(default_factory=utcnow)
+    # Who is sending it now ("host:pid") and until when, so two sends do not overlap.
+    lease_owner: str = ""
+    lease_until: datetime | None = None
 
 
 class Run(SQLModel, table=True):
@@ -460,6 +463,38 @@ class Store:
             conn.execute(self._insert_ignore(CampaignRecord.__table__), [{
                 "id": campaign_id, "kind": kind, "locale": locale, "list_name": list_name,
                 "created_at": utcnow()}])
+
+    def take_lease(self, campaign_id: str, owner: str, seconds: float,
+                   owner_is_dead: Callable[[str], bool]) -> tuple[bool, str, datetime | None]:
+        """Become the one process sending this campaign, for `seconds` (renewable).
+
+        Succeeds when nobody holds the lease, it expired, it is ours, or its owner
+        is a dead process on this host. Returns (taken, current owner, until).
+        """
+        table = CampaignRecord.__table__
+        now = utcnow()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(table.c.lease_owner, table.c.lease_until)
+                               .where(table.c.id == campaign_id)).first()
+            if row is None:
+                return False, "", None
+            holder, until = row.lease_owner, row.lease_until
+            if until is not None and until.tzinfo is None:
+                until = until.replace(tzinfo=UTC)
+            free = not holder or holder == owner or until is None or until < now or owner_is_dead(holder)
+            if not free:
+                return False, holder, until
+            taken = conn.execute(update(table).where(
+                table.c.id == campaign_id,
+                table.c.lease_owner == holder).values(
+                lease_owner=owner, lease_until=now + timedelta(seconds=seconds))).rowcount
+        return taken == 1, holder, until
+
+    def release_lease(self, campaign_id: str, owner: str) -> None:
+        table = CampaignRecord.__table__
+        with self.engine.begin() as conn:
+            conn.execute(update(table).where(table.c.id == campaign_id, table.c.lease_owner == owner)
+                         .values(lease_owner="", lease_until=None))
 
     def start_run(self, campaign_id: str) -> int:
         with self.engine.begin() as conn:

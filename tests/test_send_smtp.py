@@ -287,17 +287,51 @@ def test_server_going_away_mid_run_stops_with_exit_1_and_a_rerun_resumes(project
     assert set(first) | set(second) | uncertain == set(addresses)
 
 
-def test_two_sends_of_the_same_campaign_at_once_mail_nobody_twice(project: Project) -> None:
+def test_a_second_send_of_a_campaign_being_sent_is_refused(project: Project) -> None:
+    addresses = many(project, 40)
+    handler = RecordingHandler(delay=0.02)
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=2)
+        first = _spawn_send(project)
+        _wait_for(lambda: len(handler.received) >= 3)
+        second = project.send()
+        assert second.exit_code == 1
+        assert "is being sent by another process" in second.output
+        output, _ = first.communicate(timeout=60)
+        assert first.returncode == 0, output
+        assert project.send().exit_code == 0  # the lease was released
+    assert handler.recipients() == {a: 1 for a in addresses}
+
+
+def test_two_delivery_engines_on_the_same_rows_mail_nobody_twice(project: Project) -> None:
+    """Below the lease, claims alone keep at most once: a row goes to one engine only."""
+    import asyncio
+
+    from mailer.pipeline import deliver_campaign, plan_campaign, prepare_campaign
+    from mailer.transport import open_transport
+
     addresses = many(project, 60)
-    handler = RecordingHandler(delay=0.01)
+    handler = RecordingHandler(delay=0.005)
     with SmtpServer(handler) as server:
         use_smtp(project, server.port, max_connections=3)
-        assert project.run("contacts", "import", str(project.csv), "--list", "prospects").exit_code == 0
-        first, second = _spawn_send(project), _spawn_send(project)
-        outputs = [p.communicate(timeout=60)[0] for p in (first, second)]
-        assert first.returncode == 0 and second.returncode == 0, outputs
-        rerun = project.send()  # whatever one run left planned when the other re-planned it
-    assert rerun.exit_code == 0
+        ws = open_workspace(project.config, {"MAILER_SECRET": SECRET})
+        prepared = prepare_campaign(ws, project.campaign)
+        plan = plan_campaign(ws, prepared, keep_recipients=False)
+
+        async def both() -> list:
+            transports = [open_transport(ws.config, {}), open_transport(ws.config, {})]
+            for transport in transports:
+                await transport.open()
+            try:
+                return await asyncio.gather(*(deliver_campaign(ws, prepared, plan, t, render_workers=0)
+                                              for t in transports))
+            finally:
+                for transport in transports:
+                    await transport.close()
+
+        reports = asyncio.run(both())
+        ws.close()
     received = handler.recipients()
     assert max(received.values()) == 1, "somebody received two messages"
     assert set(received) == set(addresses)
+    assert sum(r.delivered.counts["taken"] for r in reports) > 0  # they did compete for rows

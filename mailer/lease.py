@@ -1,0 +1,59 @@
+"""One process at a time sends a campaign: a lease in the database, renewed while sending."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from .errors import TransportError
+from .store import Store
+
+LEASE_SECONDS = 120.0
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _dead_here(owner: str) -> bool:
+    """True when `owner` is a process of this host that no longer runs (it crashed)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def take_campaign(store: Store, campaign_id: str, owner: str | None = None) -> str:
+    """Take the campaign's lease or raise TransportError naming who holds it."""
+    owner = owner or this_process()
+    taken, holder, until = store.take_lease(campaign_id, owner, LEASE_SECONDS, _dead_here)
+    if not taken:
+        when = f" until {until:%H:%M:%S} UTC" if until else ""
+        raise TransportError(f"campaign {campaign_id} is being sent by another process ({holder}){when}",
+                             hint="wait for it to finish; if it died on another machine, rerun once its lease "
+                                  "has expired")
+    return owner
+
+
+@asynccontextmanager
+async def keep_campaign(store: Store, campaign_id: str, owner: str) -> AsyncIterator[None]:
+    """Renew the lease while the body runs; release it at the end."""
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 4)
+            store.take_lease(campaign_id, owner, LEASE_SECONDS, _dead_here)
+
+    task = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        task.cancel()
+        store.release_lease(campaign_id, owner)
