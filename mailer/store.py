@@ -165,6 +165,8 @@ class Setting(SQLModel, table=True):
     value: str
 
 
+SCHEMA_VERSION = 1
+
 # States that count as "a delivery of this campaign to this address" for `already-sent`.
 DELIVERED_STATES = ("sent", "sending", "uncertain", "failed")
 PENDING_STATES = ("planned", "deferred")
@@ -209,7 +211,21 @@ class Store:
         except (OperationalError, ProgrammingError) as exc:
             raise StoreError(f"cannot open database {url!r}: {exc.orig}",
                              hint="check [database] url in config.toml and that its folder exists") from None
-        return cls(engine)
+        store = cls(engine)
+        store._check_schema_version(url)
+        return store
+
+    def _check_schema_version(self, url: str) -> None:
+        """Tables are created on first use; a database from another schema version is refused
+        (migrations, with alembic, will come with the first change to a released schema)."""
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_ignore(Setting.__table__),
+                         [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
+        found = self.get_setting("schema_version")
+        if found != str(SCHEMA_VERSION):
+            self.close()
+            raise StoreError(f"database {url!r} has schema version {found}, this mailer needs {SCHEMA_VERSION}",
+                             hint="use the mailer version that created it, or a new database")
 
     def scrub(self) -> None:
         """After an erasure: no copy of deleted rows may stay in the files.
