@@ -52,7 +52,7 @@ def _number(value: str) -> tuple[float, str] | None:
 
 def hiding_reason(prop: str, value: str) -> str | None:
     """Why `prop: value` would hide or unreadably shrink an element, else None."""
-    v = value.strip().lower().replace(" !important", "").replace("!important", "").strip()
+    v = value.strip().lower()
     if prop == "display" and v == "none":
         return "display:none"
     if prop == "visibility" and v in ("hidden", "collapse"):
@@ -63,9 +63,9 @@ def hiding_reason(prop: str, value: str) -> str | None:
         n = _number(v)
         if n is not None and (n[0] / 100 if n[1] == "%" else n[0]) < 0.5:
             return f"opacity:{v}"
-    if prop in ("font-size", "line-height") :
+    if prop == "font-size":
         n = _number(v)
-        if n is not None and prop == "font-size" and (
+        if n is not None and (
                 (n[1] in ("px", "") and n[0] < 8) or (n[1] == "pt" and n[0] < 6)
                 or (n[1] in ("em", "rem") and n[0] < 0.5) or (n[1] == "%" and n[0] < 50)):
             return f"font-size:{v}"
