@@ -23,6 +23,7 @@ import click
 from . import __version__
 from .addresses import normalise
 from .config import find_config_path, load_campaign
+from .contacts import ContactData
 from .errors import InputError, MailerError, NotFound, TransportError
 from .gate import RULE_IDS
 from .lease import keep_campaign, take_campaign, this_process
@@ -35,6 +36,7 @@ from .pipeline import (
     plan_campaign,
     prepare_campaign,
 )
+from .render import RenderedMessage
 from .store import utcnow
 from .transport import open_transport
 
@@ -244,37 +246,37 @@ def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None
     """
     ws = env.workspace()
     prepared = prepare_campaign(ws, Path(campaign))
-    plan = plan_campaign(ws, prepared, render_check=True, persist=False)
-    recipients = plan.recipients
-    if to:
-        key = normalise(to).key
-        recipients = [r for r in recipients if r.key == key]
+    renderer = prepared.renderer
+    wanted = normalise(to).key if to else None
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    first: bytes | None = None
+
+    def write(contact: ContactData, rendered: RenderedMessage) -> None:
+        """Called by the plan with each message it rendered and found compliant: written once."""
+        nonlocal written, first
+        if (wanted is not None and contact.address.key != wanted) or (limit is not None and written >= limit):
+            return
+        data = renderer.build_mime(rendered, renderer.message_id())
+        written += 1
+        stem = f"{written:05d}-{_safe(contact.address.key)}"
+        (folder / f"{stem}.eml").write_bytes(data)
+        if rendered.html is not None:
+            (folder / f"{stem}.html").write_text(rendered.html, encoding="utf-8")
+        first = first or data
+
+    plan = plan_campaign(ws, prepared, render_check=True, persist=False, on_rendered=write)
+    recipients = plan.recipients or []
+    if wanted is not None:
+        recipients = [r for r in recipients if r.key == wanted]
         if not recipients:
             raise NotFound(f"{to} is not among the recipients of {plan.campaign.id}",
                            hint=f"is it in the list {plan.campaign.list_name!r}?")
-    allowed = [r for r in recipients if r.blocked_by is None]
-    if limit is not None:
-        allowed = allowed[:limit]
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    renderer = prepared.renderer
-    found = ws.store.contacts_by_key(r.key for r in allowed)
-    first: bytes | None = None
-    with click.progressbar(allowed, label="Rendering", file=sys.stderr,
-                           show_pos=True) if len(allowed) > 200 else contextlib.nullcontext(allowed) as bar:
-        for index, planned in enumerate(bar, start=1):
-            rendered = renderer.render(found[planned.key])
-            data = renderer.build_mime(rendered, renderer.message_id())
-            stem = f"{index:05d}-{_safe(planned.key)}"
-            (folder / f"{stem}.eml").write_bytes(data)
-            if rendered.html is not None:
-                (folder / f"{stem}.html").write_text(rendered.html, encoding="utf-8")
-            if first is None:
-                first = data
     if first is not None:
         click.echo(_readable(first))
         click.echo("-" * 72)
-    click.echo(f"Wrote {len(allowed)} messages to {folder}/")
+    click.echo(f"Wrote {written} messages to {folder}/")
     _print_counts(plan)
     blocked = [r for r in recipients if r.blocked_by]
     if blocked:

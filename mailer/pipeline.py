@@ -25,7 +25,7 @@ from .delivery import DeliveryReport, Outgoing, RetryPolicy, deliver_all
 from .dkim_signing import DkimSigner, dkim_signer
 from .errors import ComplianceRefusal, CsvError, TemplateError
 from .gate import FOOTER_MISSING, GateContext, RelevanceMatcher, campaign_problems, decide, retention_reference
-from .render import Renderer, Templates, load_templates
+from .render import RenderedMessage, Renderer, Templates, load_templates
 from .store import DELIVERED_STATES, ImportResult, Store, utcnow
 from .tokens import Keys
 from .transport.base import Envelope, Transport
@@ -198,14 +198,16 @@ def _candidates(ws: Workspace, campaign: Campaign, imported: ImportOutcome | Non
 def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | None = None,
                   import_csv: bool = True, retry_uncertain: bool = False, render_check: bool = False,
                   transport: Transport | None = None, persist: bool = True, run_id: int | None = None,
-                  keep_recipients: bool = True) -> Plan:
+                  keep_recipients: bool = True,
+                  on_rendered: Callable[[ContactData, RenderedMessage], None] | None = None) -> Plan:
     """Import the campaign's CSV, recover a crashed run, and decide for every candidate.
 
     Candidates are streamed and decisions written in batches tagged with
     `run_id`, so a large list is never all in memory (unless keep_recipients,
     for check and preview). render_check renders every allowed message so that
     `footer-missing` (and any template error) is known now; `send` checks each
-    message as it renders it instead.
+    message as it renders it instead. on_rendered receives each message that
+    rendered with a visible footer (preview writes it, instead of rendering again).
     """
     campaign = prepared.campaign
     now = utcnow()
@@ -237,9 +239,11 @@ def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | No
         decision = decide(contact, campaign, ctx)
         blocked_by, detail = decision.blocked_by, decision.detail
         if blocked_by is None and render_check:
-            problems = prepared.renderer.render(contact).footer_problems
-            if problems:
-                blocked_by, detail = FOOTER_MISSING, "; ".join(problems)
+            rendered = prepared.renderer.render(contact)
+            if rendered.footer_problems:
+                blocked_by, detail = FOOTER_MISSING, "; ".join(rendered.footer_problems)
+            elif on_rendered is not None:
+                on_rendered(contact, rendered)
         plan.counts[blocked_by or "allowed"] += 1
         if blocked_by is None and plan.first_allowed is None:
             plan.first_allowed = contact

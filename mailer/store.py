@@ -387,17 +387,6 @@ class Store:
             for row in conn.execute(query).mappings():
                 yield contact_from_row(row)
 
-    def contacts_by_key(self, keys: Iterable[str]) -> dict[str, ContactData]:
-        table = Contact.__table__
-        keys = list(keys)
-        found: dict[str, ContactData] = {}
-        with self.engine.connect() as conn:
-            for start in range(0, len(keys), 500):
-                rows = conn.execute(select(table).where(table.c.email_key.in_(keys[start:start + 500]))).mappings()
-                for row in rows:
-                    found[row["email_key"]] = contact_from_row(row)
-        return found
-
     def contacts_by_id(self, ids: Iterable[int]) -> dict[int, ContactData]:
         table = Contact.__table__
         wanted = list(ids)
