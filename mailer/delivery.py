@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, literal_column, or_, select, update
 
-from .store import SendLog, Store, Suppression, update_by_id, utcnow
+from .store import SendLog, Store, Suppression, execute_many, update_by_id, utcnow
 from .transport.base import Delivery, Envelope, Transport
 
 
@@ -157,9 +157,9 @@ class _GroupCommitter:
                         going.append({"_id": message.log_id, "_now": now, "_attempts": message.attempts + 1,
                                       "_message_id": message.message_id, "_subject": message.subject})
                 if stopped:
-                    conn.execute(_BLOCK_PENDING, stopped)
+                    execute_many(conn, _BLOCK_PENDING, stopped)
                 if going:
-                    conn.execute(_CLAIM_PENDING, going)
+                    execute_many(conn, _CLAIM_PENDING, going)
                     # Conditional on the row still being pending: when another process sends the
                     # same campaign, only one of them gets each row (its Message-ID is on it).
                     ids = [g["_id"] for g in going]

@@ -6,6 +6,7 @@ statements, the ORM classes below only declare the tables.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets as _secrets
@@ -285,6 +286,11 @@ class Store:
                      "to start over with a new secret, use a new database")
         return secret, created
 
+    @functools.cached_property
+    def _member_insert(self) -> Any:
+        members = ListMember.__table__
+        return self._insert_ignore(members).values(list_id=bindparam("list_id"), contact_id=bindparam("contact_id"))
+
     def _insert_ignore(self, table: Any) -> Any:
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -361,7 +367,7 @@ class Store:
                         row["id"] = found.id
                         updates.append(row)
                 if inserts:
-                    conn.execute(table.insert(), inserts)
+                    execute_many(conn, _CONTACT_INSERT, inserts)
                 if updates:
                     update_by_id(conn, table, updates)
                 result.inserted += len(inserts)
@@ -370,7 +376,7 @@ class Store:
                 members = ListMember.__table__
                 already = conn.execute(select(func.count()).select_from(members).where(
                     members.c.list_id == list_id, members.c.contact_id.in_(ids))).scalar_one()
-                conn.execute(self._insert_ignore(members), [{"list_id": list_id, "contact_id": i} for i in ids])
+                execute_many(conn, self._member_insert, [{"list_id": list_id, "contact_id": i} for i in ids])
                 result.added_to_list += len(ids) - already
             if before_commit is not None:
                 before_commit()
@@ -544,26 +550,13 @@ class Store:
         if not rows:
             return
         now = utcnow()
-        table = SendLog.__table__
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-        statement = dialect_insert(table)
-        statement = statement.on_conflict_do_update(
-            index_elements=["campaign_id", "address_key"],
-            set_={"state": statement.excluded.state, "rule": statement.excluded.rule,
-                  "run_id": statement.excluded.run_id,
-                  "detail": statement.excluded.detail, "contact_id": statement.excluded.contact_id,
-                  "updated_at": statement.excluded.updated_at},
-            # OR of equalities, not IN: an expanding IN cannot be used with executemany.
-            where=or_(*(table.c.state == state for state in replaceable)),
-        )
+        statement = _decisions_statement(self.dialect, tuple(replaceable))
         payload = [{"campaign_id": campaign_id, "planned_at": now, "updated_at": now, "run_id": None,
-                    "attempts": 0, "subject": "", "message_id": "", "smtp_text": "", **r} for r in rows]
+                    "attempts": 0, "subject": "", "message_id": "", "smtp_text": "", "smtp_code": None,
+                    "sent_at": None, "rule": "", "detail": "", **r} for r in rows]
         with self.engine.begin() as conn:
             for start in range(0, len(payload), 1000):
-                conn.execute(statement, payload[start:start + 1000])
+                execute_many(conn, statement, payload[start:start + 1000])
 
     def pending_chunks(self, campaign_id: str, run_id: int | None, size: int,
                        limit: int | None = None) -> Iterator[list[tuple[int, int]]]:
@@ -623,6 +616,94 @@ class Store:
                 CampaignRecord.__table__.c.id == campaign_id)).first() is not None
 
 
+class _DriverStatement:
+    """A Core statement compiled once for a dialect, run with the driver's executemany.
+
+    SQLAlchemy's per-row parameter handling (`construct_params`) cost more than
+    SQLite's own work on the hot paths (claims and outcomes of the send log, gate
+    decisions, contact upserts). Compiled once, each row only goes through the
+    bind processors of its own columns (a datetime to SQLite text, for example)
+    and the DBAPI cursor gets plain tuples (qmark) or dicts (pyformat).
+    """
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.statement = statement  # keeps the cache key's object alive
+        self.sql = compiled.string
+        self.positional = compiled.positional
+        names = list(compiled.positiontup or []) if compiled.positional else list(compiled.binds)
+        # One function per statement turns a row dict into the driver's parameters: each
+        # value through its column's bind processor; a literal of the statement (a WHERE
+        # constant) when the row has no value for it.
+        namespace: dict[str, Any] = {}
+        values = []
+        for index, name in enumerate(names):
+            bind = compiled.binds[name]
+            if bind.required or bind.callable:
+                value = f"row[{name!r}]"
+            else:
+                namespace[f"d{index}"] = bind.value
+                value = f"row.get({name!r}, d{index})"
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                namespace[f"p{index}"] = process
+                value = f"p{index}({value})"
+            values.append(value if compiled.positional else f"{name!r}: {value}")
+        body = f"({', '.join(values)},)" if compiled.positional else f"{{{', '.join(values)}}}"
+        exec(f"def convert(row):\n    return {body}\n", namespace)  # noqa: S102 - our own column names only
+        self.convert = namespace["convert"]
+
+    def parameters(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
+        return list(map(self.convert, rows))
+
+
+_DRIVER_STATEMENTS: dict[tuple[int, str], _DriverStatement] = {}
+
+
+def execute_many(conn: Any, statement: Any, rows: Sequence[dict[str, Any]]) -> int:
+    """`conn.execute(statement, rows)` for long-lived statements, without SQLAlchemy's per-row cost.
+
+    Returns the rowcount summed over the rows (sqlite3 and psycopg both sum it).
+    """
+    if not rows:
+        return 0
+    key = (id(statement), conn.dialect.name)
+    driver = _DRIVER_STATEMENTS.get(key)
+    if driver is None or driver.statement is not statement:
+        driver = _DRIVER_STATEMENTS[key] = _DriverStatement(statement, conn.dialect)
+    return conn.exec_driver_sql(driver.sql, driver.parameters(rows)).rowcount
+
+
+_contacts = Contact.__table__
+_CONTACT_INSERT = _contacts.insert().values({c.name: bindparam(c.name) for c in _contacts.c if c.name != "id"})
+
+_DECISION_STATEMENTS: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def _decisions_statement(dialect: str, replaceable: tuple[str, ...]) -> Any:
+    """INSERT … ON CONFLICT (campaign, address) DO UPDATE, only over rows in `replaceable` states."""
+    statement = _DECISION_STATEMENTS.get((dialect, replaceable))
+    if statement is not None:
+        return statement
+    table = SendLog.__table__
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    statement = dialect_insert(table).values({c.name: bindparam(c.name) for c in table.c if c.name != "id"})
+    statement = statement.on_conflict_do_update(
+        index_elements=["campaign_id", "address_key"],
+        set_={"state": statement.excluded.state, "rule": statement.excluded.rule,
+              "run_id": statement.excluded.run_id,
+              "detail": statement.excluded.detail, "contact_id": statement.excluded.contact_id,
+              "updated_at": statement.excluded.updated_at},
+        # OR of equalities, not IN: an expanding IN cannot be used with executemany.
+        where=or_(*(table.c.state == state for state in replaceable)),
+    )
+    _DECISION_STATEMENTS[(dialect, replaceable)] = statement
+    return statement
+
+
 _UPDATE_STATEMENTS: dict[tuple[str, tuple[str, ...]], Any] = {}
 
 
@@ -642,7 +723,7 @@ def update_by_id(conn: Any, table: Any, rows: Sequence[dict[str, Any]]) -> None:
             statement = update(table).where(table.c.id == bindparam("_id")).values(
                 {k: bindparam(f"_{k}") for k in columns})
             _UPDATE_STATEMENTS[(table.name, columns)] = statement
-        conn.execute(statement, params)
+        execute_many(conn, statement, params)
 
 
 def _defaults() -> dict[str, Any]:
