@@ -12,13 +12,14 @@ process while the campaign runs stops the messages not yet sent to that address.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, literal_column, or_, select, update
+from sqlalchemy import Connection, bindparam, literal_column, or_, select, update
 
 from .store import SendLog, Store, Suppression, execute_many, update_by_id, utcnow
 from .transport.base import Delivery, Envelope, Transport
@@ -43,11 +44,14 @@ class DeliveryReport:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (address, reason)
 
 
-_sup = Suppression.__table__
-# Built once: this runs at every group commit.
-_SUPPRESSED_AMONG = select(_sup.c.scope, _sup.c.value).where(
-    ((_sup.c.scope == "address") & _sup.c.value.in_(bindparam("hashes", expanding=True)))
-    | ((_sup.c.scope == "domain") & _sup.c.value.in_(bindparam("domains", expanding=True))))
+@functools.lru_cache(maxsize=512)
+def _suppressed_among(paramstyle: str, hashes: int, domains: int) -> str:
+    """Which of these address hashes and domains are on the suppression list (driver SQL,
+    built once per pair of list lengths: this runs at every group commit)."""
+    mark = "?" if paramstyle == "qmark" else "%s"
+    return (f"SELECT scope, value FROM {Suppression.__tablename__} WHERE "
+            f"(scope = 'address' AND value IN ({', '.join([mark] * hashes)})) OR "
+            f"(scope = 'domain' AND value IN ({', '.join([mark] * domains)}))")
 
 
 _log = SendLog.__table__
@@ -70,6 +74,7 @@ class _GroupCommitter:
         self._suppressions: list[tuple[str, str, str]] = []  # (hash, reason, campaign)
         self._wakeup = asyncio.Event()
         self._closed = False
+        self._conn: Connection | None = None
 
     async def claim(self, messages: list[Outgoing]) -> list[str]:
         """Mark the messages `sending` (committed). Each answer is "go", or "suppressed" (opted
@@ -136,16 +141,19 @@ class _GroupCommitter:
         now = utcnow()
         blocked: set[int] = set()
         taken: set[int] = set()
-        with self.store.engine.begin() as conn:
+        conn = self._connection()
+        with conn.begin():
             update_by_id(conn, log, [{"updated_at": now, **change} for change in outcomes])
             if bounces:
                 conn.execute(self.store._insert_ignore(sup), [
                     {"scope": "address", "value": h, "origin": "bounce", "reason": reason,
                      "campaign_id": campaign, "created_at": now} for h, reason, campaign in bounces])
             if claims:
-                hashes = [m.address_hash for m, _ in claims]
+                hashes = list({m.address_hash for m, _ in claims})
                 domains = list({m.domain for m, _ in claims})
-                found = conn.execute(_SUPPRESSED_AMONG, {"hashes": hashes, "domains": domains}).all()
+                found = conn.exec_driver_sql(
+                    _suppressed_among(conn.dialect.paramstyle, len(hashes), len(domains)),
+                    tuple(hashes + domains)).all()
                 stopped_hashes = {v for s, v in found if s == "address"}
                 stopped_domains = {v for s, v in found if s == "domain"}
                 stopped, going = [], []
@@ -159,12 +167,15 @@ class _GroupCommitter:
                 if stopped:
                     execute_many(conn, _BLOCK_PENDING, stopped)
                 if going:
-                    execute_many(conn, _CLAIM_PENDING, going)
                     # Conditional on the row still being pending: when another process sends the
                     # same campaign, only one of them gets each row (its Message-ID is on it).
-                    ids = [g["_id"] for g in going]
-                    mine = {(row_id, message_id) for row_id, message_id in conn.execute(
-                        select(log.c.id, log.c.message_id).where(log.c.id.in_(ids)))}
+                    claimed = execute_many(conn, _CLAIM_PENDING, going)
+                    if claimed == len(going):
+                        mine = {(g["_id"], g["_message_id"]) for g in going}
+                    else:
+                        ids = [g["_id"] for g in going]
+                        mine = {(row_id, message_id) for row_id, message_id in conn.execute(
+                            select(log.c.id, log.c.message_id).where(log.c.id.in_(ids)))}
                     for message, _ in claims:
                         if message.log_id in blocked:
                             continue
@@ -173,6 +184,17 @@ class _GroupCommitter:
                         else:
                             taken.add(message.log_id)
         return {i: "suppressed" for i in blocked} | {i: "taken" for i in taken}
+
+    def _connection(self) -> Connection:
+        """One connection for the whole run: checking one out of the pool at every commit showed."""
+        if self._conn is None:
+            self._conn = self.store.engine.connect()
+        return self._conn
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 @dataclass
@@ -288,7 +310,10 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
         for task in (producer, *workers):
             task.cancel()
         committer.close()
-        await writer
+        try:
+            await writer
+        finally:
+            committer.release()
     report.stopped = stop.is_set()
     return report
 
