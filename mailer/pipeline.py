@@ -308,17 +308,13 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
         # This process is busy too (database, transport): leave it a core.
         render_workers = max(1, (os.cpu_count() or 1) - 1) if to_send >= 1000 else 0
 
-    def items(chunk: list[tuple[int, int]]) -> list[tuple[int, ContactData]]:
-        found = ws.store.contacts_by_id(contact_id for _, contact_id in chunk)
-        return [(log_id, found[contact_id]) for log_id, contact_id in chunk if contact_id in found]
-
     # This run's planned rows, read from the send log in chunks rather than held in memory.
     chunks = ws.store.pending_chunks(campaign.id, plan.run_id, RENDER_CHUNK, to_send)
 
     async def rendered_chunks() -> AsyncIterator[list[Outgoing | Blocked]]:
         if render_workers <= 0:
             for chunk in chunks:
-                yield render_chunk(renderer, items(chunk), campaign.id, bounce)
+                yield render_chunk(renderer, contacts_for(ws.store, chunk), campaign.id, bounce)
                 await asyncio.sleep(0)
             return
         # forkserver, not fork: workers start small instead of inheriting the plan's memory.
@@ -326,11 +322,13 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
         context.set_forkserver_preload(["mailer.pipeline"])
         pool = ProcessPoolExecutor(render_workers, mp_context=context, initializer=_init_worker,
                                    initargs=(ws.config, campaign, ws.keys, bounce, renderer.dkim))
+        # Workers read their chunk's contacts from the database themselves: this
+        # process, which also drives the transport, only hands out (log id, contact id).
         try:
             pending: deque[asyncio.Future[list[Outgoing | Blocked]]] = deque()
             upcoming = iter(chunks)
             for chunk in upcoming:
-                pending.append(asyncio.wrap_future(pool.submit(_render_in_worker, items(chunk))))
+                pending.append(asyncio.wrap_future(pool.submit(_render_in_worker, chunk)))
                 if len(pending) >= render_workers * 3:
                     break
             while pending:
@@ -340,7 +338,7 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
                     raise TemplateError(exc.message, hint=exc.hint) from None
                 following = next(upcoming, None)
                 if following is not None:
-                    pending.append(asyncio.wrap_future(pool.submit(_render_in_worker, items(following))))
+                    pending.append(asyncio.wrap_future(pool.submit(_render_in_worker, following)))
                 yield done
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -396,20 +394,26 @@ def render_chunk(renderer: Renderer, items: list[tuple[int, ContactData]], campa
     return results
 
 
-_WORKER: tuple[Renderer, str, str] | None = None
+def contacts_for(store: Store, chunk: list[tuple[int, int]]) -> list[tuple[int, ContactData]]:
+    """(log id, contact) for each (log id, contact id) whose contact still exists (not erased meanwhile)."""
+    found = store.contacts_by_id(contact_id for _, contact_id in chunk)
+    return [(log_id, found[contact_id]) for log_id, contact_id in chunk if contact_id in found]
+
+
+_WORKER: tuple[Renderer, Store, str, str] | None = None
 
 
 def _init_worker(config: Config, campaign: Campaign, keys: Keys, bounce: str, dkim: DkimSigner | None) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how to stop
-    _WORKER = (Renderer(config, campaign, keys, dkim=dkim), campaign.id, bounce)
+    _WORKER = (Renderer(config, campaign, keys, dkim=dkim), Store.attach(config.database_url), campaign.id, bounce)
 
 
-def _render_in_worker(items: list[tuple[int, ContactData]]) -> list[Outgoing | Blocked]:
+def _render_in_worker(chunk: list[tuple[int, int]]) -> list[Outgoing | Blocked]:
     assert _WORKER is not None
-    renderer, campaign_id, bounce = _WORKER
+    renderer, store, campaign_id, bounce = _WORKER
     try:
-        return render_chunk(renderer, items, campaign_id, bounce)
+        return render_chunk(renderer, contacts_for(store, chunk), campaign_id, bounce)
     except TemplateError as exc:  # re-raised in the parent with its message and hint
         raise _WorkerTemplateError(exc.message, exc.hint) from None
 

@@ -200,13 +200,7 @@ class Store:
 
     @classmethod
     def open(cls, url: str) -> Store:
-        try:
-            engine = create_engine(url)
-        except (SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
-            raise StoreError(f"cannot use database {url!r}: {exc}",
-                             hint="check [database] url in config.toml") from None
-        if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _sqlite_pragmas)
+        engine = cls._engine(url)
         try:
             SQLModel.metadata.create_all(engine)
         except (OperationalError, ProgrammingError) as exc:
@@ -215,6 +209,22 @@ class Store:
         store = cls(engine)
         store._check_schema_version(url)
         return store
+
+    @classmethod
+    def attach(cls, url: str) -> Store:
+        """The database another process of this run already opened (a render worker): no schema work."""
+        return cls(cls._engine(url))
+
+    @staticmethod
+    def _engine(url: str) -> Engine:
+        try:
+            engine = create_engine(url)
+        except (SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
+            raise StoreError(f"cannot use database {url!r}: {exc}",
+                             hint="check [database] url in config.toml") from None
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
 
     def _check_schema_version(self, url: str) -> None:
         """Tables are created on first use; a database from another schema version is refused
