@@ -34,7 +34,7 @@ from .dkim_signing import DkimSigner
 from .errors import TemplateError
 from .mime import build_message, encode_words, mailbox
 from .tokens import Keys, sign
-from .visibility import check_footer_html, check_footer_text
+from .visibility import FooterVerdicts, check_footer_text, text_safe
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
@@ -244,6 +244,7 @@ class Renderer:
                   "source_sentence": _SENTENCE, "locale": campaign.locale}
         self._html_footer = self.footer.html.render(marked)
         self._text_footer = self.footer.text.render(marked).strip("\n") + "\n"
+        self.footer_verdicts = FooterVerdicts(_append_footer)
         self.from_header = mailbox(one_line(self.from_name), self.from_address)
         self.reply_to_header = ""
         if campaign.reply_to:
@@ -309,13 +310,19 @@ class Renderer:
             text_body = inscriptis.get_text(html_body or "", _TEXT_CONFIG).strip("\n") + "\n"
         text = text_body.rstrip() + "\n\n" + self._text_footer.replace(_SENTENCE, sentence).replace(_URL, url)
         html = None
-        if html_body is not None:
-            footer = self._html_footer.replace(_SENTENCE, str(escape(sentence))).replace(_URL, str(escape(url)))
-            html = _append_footer(html_body, footer)
         required = [self.organization.name, self.organization.postal_address, sentence]
         problems = check_footer_text(text, required, url)
-        if html is not None:
-            problems += check_footer_html(html, required, url)
+        if html_body is not None:
+            escaped_sentence = str(escape(sentence))
+            footer = self._html_footer.replace(_SENTENCE, escaped_sentence).replace(_URL, str(escape(url)))
+            html = _append_footer(html_body, footer)
+            # The recipient's values, as they appear in the HTML: a message that differs from an
+            # already checked one only by these, as text, gets its verdict (FooterVerdicts).
+            values = [str(escape(v)) for v in (contact.email, contact.first_name, contact.last_name, contact.company,
+                                               contact.job_title, contact.industry, contact.country, contact.source,
+                                               *(v for v in contact.attrs.values() if isinstance(v, str))) if v]
+            problems += self.footer_verdicts.problems(html_body, footer, html, required, url, values,
+                                                      reuse=text_safe(escaped_sentence))
         name = one_line(" ".join(p for p in (contact.first_name, contact.last_name) if p))
         return RenderedMessage(to_address=contact.email, to_name=name, subject=subject, text=text, html=html,
                                unsubscribe_url=url, unsubscribe_mailto=mailto, address_hash=digest,

@@ -15,8 +15,10 @@ text coloured like its background outside the footer, are not detected.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import zip_longest
 
 import lxml.html
 import tinycss2
@@ -285,3 +287,92 @@ def check_footer_text(text: str, required_texts: list[str], unsubscribe_url: str
     if unsubscribe_url not in text:
         problems.append("the text part has no unsubscribe URL")
     return problems
+
+
+# --------------------------------------------------------------------------- verdict reuse
+
+# Elements whose content is not parsed as markup: a value inside them is not "just text".
+_RAW_TEXT = frozenset({"style", "script", "title", "textarea", "xmp", "iframe", "noembed", "noframes",
+                       "noscript", "plaintext"})
+_MARK = "\ue012"  # a private-use character: ordinary text to the parser, never in a tag or entity name
+_NOT_TEXT_SAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f<>\"'\ue012]")
+_BLANK = " \t\n\r"
+
+
+def text_safe(value: str) -> bool:
+    """Can `value` (already HTML-escaped) only ever be the content of a text node, whatever it is?"""
+    return bool(value.strip(_BLANK)) and not _NOT_TEXT_SAFE.search(value)
+
+
+class FooterVerdicts:
+    """Reuses the footer check's verdict across messages whose HTML differs only by text.
+
+    The check parses every message (the costliest step of rendering). Most messages
+    of a campaign are the same markup with different names in it, and text cannot
+    hide anything: only markup, attributes and stylesheets can. So the recipient's
+    values (HTML-escaped, non-blank, without control characters or quotes) are
+    masked in the template's output, and the masked body is the key. The first
+    message with a given key is checked in full, and its verdict is reused only if
+    (1) the footer was visible and (2) parsing the masked body gives the same tree as
+    the real message, with every mask inside an ordinary text node (not an attribute,
+    a comment, <style>, <title>, <textarea>…). Then any message with the same key
+    parses to that tree too: escaped text cannot change how the markup around it is
+    read. Otherwise (a value in an attribute or a stylesheet, a hidden footer…) every
+    message with that key is checked in full. At most `capacity` keys are tried.
+    """
+
+    def __init__(self, assemble: Callable[[str, str], str], capacity: int = 64) -> None:
+        self.assemble = assemble  # (body, footer) -> the whole HTML, as the message has it
+        self.capacity = capacity
+        self.reused = 0
+        self._visible: dict[str, bool] = {}
+
+    def problems(self, body: str, footer: str, html: str, required_texts: list[str], unsubscribe_url: str,
+                 values: Iterable[str], *, reuse: bool = True) -> list[str]:
+        """check_footer_html(html, …), where html = assemble(body, footer): the template's output with
+        the footer added; `values` are the recipient's HTML-escaped strings that may appear in it.
+        reuse=False checks this message in full (its footer has a value that is not plain text)."""
+        key = self._mask(body, values) if reuse else None
+        known = self._visible.get(key) if key is not None else False
+        if known:
+            self.reused += 1
+            return []
+        problems = check_footer_html(html, required_texts, unsubscribe_url)
+        if known is None and key is not None and len(self._visible) < self.capacity:
+            self._visible[key] = not problems and _same_tree(html, self.assemble(key, footer), key.count(_MARK))
+        return problems
+
+    @staticmethod
+    def _mask(body: str, values: Iterable[str]) -> str | None:
+        if _MARK in body:
+            return None
+        for value in sorted({v for v in values if len(v) >= 3 and text_safe(v)}, key=lambda v: (-len(v), v)):
+            body = body.replace(value, _MARK)
+        return body
+
+
+def _same_tree(html: str, masked: str, marks: int) -> bool:
+    """Do both documents parse to the same elements and attributes, with every mark of `masked`
+    in a text node of an ordinary element, and text nodes blank in one only when blank in the other?"""
+    try:
+        real, probe = lxml.html.document_fromstring(html), lxml.html.document_fromstring(masked)
+    except (ParserError, ValueError):
+        return False
+    found = 0
+    for a, b in zip_longest(real.iter(), probe.iter()):
+        if a is None or b is None or a.tag != b.tag or len(a) != len(b):
+            return False
+        if isinstance(a.tag, str):
+            if dict(a.attrib) != dict(b.attrib):
+                return False
+        elif a.text != b.text:  # a comment or processing instruction
+            return False
+        for text_a, text_b, owner in ((a.text, b.text, a), (a.tail, b.tail, a.getparent())):
+            if bool((text_a or "").strip(_BLANK)) != bool((text_b or "").strip(_BLANK)):
+                return False
+            count = (text_b or "").count(_MARK)
+            if count:
+                if owner is None or not isinstance(owner.tag, str) or owner.tag in _RAW_TEXT:
+                    return False
+                found += count
+    return found == marks
