@@ -6,11 +6,17 @@ sanitised (no control characters, validated ASCII addresses), so we write the
 RFC 5322 / MIME structure ourselves with the standard library's encoders:
 `formataddr` and `Header` for RFC 2047 words, `b2a_qp` for quoted-printable.
 The tests parse every message back with the `email` package.
+
+A body can be given as pieces: the pieces that are the same in every message of
+a run (`Fixed`: the footer's markup) are encoded once, the others per message,
+and the encoded pieces are joined with soft line breaks.
 """
 from __future__ import annotations
 
 import binascii
+import functools
 import secrets
+from collections.abc import Sequence
 from email.header import Header
 from email.utils import formataddr
 
@@ -36,13 +42,50 @@ def quoted_printable(text: str) -> bytes:
     return binascii.b2a_qp(crlf.encode("utf-8"), istext=True).replace(b"=\n", b"=\r\n")
 
 
-def _part(subtype: str, body: str) -> bytes:
+class Fixed(str):
+    """A piece of a body that every message of the run shares: encoded once."""
+
+    __slots__ = ()
+
+
+_fixed_quoted_printable = functools.lru_cache(maxsize=256)(quoted_printable)
+
+
+def quoted_printable_pieces(pieces: Sequence[str]) -> bytes:
+    """quoted_printable("".join(pieces)), from pieces encoded apart and joined by soft line breaks.
+
+    A soft break ("=" at the end of a line) decodes to nothing. b2a_qp may end a
+    piece with a line of 76 characters, the most allowed: its last character (or
+    =XX escape) then moves to a line of its own, so that the "=" still fits.
+    """
+    encoded = []
+    previous = ""
+    for piece in pieces:
+        if not piece:
+            continue
+        if previous.endswith("\r") and piece.startswith("\n"):  # one line end split in two
+            return quoted_printable("".join(pieces))
+        encoded.append(_fixed_quoted_printable(piece) if type(piece) is Fixed else quoted_printable(piece))
+        previous = piece
+    for index, data in enumerate(encoded[:-1]):
+        if len(data) - (data.rfind(b"\n") + 1) >= 76:
+            unit = 3 if data[-3:-2] == b"=" else 1
+            encoded[index] = data[:-unit] + b"=\r\n" + data[-unit:]
+    return b"=\r\n".join(encoded)
+
+
+Body = str | Sequence[str]
+
+
+def _part(subtype: str, body: Body) -> bytes:
+    data = quoted_printable(body) if isinstance(body, str) else quoted_printable_pieces(body)
     return (f"Content-Type: text/{subtype}; charset=\"utf-8\"{CRLF}"
-            f"Content-Transfer-Encoding: quoted-printable{CRLF}{CRLF}").encode("ascii") + quoted_printable(body)
+            f"Content-Transfer-Encoding: quoted-printable{CRLF}{CRLF}").encode("ascii") + data
 
 
-def build_message(headers: list[tuple[str, str]], text: str, html: str | None) -> bytes:
-    """Headers (already encoded, no CR/LF inside) plus a text part and an optional HTML part."""
+def build_message(headers: list[tuple[str, str]], text: Body, html: Body | None) -> bytes:
+    """Headers (already encoded, no CR/LF inside) plus a text part and an optional HTML part
+    (each a string, or a sequence of pieces)."""
     head = "".join(f"{name}: {value}{CRLF}" for name, value in headers) + f"MIME-Version: 1.0{CRLF}"
     if html is None:
         return head.encode("ascii") + _part("plain", text) + b"\r\n"

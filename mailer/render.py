@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -32,7 +33,7 @@ from .config import Campaign, Config
 from .contacts import ContactData
 from .dkim_signing import DkimSigner
 from .errors import TemplateError
-from .mime import build_message, encode_words, mailbox
+from .mime import Fixed, build_message, encode_words, mailbox
 from .tokens import Keys, sign
 from .visibility import FooterVerdicts, check_footer_text, text_safe
 
@@ -206,6 +207,9 @@ class RenderedMessage:
     unsubscribe_mailto: str | None
     address_hash: str
     footer_problems: tuple[str, ...]
+    # The same bodies in pieces, the footer's markup being `Fixed` (see mime.quoted_printable_pieces).
+    text_pieces: tuple[str, ...] = ()
+    html_pieces: tuple[str, ...] = ()
 
 
 def contact_context(contact: ContactData) -> SimpleNamespace:
@@ -242,9 +246,9 @@ class Renderer:
         # unsubscribe URL: render it once with markers, fill them in per message.
         marked = {"organization": self.organization, "unsubscribe_url": _URL, "text": self.strings,
                   "source_sentence": _SENTENCE, "locale": campaign.locale}
-        self._html_footer = self.footer.html.render(marked)
-        self._text_footer = self.footer.text.render(marked).strip("\n") + "\n"
-        self.footer_verdicts = FooterVerdicts(_append_footer)
+        self._html_footer = _split_markers(self.footer.html.render(marked))
+        self._text_footer = _split_markers(self.footer.text.render(marked).strip("\n") + "\n")
+        self.footer_verdicts = FooterVerdicts(lambda body, footer: _insert(body, (footer,))[1])
         self.from_header = mailbox(one_line(self.from_name), self.from_address)
         self.reply_to_header = ""
         if campaign.reply_to:
@@ -308,14 +312,16 @@ class Renderer:
                                      "text part derived from the HTML template")
         else:
             text_body = inscriptis.get_text(html_body or "", _TEXT_CONFIG).strip("\n") + "\n"
-        text = text_body.rstrip() + "\n\n" + self._text_footer.replace(_SENTENCE, sentence).replace(_URL, url)
-        html = None
+        text_pieces = (text_body.rstrip() + "\n\n", *_fill(self._text_footer, sentence, url))
+        text = "".join(text_pieces)
+        html, html_pieces = None, ()
         required = [self.organization.name, self.organization.postal_address, sentence]
         problems = check_footer_text(text, required, url)
         if html_body is not None:
             escaped_sentence = str(escape(sentence))
-            footer = self._html_footer.replace(_SENTENCE, escaped_sentence).replace(_URL, str(escape(url)))
-            html = _append_footer(html_body, footer)
+            footer_pieces = _fill(self._html_footer, escaped_sentence, str(escape(url)))
+            footer = "".join(footer_pieces)
+            html_pieces, html = _insert(html_body, footer_pieces)
             # The recipient's values, as they appear in the HTML: a message that differs from an
             # already checked one only by these, as text, gets its verdict (FooterVerdicts).
             values = [str(escape(v)) for v in (contact.email, contact.first_name, contact.last_name, contact.company,
@@ -326,7 +332,7 @@ class Renderer:
         name = one_line(" ".join(p for p in (contact.first_name, contact.last_name) if p))
         return RenderedMessage(to_address=contact.email, to_name=name, subject=subject, text=text, html=html,
                                unsubscribe_url=url, unsubscribe_mailto=mailto, address_hash=digest,
-                               footer_problems=tuple(problems))
+                               footer_problems=tuple(problems), text_pieces=text_pieces, html_pieces=html_pieces)
 
     def message_id(self) -> str:
         return f"<{uuid.uuid4().hex}.{self.campaign.id}@{self.from_domain}>"
@@ -350,15 +356,30 @@ class Renderer:
             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
             ("List-Id", f"{self.campaign.id} <{self.list_id}>"),
         ]
-        data = build_message(headers, message.text, message.html)
+        data = build_message(headers, message.text_pieces or message.text,
+                             (message.html_pieces or message.html) if message.html is not None else None)
         return self.dkim.sign(data) if self.dkim is not None else data
 
 
-def _append_footer(html: str, footer: str) -> str:
-    """Put the footer just before the last </body> (or </html>), else at the end."""
+_MARKER = re.compile(f"({_SENTENCE}|{_URL})")
+
+
+def _split_markers(marked: str) -> list[str]:
+    """The footer rendered with markers, as pieces: Fixed markup, and the markers themselves."""
+    return [p if p in (_SENTENCE, _URL) else Fixed(p) for p in _MARKER.split(marked) if p]
+
+
+def _fill(pieces: list[str], sentence: str, url: str) -> list[str]:
+    return [sentence if p == _SENTENCE else url if p == _URL else p for p in pieces]
+
+
+def _insert(html: str, footer: Sequence[str]) -> tuple[tuple[str, ...], str]:
+    """Put the footer just before the last </body> (or </html>), else at the end: (pieces, whole)."""
+    at = len(html)
     for pattern in (_BODY_END, _HTML_END):
         matches = list(pattern.finditer(html))
         if matches:
             at = matches[-1].start()
-            return html[:at] + footer + html[at:]
-    return html + footer
+            break
+    pieces = (html[:at], *footer, html[at:])
+    return pieces, "".join(pieces)

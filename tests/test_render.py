@@ -10,7 +10,7 @@ import pytest
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from mailer.mime import build_message, encode_words, mailbox
+from mailer.mime import Fixed, build_message, encode_words, mailbox
 from mailer.render import _TEXT_CONFIG, derive_text_template
 
 SAMPLE = Path(__file__).resolve().parents[1] / "mailer" / "sample" / "templates" / "cloud-audit.html.j2"
@@ -74,3 +74,27 @@ def test_mime_round_trip_with_non_ascii_and_special_characters() -> None:
     assert message.get_body(("html",)).get_content().startswith("<p>Bonjour Zoé</p>")
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
     assert b"\n" not in raw.replace(b"\r\n", b"")
+
+
+PIECES = [
+    ["<p>Bonjour Zoé</p>\n", Fixed("<div style='x'>" + "é=" * 60), "Salon « Viva » ", Fixed("</div>\n"), ""],
+    ["trailing space ", Fixed("\tand tab\t"), "\n", Fixed(".\n"), ".", Fixed("From x\n")],
+    ["line end split\r", Fixed("\nin two"), "x" * 200, Fixed("y" * 75), "z"],
+    [Fixed("only fixed")],
+    ["a" * 75, Fixed("b" * 76), "c\r\nd\re\n"],
+    ["a" * 73 + "=", Fixed("a" * 74 + " b"), "a" * 70 + "é", "end"],
+]
+
+
+@pytest.mark.parametrize("pieces", PIECES)
+def test_a_body_encoded_in_pieces_decodes_to_the_whole_body(pieces: list[str]) -> None:
+    whole = "".join(pieces)
+    raw = build_message([("Subject", "x")], pieces, pieces)
+    message = email.message_from_bytes(raw, policy=policy.default)
+    expected = whole.replace("\r\n", "\n").replace("\r", "\n")
+    assert message.get_body(("plain",)).get_content().replace("\r\n", "\n") == expected
+    assert message.get_body(("html",)).get_content().replace("\r\n", "\n") == expected
+    for part in message.iter_parts():
+        encoded = part.get_payload(decode=False)
+        assert max(len(line) for line in encoded.splitlines()) <= 76
+    assert b"\n" not in raw.replace(b"\r\n", b"") and b"\r" not in raw.replace(b"\r\n", b"")
