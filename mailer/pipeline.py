@@ -304,6 +304,7 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
     to_send = plan.allowed_count if limit is None else min(limit, plan.allowed_count)
     report = SendReport(DeliveryReport(), attempted=to_send)
     footer_blocked: list[dict[str, object]] = []
+    wire = getattr(transport, "wire_format", None)
     if render_workers is None:
         # This process is busy too (database, transport): leave it a core.
         render_workers = max(1, (os.cpu_count() or 1) - 1) if to_send >= 1000 else 0
@@ -314,14 +315,14 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
     async def rendered_chunks() -> AsyncIterator[list[Outgoing | Blocked]]:
         if render_workers <= 0:
             for chunk in chunks:
-                yield render_chunk(renderer, contacts_for(ws.store, chunk), campaign.id, bounce)
+                yield render_chunk(renderer, contacts_for(ws.store, chunk), campaign.id, bounce, wire)
                 await asyncio.sleep(0)
             return
         # forkserver, not fork: workers start small instead of inheriting the plan's memory.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["mailer.pipeline"])
         pool = ProcessPoolExecutor(render_workers, mp_context=context, initializer=_init_worker,
-                                   initargs=(ws.config, campaign, ws.keys, bounce, renderer.dkim))
+                                   initargs=(ws.config, campaign, ws.keys, bounce, renderer.dkim, wire))
         # Workers read their chunk's contacts from the database themselves: this
         # process, which also drives the transport, only hands out (log id, contact id).
         try:
@@ -377,8 +378,8 @@ class Blocked:
 
 
 def render_chunk(renderer: Renderer, items: list[tuple[int, ContactData]], campaign_id: str,
-                 bounce: str) -> list[Outgoing | Blocked]:
-    """Render, check and build the bytes of each (log id, contact)."""
+                 bounce: str, wire: Callable[[bytes], bytes] | None = None) -> list[Outgoing | Blocked]:
+    """Render, check and build the bytes of each (log id, contact); in the transport's wire form if given."""
     results: list[Outgoing | Blocked] = []
     for log_id, contact in items:
         rendered = renderer.render(contact)
@@ -386,11 +387,12 @@ def render_chunk(renderer: Renderer, items: list[tuple[int, ContactData]], campa
             results.append(Blocked(log_id, "; ".join(rendered.footer_problems)))
             continue
         message_id = renderer.message_id()
+        data = renderer.build_mime(rendered, message_id)
         results.append(Outgoing(
             log_id=log_id, address_hash=rendered.address_hash, domain=contact.address.domain,
             subject=rendered.subject, message_id=message_id,
             envelope=Envelope(key=f"{campaign_id}.{log_id}", mail_from=bounce, rcpt_to=contact.email,
-                              data=renderer.build_mime(rendered, message_id))))
+                              data=wire(data) if wire else data, wire=wire is not None)))
     return results
 
 
@@ -400,20 +402,22 @@ def contacts_for(store: Store, chunk: list[tuple[int, int]]) -> list[tuple[int, 
     return [(log_id, found[contact_id]) for log_id, contact_id in chunk if contact_id in found]
 
 
-_WORKER: tuple[Renderer, Store, str, str] | None = None
+_WORKER: tuple[Renderer, Store, str, str, Callable[[bytes], bytes] | None] | None = None
 
 
-def _init_worker(config: Config, campaign: Campaign, keys: Keys, bounce: str, dkim: DkimSigner | None) -> None:
+def _init_worker(config: Config, campaign: Campaign, keys: Keys, bounce: str, dkim: DkimSigner | None,
+                 wire: Callable[[bytes], bytes] | None) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how to stop
-    _WORKER = (Renderer(config, campaign, keys, dkim=dkim), Store.attach(config.database_url), campaign.id, bounce)
+    _WORKER = (Renderer(config, campaign, keys, dkim=dkim), Store.attach(config.database_url), campaign.id, bounce,
+               wire)
 
 
 def _render_in_worker(chunk: list[tuple[int, int]]) -> list[Outgoing | Blocked]:
     assert _WORKER is not None
-    renderer, store, campaign_id, bounce = _WORKER
+    renderer, store, campaign_id, bounce, wire = _WORKER
     try:
-        return render_chunk(renderer, contacts_for(store, chunk), campaign_id, bounce)
+        return render_chunk(renderer, contacts_for(store, chunk), campaign_id, bounce, wire)
     except TemplateError as exc:  # re-raised in the parent with its message and hint
         raise _WorkerTemplateError(exc.message, exc.hint) from None
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import trustme
 from conftest import HEADER, SECRET, Project, counts
 from smtp_server import RecordingHandler, SmtpServer, free_port, password_authenticator
@@ -335,3 +336,30 @@ def test_two_delivery_engines_on_the_same_rows_mail_nobody_twice(project: Projec
     assert max(received.values()) == 1, "somebody received two messages"
     assert set(received) == set(addresses)
     assert sum(r.delivered.counts["taken"] for r in reports) > 0  # they did compete for rows
+
+
+@pytest.mark.parametrize("render_workers", ["0", "2"])
+def test_lines_starting_with_a_dot_arrive_intact(project: Project, render_workers: str) -> None:
+    project.write("templates/offer.html.j2", "<pre>\n.hidden line\n.\n..two dots\n</pre>\n<p>Hi {{ contact.first_name }}</p>\n")
+    handler = RecordingHandler()
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port)
+        result = project.run("send", str(project.campaign), "--yes", env={"MAILER_RENDER_WORKERS": render_workers})
+    assert result.exit_code == 0, result.output
+    assert len(handler.received) == 2
+    for received in handler.received:
+        html = received.message.get_body(("html",)).get_content().replace("\r\n", "\n")
+        assert "\n.hidden line\n.\n..two dots\n" in html
+        text = received.message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+        assert ".hidden line\n.\n..two dots" in text
+
+
+@pytest.mark.parametrize("data", [
+    b"Subject: x\r\n\r\nbody\r\n", b"Subject: x\r\n\r\n.starts\r\n.\r\n..two\r\nend", b".first\r\n",
+    b"lone LF\nlone CR\rmixed\r\n.dot after LF\n.", b"", b"\r\n.\r\n",
+])
+def test_the_wire_form_is_what_aiosmtplib_would_send(data: bytes) -> None:
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    from mailer.transport.smtp import wire_data
+    assert wire_data(data) == PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"

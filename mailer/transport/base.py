@@ -1,6 +1,7 @@
 """The interface every transport implements."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -13,6 +14,8 @@ class Envelope:
     mail_from: str
     rcpt_to: str
     data: bytes
+    #: data is already in the transport's wire form (Transport.wire_format applied)
+    wire: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,9 @@ class Transport(Protocol):
     #: how many messages one worker may claim in one commit (1 unless `delivered` can
     #: tell after a crash whether a claimed message left)
     claim_batch: int
+    #: a function (picklable: render workers run it) turning message bytes into what this
+    #: transport sends, so that this work happens off the sending process; or None
+    wire_format: Callable[[bytes], bytes] | None
 
     async def open(self) -> None:
         """Connect (or prepare); raise TransportError with host/path and a hint."""

@@ -19,6 +19,7 @@ class MaildirTransport:
     # Claims may be committed ahead in batches: after a crash, `delivered` tells from the
     # file name whether a claimed message was written, so nothing is left uncertain.
     claim_batch = 200
+    wire_format = None  # a file holds the message as it is
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)

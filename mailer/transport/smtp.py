@@ -14,11 +14,13 @@ import aiosmtplib
 from aiosmtplib import (
     SMTPAuthenticationError,
     SMTPConnectError,
+    SMTPDataError,
     SMTPException,
     SMTPResponseException,
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from ..addresses import is_loopback
 from ..config import Config
@@ -38,8 +40,28 @@ def is_hard_bounce(code: int, text: str) -> bool:
     return code in (550, 551, 553)
 
 
+def wire_data(data: bytes) -> bytes:
+    """The DATA payload of a message: CRLF line ends, lines starting with "." doubled, ".\r\n" at the end.
+
+    This is what aiosmtplib's `data()` computes with two regular expressions over the
+    whole message; it was a fifth of the sending process's time. Render workers
+    compute it instead (`SmtpTransport.wire_format`), with plain byte replacements
+    when the line ends are already CRLF, as mailer's messages are.
+    """
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = normalize_message_line_endings(data)
+    elif not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data.startswith(b"."):
+        data = b"." + data
+    return data + b".\r\n"
+
+
 class SmtpTransport:
     claim_batch = 1  # a message is claimed just before it is handed to the server
+    wire_format = staticmethod(wire_data)
 
     def __init__(self, config: Config, environ: dict[str, str] | None = None) -> None:
         self.settings = config.smtp
@@ -123,7 +145,7 @@ class SmtpTransport:
                 keep = False
                 return Delivery("deferred", text=f"connection to {self._where} lost before DATA: {_describe(exc)}")
             try:
-                response = await client.data(envelope.data)
+                response = await self._data(client, envelope)
             except SMTPResponseException as exc:
                 keep = exc.code != 421 and await _reset(client)
                 return _classify(exc.code, exc.message, before_data=False)
@@ -136,6 +158,24 @@ class SmtpTransport:
                 self._idle.append(client)
             else:
                 client.close()
+
+
+    async def _data(self, client: aiosmtplib.SMTP, envelope: Envelope) -> aiosmtplib.SMTPResponse:
+        if not envelope.wire:
+            return await client.data(envelope.data)
+        # The payload is already in wire form (wire_data): the exchange of aiosmtplib's
+        # SMTPProtocol.execute_data_command, without its per-message regular expressions.
+        start = await client.execute_command(b"DATA")
+        if start.code != 354:
+            raise SMTPDataError(start.code, start.message)
+        protocol = client.protocol
+        if protocol is None:
+            raise SMTPServerDisconnected("Connection lost")
+        protocol.write(envelope.data)
+        response = await protocol.read_response(timeout=self.settings.timeout_seconds)
+        if response.code != 250:
+            raise SMTPDataError(response.code, response.message)
+        return response
 
 
 async def _reset(client: aiosmtplib.SMTP) -> bool:
