@@ -88,6 +88,13 @@ class _GroupCommitter:
         self._wakeup.set()
         return list(await asyncio.gather(*futures))
 
+    def claim_one(self, message: Outgoing) -> asyncio.Future[str]:
+        """claim([message]) without awaiting it: the answer's future."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._claims.append((message, future))
+        self._wakeup.set()
+        return future
+
     def outcome(self, message: Outgoing, delivery: Delivery) -> None:
         self._outcomes.append({
             "id": message.log_id, "state": delivery.state, "smtp_code": delivery.code,
@@ -263,10 +270,28 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
     unreachable = [0]
     give_up_after = max(5, transport.concurrency)
 
-    async def deliver_one(message: Outgoing) -> None:
+    async def deliver_one(message: Outgoing, claimed: bool = True) -> None:
+        """Deliver a claimed message (retrying temporary failures); or, with claimed=False, claim
+        it while the transport opens the transaction: only DATA waits for the claim."""
         while True:
             await pace.wait()
-            delivery = await transport.deliver(message.envelope)
+            if claimed:
+                delivery = await transport.deliver(message.envelope)
+            else:
+                claim = committer.claim_one(message)
+
+                async def permit(claim: asyncio.Future[str] = claim) -> bool:
+                    return await claim == "go" and not stop.is_set()
+
+                delivery = await transport.deliver(message.envelope, permit=permit)
+                answer = await claim
+                claimed = True
+                if answer != "go":  # opted out meanwhile, or another process has the row: nothing was sent
+                    finish(answer)
+                    return
+                if delivery.state == "withheld":  # stopping: the message goes back to the queue
+                    committer.outcome(message, Delivery("planned", text="stopped before delivery"))
+                    return
             if delivery.state == "deferred" and message.attempts < retry.max_attempts and not stop.is_set():
                 committer.outcome(message, Delivery("sending", delivery.code, delivery.text))
                 await _sleep_or_stop(retry.delay(message.attempts), stop)
@@ -293,6 +318,9 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
         while not done:
             batch, done = await take()
             if stop.is_set() or not batch:
+                continue
+            if batch_size == 1:
+                await deliver_one(batch[0], claimed=False)
                 continue
             for message, answer in zip(batch, await committer.claim(batch), strict=True):
                 if answer != "go":

@@ -1,7 +1,7 @@
 """The interface every transport implements."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,8 +22,9 @@ class Envelope:
 class Delivery:
     """What happened to one envelope.
 
-    state: "sent", "failed" (permanent), "deferred" (temporary, retry later) or
-    "uncertain" (the connection died after DATA started: it may have left).
+    state: "sent", "failed" (permanent), "deferred" (temporary, retry later),
+    "uncertain" (the connection died after DATA started: it may have left) or
+    "withheld" (the permit was refused: nothing was delivered).
     """
 
     state: str
@@ -45,8 +46,12 @@ class Transport(Protocol):
     async def open(self) -> None:
         """Connect (or prepare); raise TransportError with host/path and a hint."""
 
-    async def deliver(self, envelope: Envelope) -> Delivery:
-        """Deliver one message. Never raises for a per-message failure."""
+    async def deliver(self, envelope: Envelope, permit: Callable[[], Awaitable[bool]] | None = None) -> Delivery:
+        """Deliver one message. Never raises for a per-message failure.
+
+        With `permit`, await it before anything can be delivered (before DATA); when it
+        answers False, deliver nothing and return Delivery("withheld").
+        """
 
     async def close(self) -> None:
         """Release connections."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..errors import TransportError
@@ -42,7 +43,9 @@ class MaildirTransport:
     def _name(self, key: str) -> str:
         return f"{key}.{self._host}.eml"
 
-    async def deliver(self, envelope: Envelope) -> Delivery:
+    async def deliver(self, envelope: Envelope, permit: Callable[[], Awaitable[bool]] | None = None) -> Delivery:
+        if permit is not None and not await permit():
+            return Delivery("withheld")
         name = self._name(envelope.key)
         tmp = self.path / "tmp" / name
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+from collections.abc import Awaitable, Callable
 
 import aiosmtplib
 from aiosmtplib import (
@@ -126,7 +127,7 @@ class SmtpTransport:
 
     # ---------------------------------------------------------------- one message
 
-    async def deliver(self, envelope: Envelope) -> Delivery:
+    async def deliver(self, envelope: Envelope, permit: Callable[[], Awaitable[bool]] | None = None) -> Delivery:
         try:
             client = self._idle.pop() if self._idle else await self._connect()
         except SMTPResponseException as exc:
@@ -144,6 +145,9 @@ class SmtpTransport:
             except (TimeoutError, SMTPServerDisconnected, SMTPTimeoutError, SMTPException, OSError) as exc:
                 keep = False
                 return Delivery("deferred", text=f"connection to {self._where} lost before DATA: {_describe(exc)}")
+            if permit is not None and not await permit():
+                keep = await _reset(client)
+                return Delivery("withheld")
             try:
                 response = await self._data(client, envelope)
             except SMTPResponseException as exc:
