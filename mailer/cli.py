@@ -28,13 +28,16 @@ from .errors import InputError, MailerError, NotFound, TransportError
 from .gate import RULE_IDS
 from .lease import keep_campaign, take_campaign, this_process
 from .pipeline import (
+    LARGE_SEND,
     Plan,
     Workspace,
     deliver_campaign,
+    expected_recipients,
     import_contacts,
     open_workspace,
     plan_campaign,
     prepare_campaign,
+    start_render_workers_early,
 )
 from .render import RenderedMessage
 from .store import utcnow
@@ -329,6 +332,11 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
         ws.store.record_campaign(c.id, c.kind, c.locale, c.list_name)
         lease = take_campaign(ws.store, c.id)
     run_id = None if dry_run else ws.store.start_run(prepared.campaign.id)
+    workers = env.environ.get("MAILER_RENDER_WORKERS")
+    render_workers = int(workers) if workers and workers.isdigit() else None
+    if not dry_run and render_workers != 0 and (os.cpu_count() or 1) > 1 \
+            and expected_recipients(ws, prepared.campaign) >= LARGE_SEND:
+        start_render_workers_early()
     results: Counter[str] = Counter()
     counts: dict[str, int] = {}
     outcome = "failed"
@@ -373,9 +381,7 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
                 if bar is not None:
                     bar.update(1, state)
 
-            workers = env.environ.get("MAILER_RENDER_WORKERS")
-            report = asyncio.run(_deliver(ws, prepared, plan, transport, limit, on_result,
-                                          int(workers) if workers and workers.isdigit() else None, lease))
+            report = asyncio.run(_deliver(ws, prepared, plan, transport, limit, on_result, render_workers, lease))
         outcome = "aborted" if report.delivered.aborted else "stopped" if report.delivered.stopped else "finished"
     finally:
         if run_id is not None:

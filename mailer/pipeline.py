@@ -8,7 +8,9 @@ Each step takes typed values and returns typed values; the CLI only wires them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 from collections import Counter, deque
@@ -287,6 +289,23 @@ class SendReport:
 
 
 RENDER_CHUNK = 100
+LARGE_SEND = 1000  # from this many messages, rendering runs in worker processes
+
+
+def expected_recipients(ws: Workspace, campaign: Campaign) -> int:
+    """A quick upper estimate of a campaign's recipients, before planning: the list plus the CSV's lines."""
+    lines = 0
+    if campaign.csv is not None:
+        with contextlib.suppress(OSError), open(campaign.csv, "rb") as handle:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    return ws.store.list_size(campaign.list_name) + lines
+
+
+def start_render_workers_early() -> None:
+    """Start the process that forks render workers now: it imports mailer while the plan runs,
+    instead of holding up the first messages of a large send (half a second here)."""
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["mailer.pipeline"])
+    multiprocessing.forkserver.ensure_running()
 
 
 async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan, transport: Transport, *,
@@ -307,7 +326,7 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
     wire = getattr(transport, "wire_format", None)
     if render_workers is None:
         # This process is busy too (database, transport): leave it a core.
-        render_workers = max(1, (os.cpu_count() or 1) - 1) if to_send >= 1000 else 0
+        render_workers = max(1, (os.cpu_count() or 1) - 1) if to_send >= LARGE_SEND else 0
 
     # This run's planned rows, read from the send log in chunks rather than held in memory.
     chunks = ws.store.pending_chunks(campaign.id, plan.run_id, RENDER_CHUNK, to_send)

@@ -310,6 +310,13 @@ class Store:
 
     # ---------------------------------------------------------------- contacts
 
+    def list_size(self, name: str) -> int:
+        """How many contacts the list has (0 when there is no such list yet)."""
+        members, lists = ListMember.__table__, ContactList.__table__
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(members.join(lists, lists.c.id == members.c.list_id))
+                                .where(lists.c.name == name)).scalar_one()
+
     def list_id(self, name: str) -> int:
         with self.engine.connect() as conn:
             found = conn.execute(select(ContactList.id).where(ContactList.name == name)).scalar()

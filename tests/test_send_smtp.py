@@ -363,3 +363,14 @@ def test_the_wire_form_is_what_aiosmtplib_would_send(data: bytes) -> None:
 
     from mailer.transport.smtp import wire_data
     assert wire_data(data) == PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+
+
+def test_a_large_send_with_the_default_render_workers_mails_everyone_once(project: Project) -> None:
+    handler = RecordingHandler()
+    addresses = many(project, 1200)  # large enough for render worker processes, started before the plan
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=8)
+        result = project.send()
+    assert result.exit_code == 0, result.output
+    assert handler.recipients() == {a: 1 for a in addresses}
+    assert project.sql("select count(*) from send_log where state = 'sent'") == [(1200,)]
