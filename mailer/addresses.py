@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from email.utils import parseaddr
+from functools import lru_cache
 from ipaddress import ip_address
 
 from email_validator import EmailNotValidError, validate_email
@@ -48,12 +50,47 @@ def normalise(raw: str) -> NormalisedAddress:
     case the person gave us.
     """
     given = raw.strip()
+    fast = _dot_atom_at_known_domain(given)
+    if fast is not None:
+        return NormalisedAddress(key=fast.lower(), send_to=fast, valid=True)
     try:
         result = validate_email(given, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         return NormalisedAddress(key=given.lower(), send_to=given, valid=False, reason=str(exc))
     send_to = result.ascii_email or result.normalized
     return NormalisedAddress(key=send_to.lower(), send_to=send_to, valid=True)
+
+
+# An unquoted ASCII local part (RFC 5322 dot-atom): the common case, which email-validator
+# accepts as it is. Anything else (quotes, non-ASCII, odd dots) goes to email-validator.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
+
+
+@lru_cache(maxsize=65536)
+def _domain(domain: str) -> str | None:
+    """The normalised domain email-validator gives for addresses at `domain`, or None when invalid."""
+    try:
+        result = validate_email("postmaster@" + domain, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError:
+        return None
+    return (result.ascii_email or result.normalized).rpartition("@")[2]
+
+
+def _dot_atom_at_known_domain(address: str) -> str | None:
+    """What email-validator would return for a dot-atom local part at a valid domain, else None.
+
+    Validating every address spent most of its time on the domain (IDNA, Unicode
+    tables), which a list repeats thousands of times: the domain's verdict is
+    cached and the local part checked against the dot-atom grammar. The tests
+    compare this with email-validator on fuzzed addresses.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at or len(local) > 64 or len(address) > 254 or not _DOT_ATOM.match(local):
+        return None
+    normalised = _domain(domain)
+    if normalised is None or len(local) + 1 + len(normalised) > 254:
+        return None
+    return f"{local}@{normalised}"
 
 
 def is_generic(key: str, extra_locals: frozenset[str] = frozenset()) -> bool:
