@@ -95,8 +95,10 @@ def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: 
                 chunk = []
         yield from keep(chunk)
 
+    anyone_erased = ws.store.has_erasures()
+
     def keep(chunk: list[ContactData]) -> Iterator[ContactData]:
-        kept, erased = _without_erased(ws, chunk, now)
+        kept, erased = _without_erased(ws, chunk, now) if anyone_erased else (chunk, 0)
         outcome.erased_skipped += erased
         for record in kept:
             outcome.rows += 1

@@ -473,6 +473,10 @@ class Store:
             return conn.execute(select(table.c.id).where(
                 table.c.scope == "address", table.c.value == hash_value).limit(1)).first() is not None
 
+    def has_erasures(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(Erasure.__table__.c.id).limit(1)).first() is not None
+
     def erasures(self, digests: Sequence[str]) -> dict[str, tuple[str, datetime]]:
         """hash -> (reason, when) of the latest erasure, for those of `digests` that were erased."""
         table = Erasure.__table__
