@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from .addresses import is_generic, is_loopback, parse_from_header
@@ -25,6 +26,7 @@ EEA = frozenset({
 })
 
 
+@lru_cache(maxsize=8192)  # a list repeats its job titles and industries thousands of times
 def words(text: str) -> tuple[str, ...]:
     """Case- and accent-insensitive words: "Télécom & IT" -> ("telecom", "it")."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())

@@ -665,7 +665,7 @@ class _DriverStatement:
             else:
                 namespace[f"d{index}"] = bind.value
                 value = f"row.get({name!r}, d{index})"
-            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            process = _last_value_kept(bind.type.dialect_impl(dialect).bind_processor(dialect))
             if process is not None:
                 namespace[f"p{index}"] = process
                 value = f"p{index}({value})"
@@ -676,6 +676,24 @@ class _DriverStatement:
 
     def parameters(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
         return list(map(self.convert, rows))
+
+
+def _last_value_kept(process: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+    """A bind processor that remembers its last value: the rows of one executemany mostly share
+    their timestamps (one `now` per batch), and a datetime's processor is pure Python."""
+    if process is None:
+        return None
+    last: list[Any] = [object(), None]
+
+    def processed(value: Any) -> Any:
+        if value is last[0]:
+            return last[1]
+        result = process(value)
+        if type(value) in (datetime, date):  # immutable: safe to recognise by identity
+            last[0], last[1] = value, result
+        return result
+
+    return processed
 
 
 _DRIVER_STATEMENTS: dict[tuple[int, str], _DriverStatement] = {}
