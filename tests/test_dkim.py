@@ -38,6 +38,7 @@ def test_messages_are_signed_and_verify_with_the_published_key(project: Project,
 
     for raw in messages:
         assert raw.startswith(b"DKIM-Signature:")
+        assert raw.count(b"\r") == raw.count(b"\n") == raw.count(b"\r\n")  # CRLF only: sent as is over SMTP
         assert dkim.verify(raw, dnsfunc=dns)
         header = raw.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ").lower()
         signed = header.split(b" h=", 1)[1].split(b";", 1)[0]
