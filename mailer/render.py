@@ -117,8 +117,29 @@ def derive_text_template(env: SandboxedEnvironment, source: str) -> str | None:
     return text.strip("\n") + "\n"
 
 
+class View(SimpleNamespace):
+    """What templates see of a contact, the organization or the campaign: plain data only."""
+
+
+class Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, with a direct path for the data of a View.
+
+    The sandbox checks every attribute it reads; a View's public attributes are
+    plain values (strings, booleans, a dict of strings), so reading them needs no
+    check. Everything else, a View's "_" names included, goes through the sandbox.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is View and not attribute.startswith("_"):
+            try:
+                return obj.__dict__[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
+
+
 def _environment(folder: Path | None, autoescape: bool) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(
+    env = Sandbox(
         loader=jinja2.FileSystemLoader(str(folder)) if folder else None,
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
@@ -177,9 +198,9 @@ class _Footer:
 
     def __init__(self) -> None:
         folder = resources.files("mailer") / "footer"
-        env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=True)
+        env = Sandbox(undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=True)
         self.html = env.from_string((folder / "footer.html.j2").read_text("utf-8"))
-        text_env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        text_env = Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
         self.text = text_env.from_string((folder / "footer.txt.j2").read_text("utf-8"))
         self.strings: dict[str, dict[str, str]] = tomllib.loads((folder / "strings.toml").read_text("utf-8"))
 
@@ -212,8 +233,8 @@ class RenderedMessage:
     html_pieces: tuple[str, ...] = ()
 
 
-def contact_context(contact: ContactData) -> SimpleNamespace:
-    return SimpleNamespace(
+def contact_context(contact: ContactData) -> View:
+    return View(
         email=contact.email, first_name=contact.first_name, last_name=contact.last_name,
         company=contact.company, job_title=contact.job_title, industry=contact.industry,
         country=contact.country, kind=contact.kind, source=contact.source,
@@ -236,9 +257,9 @@ class Renderer:
         self.from_name, self.from_address = parse_from_header(campaign.from_)
         self.from_domain = self.from_address.rpartition("@")[2]
         org = config.organization
-        self.organization = SimpleNamespace(name=org.name, postal_address=org.postal_address,
+        self.organization = View(name=org.name, postal_address=org.postal_address,
                                             privacy_url=org.privacy_url, contact_email=org.contact_email)
-        self.campaign_view = SimpleNamespace(id=campaign.id, kind=campaign.kind, locale=campaign.locale)
+        self.campaign_view = View(id=campaign.id, kind=campaign.kind, locale=campaign.locale)
         self.generic_locals = frozenset(config.compliance.generic_locals)
         self.base_url = config.unsubscribe.base_url.rstrip("/")
         self.list_id = f"{campaign.id}.{self.from_domain}"
