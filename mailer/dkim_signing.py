@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import dkim
-
 from .config import Config
 from .errors import InputError
 
@@ -21,6 +19,7 @@ class DkimSigner:
 
     def sign(self, message: bytes) -> bytes:
         """The message with a DKIM-Signature header in front."""
+        import dkim  # here: dkimpy brings dnspython, which a send without [dkim] does not need
         header = dkim.sign(message, self.selector, self.domain, self.private_key,
                            canonicalize=(b"relaxed", b"relaxed"), include_headers=list(SIGNED_HEADERS))
         return header + message
@@ -36,6 +35,7 @@ def dkim_signer(config: Config, from_domain: str, environ: Mapping[str, str]) ->
         raise InputError(f"{config.path}: [dkim] selector is set but ${settings.private_key_env} is empty",
                          hint=f"export {settings.private_key_env}=\"$(cat dkim-private.pem)\" (the key never lives "
                               "in config.toml), or remove the [dkim] selector")
+    import dkim
     signer = DkimSigner(settings.selector, settings.domain or from_domain, pem.encode("ascii", "replace"))
     try:
         signer.sign(b"From: a@b.example\r\nSubject: probe\r\n\r\nprobe\r\n")
