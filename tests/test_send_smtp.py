@@ -39,12 +39,13 @@ def states(project: Project) -> dict[str, str]:
     return dict(project.sql("select address_key, state from send_log"))
 
 
-def test_delivers_each_allowed_recipient_once_over_reused_connections(project: Project) -> None:
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_delivers_each_allowed_recipient_once_over_reused_connections(project: Project, event_loop: str) -> None:
     handler = RecordingHandler()
     addresses = many(project, 40)
     with SmtpServer(handler) as server:
         use_smtp(project, server.port, max_connections=4)
-        result = project.send()
+        result = project.run("send", str(project.campaign), "--yes", env={"MAILER_EVENT_LOOP": event_loop})
     assert result.exit_code == 0, result.output
     assert handler.recipients() == {a: 1 for a in addresses}
     assert handler.connections <= 4
@@ -161,7 +162,8 @@ def test_an_opt_out_recorded_by_another_process_stops_later_messages(project: Pr
     assert project.sql("select state, rule from send_log where address_key = ?", last) == [("blocked", "suppressed")]
 
 
-def test_starttls_with_certificate_verification_and_auth(project: Project, tmp_path: Path) -> None:
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_starttls_with_certificate_verification_and_auth(project: Project, tmp_path: Path, event_loop: str) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("localhost")
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -175,17 +177,18 @@ def test_starttls_with_certificate_verification_and_auth(project: Project, tmp_p
                       .replace('host = "127.0.0.1"', 'host = "localhost"')
                       .replace("port = 2525", f"port = {server.port}\nca_file = \"{ca_file}\"\nusername = \"acme\"")
                       .replace('security = "none"', 'security = "starttls"'))
-        missing = project.send()
+        loop = {"MAILER_EVENT_LOOP": event_loop}
+        missing = project.run("send", str(project.campaign), "--yes", env=loop)
         assert missing.exit_code == 2 and "export MAILER_SMTP_PASSWORD" in missing.output
-        wrong = project.run("send", str(project.campaign), "--yes", env={"MAILER_SMTP_PASSWORD": "nope"})
+        wrong = project.run("send", str(project.campaign), "--yes", env={"MAILER_SMTP_PASSWORD": "nope", **loop})
         assert wrong.exit_code == 1 and "refused the login" in wrong.output
-        ok = project.run("send", str(project.campaign), "--yes", env={"MAILER_SMTP_PASSWORD": "s3cret"})
+        ok = project.run("send", str(project.campaign), "--yes", env={"MAILER_SMTP_PASSWORD": "s3cret", **loop})
         assert ok.exit_code == 0, ok.output
         assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
         # Without the private CA, the server's certificate is not trusted: nothing is sent.
         project.write("config.toml", project.config.read_text().replace(f'ca_file = "{ca_file}"\n', ""))
         project.campaign.write_text(project.campaign.read_text().replace("2026-12-cloud-audit", "2027-01-next"))
-        untrusted = project.run("send", str(project.campaign), "--yes", env={"MAILER_SMTP_PASSWORD": "s3cret"})
+        untrusted = project.run("send", str(project.campaign), "--yes", env={"MAILER_SMTP_PASSWORD": "s3cret", **loop})
     assert untrusted.exit_code == 1
     assert "TLS with localhost:" in untrusted.output and "CERTIFICATE_VERIFY_FAILED" in untrusted.output
     assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
