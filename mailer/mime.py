@@ -37,9 +37,11 @@ def mailbox(name: str, address: str) -> str:
 
 def quoted_printable(text: str) -> bytes:
     """Quoted-printable with CRLF line ends (b2a_qp keeps the CRLFs it is given)."""
-    crlf = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     # Soft breaks follow the data's line ends, and are bare LF when it has none.
-    return binascii.b2a_qp(crlf.encode("utf-8"), istext=True).replace(b"=\n", b"=\r\n")
+    encoded = binascii.b2a_qp(text.replace("\n", "\r\n").encode("utf-8"), istext=True)
+    return encoded.replace(b"=\n", b"=\r\n") if b"=\n" in encoded else encoded
 
 
 class Fixed(str):

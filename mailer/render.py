@@ -193,6 +193,26 @@ def _template_line(exc: BaseException, path: Path | None) -> int | None:
     return line
 
 
+def _render_template(template: jinja2.Template, context: dict[str, Any]) -> str:
+    """template.render(context), without merging the environment's globals into each context.
+
+    Template.render copies the globals (a ChainMap, iterated in Python) for every
+    call; here they are merged once per template and the context is passed as is
+    (`shared=True`). Errors go through the environment as in Template.render.
+    """
+    merged = _GLOBALS.get(id(template))
+    if merged is None or merged[0] is not template:
+        merged = _GLOBALS[id(template)] = (template, dict(template.globals))
+    ctx = template.new_context({**merged[1], **context}, shared=True)
+    try:
+        return template.environment.concat(template.root_render_func(ctx))  # type: ignore[attr-defined]
+    except Exception:
+        return template.environment.handle_exception()
+
+
+_GLOBALS: dict[int, tuple[jinja2.Template, dict[str, Any]]] = {}
+
+
 class _Footer:
     """The package's footer templates and wording, loaded once."""
 
@@ -299,7 +319,7 @@ class Renderer:
     def _render(self, template: jinja2.Template, path: Path | None, context: dict[str, Any],
                 contact: ContactData, what: str) -> str:
         try:
-            return template.render(context)
+            return _render_template(template, context)
         except jinja2.UndefinedError as exc:
             line = _template_line(exc, path)
             where = f"{path}:{line}" if path and line else (str(path) if path else what)

@@ -223,3 +223,12 @@ def test_a_contact_removed_from_the_list_after_planning_is_not_sent_by_a_later_r
     assert "Nothing to send." in result.output
     assert len(project.messages()) == 1
     assert planned not in [parse(m)["To"].addresses[0].addr_spec for m in project.messages()]
+
+
+def test_templates_can_use_jinja_globals_range_and_namespace(project: Project) -> None:
+    project.write("templates/offer.html.j2", "<p>{% for i in range(3) %}{{ i }}{% endfor %}"
+                                             "{% set ns = namespace(n=7) %}-{{ ns.n }} {{ contact.first_name }}</p>\n")
+    result = project.send()
+    assert result.exit_code == 0, result.output
+    html = email.message_from_bytes(project.messages()[0], policy=policy.default).get_body(("html",)).get_content()
+    assert "012-7 " in html
