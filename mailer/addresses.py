@@ -53,6 +53,11 @@ def normalise(raw: str) -> NormalisedAddress:
     fast = _dot_atom_at_known_domain(given)
     if fast is not None:
         return NormalisedAddress(key=fast.lower(), send_to=fast, valid=True)
+    return validated(given)
+
+
+def validated(given: str) -> NormalisedAddress:
+    """normalise() by email-validator alone, for an address already stripped."""
     try:
         result = validate_email(given, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
