@@ -313,12 +313,14 @@ class FooterVerdicts:
     values (HTML-escaped, non-blank, without control characters or quotes) are
     masked in the template's output, and the masked body is the key. The first
     message with a given key is checked in full, and its verdict is reused only if
-    (1) the footer was visible and (2) parsing the masked body gives the same tree as
-    the real message, with every mask inside an ordinary text node (not an attribute,
-    a comment, <style>, <title>, <textarea>…). Then any message with the same key
-    parses to that tree too: escaped text cannot change how the markup around it is
-    read. Otherwise (a value in an attribute or a stylesheet, a hidden footer…) every
-    message with that key is checked in full. At most `capacity` keys are tried.
+    (1) the footer was visible, (2) every mask follows a complete tag (the parser
+    is reading text there, not a tag, whatever the value starts with) and (3)
+    parsing the masked body gives the same tree as the real message, with every
+    mask inside an ordinary text node (not an attribute, a comment, <style>,
+    <title>, <textarea>…). Then any message with the same key parses to that tree
+    too: escaped text read as text cannot change how the markup around it is read.
+    Otherwise (a value in a tag, an attribute or a stylesheet, a hidden footer…)
+    every message with that key is checked in full. At most `capacity` keys are tried.
     """
 
     def __init__(self, assemble: Callable[[str, str], str], capacity: int = 64) -> None:
@@ -339,7 +341,8 @@ class FooterVerdicts:
             return []
         problems = check_footer_html(html, required_texts, unsubscribe_url)
         if known is None and key is not None and len(self._visible) < self.capacity:
-            self._visible[key] = not problems and _same_tree(html, self.assemble(key, footer), key.count(_MARK))
+            self._visible[key] = not problems and _marks_between_tags(key) and \
+                _same_tree(html, self.assemble(key, footer), key.count(_MARK))
         return problems
 
     @staticmethod
@@ -349,6 +352,19 @@ class FooterVerdicts:
         for value in sorted({v for v in values if len(v) >= 3 and text_safe(v)}, key=lambda v: (-len(v), v)):
             body = body.replace(value, _MARK)
         return body
+
+
+def _marks_between_tags(masked: str) -> bool:
+    """Is every mark where the parser reads plain text, whatever the value? The nearest "<" or
+    ">" before it must be a ">" (or none). Right after "<", "</", "<!" or inside a tag, a value
+    starting with a letter or "!" would open markup (`<{{ v }}>` with v = "textarea") where the
+    mark, which cannot start a name, reads as text: the same tree for the mark proves nothing."""
+    at = masked.find(_MARK)
+    while at != -1:
+        if masked.rfind("<", 0, at) > masked.rfind(">", 0, at):
+            return False
+        at = masked.find(_MARK, at + 1)
+    return True
 
 
 def _same_tree(html: str, masked: str, marks: int) -> bool:

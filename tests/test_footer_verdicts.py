@@ -10,6 +10,7 @@ markup: attributes, attribute names, tag names, stylesheets, comments, <title>,
 from __future__ import annotations
 
 import csv
+import dataclasses
 from datetime import date
 
 import pytest
@@ -77,6 +78,29 @@ def test_every_message_gets_the_verdict_a_full_check_gives(project: Project, nam
         ws.close()
 
 
+@pytest.mark.parametrize("source", ["<p>Hi</p><{{ contact.attrs.look }}>", "<p>Hi</p><div {{ contact.attrs.look }}>",
+                                    "<p>Hi</p><te{{ contact.attrs.look }}>", "<p>Hi</p><!{{ contact.attrs.look }}"])
+def test_a_value_that_reads_as_text_does_not_vouch_for_one_that_opens_markup(project: Project, source: str) -> None:
+    # Right after "<", "-->" reads as text, as the mask does; "textarea", "hidden" or "--" open markup.
+    project.write("templates/offer.html.j2", source)
+    ws = open_workspace(project.config, {"MAILER_SECRET": "s" * 32})
+    try:
+        renderer = prepare_campaign(ws, project.campaign).renderer
+        claire = next(c for c in _contacts(project) if c.first_name == "Claire")
+        hidden = 0
+        for look in ("-->", "textarea", "hidden", "xtarea hidden", "--", "title"):
+            contact = dataclasses.replace(claire, attrs={"look": look})
+            rendered = renderer.render(contact)
+            required = [renderer.organization.name, renderer.organization.postal_address,
+                        renderer.source_sentence(contact)]
+            full = check_footer_html(rendered.html, required, rendered.unsubscribe_url)
+            assert list(rendered.footer_problems) == full, look
+            hidden += bool(full)
+        assert hidden  # the hazard is there: some of these values do hide the footer
+    finally:
+        ws.close()
+
+
 def test_the_verdict_is_reused_for_messages_that_differ_only_by_text(project: Project) -> None:
     ws = open_workspace(project.config, {"MAILER_SECRET": "s" * 32})
     try:
@@ -87,5 +111,43 @@ def test_the_verdict_is_reused_for_messages_that_differ_only_by_text(project: Pr
         # Names of 3 characters or more are masked; "Al" and "<b>Bob</b>" (escaped: no quotes,
         # but 2 characters / markup-looking text) leave their own keys.
         assert renderer.footer_verdicts.reused >= len(contacts) * 0.7
+    finally:
+        ws.close()
+
+
+BLOCKS = [
+    "<p>Hi {{ contact.first_name }}</p>", "<div>", "</div>", "<div class='{{ contact.attrs.look }}'>",
+    "<span style='{{ contact.attrs.look }}'>x</span>", "<div style='color: {{ contact.attrs.look }}'>",
+    "<{{ contact.attrs.look }}>", "<div {{ contact.attrs.look }}>", "<!-- {{ contact.attrs.look }} -->", "<!--",
+    "<style>.none { display: none } .{{ contact.attrs.look }} { color: red }</style>", "<title>{{ contact.attrs.look }}",
+    "</title>", "<textarea>{{ contact.first_name }}", "</textarea>", "<table><tr><td>{{ contact.company }}",
+    "</td></tr></table>", "{% if contact.attrs.look == 'none' %}<div style='display:none'>{% endif %}",
+    "<p title=\"{{ contact.attrs.look }}\">{{ contact.company }}</p>", "{{ contact.attrs.look }}", "<br>",
+    "<span>{{ contact.first_name }} {{ contact.company }}</span>", "<head>", "</head><body>", "<p class=none>",
+]
+
+
+def test_fuzzed_templates_get_the_verdict_a_full_check_gives(project: Project) -> None:
+    import random
+    rng = random.Random(29112026)
+    contacts = _contacts(project)
+    ws = open_workspace(project.config, {"MAILER_SECRET": "s" * 32})
+    try:
+        checked = hidden = reused = 0
+        for _ in range(60):
+            source = "".join(rng.choice(BLOCKS) for _ in range(rng.randint(1, 7)))
+            project.write("templates/offer.html.j2", source)
+            renderer = prepare_campaign(ws, project.campaign).renderer
+            organization = renderer.organization
+            for contact in rng.sample(contacts, 25):
+                rendered = renderer.render(contact)
+                required = [organization.name, organization.postal_address, renderer.source_sentence(contact)]
+                full = check_footer_text(rendered.text, required, rendered.unsubscribe_url) + \
+                    check_footer_html(rendered.html, required, rendered.unsubscribe_url)
+                assert list(rendered.footer_problems) == full, (source, contact.first_name, contact.attrs)
+                checked += 1
+                hidden += bool(full)
+            reused += renderer.footer_verdicts.reused
+        assert hidden > checked * 0.1 and reused > checked * 0.2  # both verdicts, and reuse, well represented
     finally:
         ws.close()
