@@ -41,7 +41,29 @@ def quoted_printable(text: str) -> bytes:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     # Soft breaks follow the data's line ends, and are bare LF when it has none.
     encoded = binascii.b2a_qp(text.replace("\n", "\r\n").encode("utf-8"), istext=True)
-    return encoded.replace(b"=\n", b"=\r\n") if b"=\n" in encoded else encoded
+    if b"=\n" in encoded:
+        encoded = encoded.replace(b"=\n", b"=\r\n")
+    # b2a_qp can end a line with an encoded space or tab ("=20") a little too long for RFC 2045.
+    if b"=20\r\n" in encoded or b"=09\r\n" in encoded or encoded.endswith((b"=20", b"=09")):
+        lines = encoded.split(b"\r\n")
+        if max(map(len, lines)) > 76:
+            encoded = b"\r\n".join(map(_fold, lines))
+    return encoded
+
+
+def _fold(line: bytes) -> bytes:
+    """An encoded line cut into lines of at most 76 characters with soft breaks, escapes kept whole."""
+    out = []
+    while len(line) > 76:
+        cut = 75
+        if line[cut - 1:cut] == b"=":
+            cut -= 1
+        elif line[cut - 2:cut - 1] == b"=":
+            cut -= 2
+        out.append(line[:cut] + b"=")
+        line = line[cut:]
+    out.append(line)
+    return b"\r\n".join(out)
 
 
 class Fixed(str):
@@ -90,7 +112,8 @@ def build_message(headers: list[tuple[str, str]], text: Body, html: Body | None)
     (each a string, or a sequence of pieces)."""
     head = "".join(f"{name}: {value}{CRLF}" for name, value in headers) + f"MIME-Version: 1.0{CRLF}"
     if html is None:
-        return head.encode("ascii") + _part("plain", text) + b"\r\n"
+        part = _part("plain", text)
+        return head.encode("ascii") + part + (b"" if part.endswith(b"\r\n") else b"\r\n")
     boundary = f"=_mailer_{secrets.token_hex(12)}"
     return b"".join((
         (head + f"Content-Type: multipart/alternative; boundary=\"{boundary}\"{CRLF}{CRLF}"

@@ -98,3 +98,19 @@ def test_a_body_encoded_in_pieces_decodes_to_the_whole_body(pieces: list[str]) -
         encoded = part.get_payload(decode=False)
         assert max(len(line) for line in encoded.splitlines()) <= 76
     assert b"\n" not in raw.replace(b"\r\n", b"") and b"\r" not in raw.replace(b"\r\n", b"")
+
+
+def test_random_bodies_in_random_pieces_decode_to_the_whole_body() -> None:
+    import random
+    rng = random.Random(7)
+    alphabet = "ab =.\t\r\n\u00e9\u20ac\U0001f600-"
+    for _ in range(1500):
+        pieces = ["".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 5, 74, 75, 76, 77, 150])))
+                  for _ in range(rng.randint(1, 6))]
+        pieces = [Fixed(p) if rng.random() < 0.5 else p for p in pieces]
+        raw = build_message([("Subject", "x")], pieces, None)
+        message = email.message_from_bytes(raw, policy=policy.default)
+        whole = "".join(pieces).replace("\r\n", "\n").replace("\r", "\n")
+        whole += "\n" if whole and not whole.endswith("\n") else ""  # a body ends with a line end
+        assert message.get_content().replace("\r\n", "\n") == whole, pieces
+        assert max(len(line) for line in message.get_payload(decode=False).splitlines() or [""]) <= 76

@@ -377,3 +377,15 @@ def test_a_large_send_with_the_default_render_workers_mails_everyone_once(projec
     assert result.exit_code == 0, result.output
     assert handler.recipients() == {a: 1 for a in addresses}
     assert project.sql("select count(*) from send_log where state = 'sent'") == [(1200,)]
+
+
+def test_random_bytes_get_the_wire_form_aiosmtplib_would_send() -> None:
+    import random
+
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    from mailer.transport.smtp import wire_data
+    rng = random.Random(11)
+    for _ in range(3000):
+        data = bytes(rng.choice(b"a.\r\n ") for _ in range(rng.randint(0, 40)))
+        assert wire_data(data) == PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n", data
