@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -389,3 +390,32 @@ def test_random_bytes_get_the_wire_form_aiosmtplib_would_send() -> None:
     for _ in range(3000):
         data = bytes(rng.choice(b"a.\r\n ") for _ in range(rng.randint(0, 40)))
         assert wire_data(data) == PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n", data
+
+
+def test_the_progress_bar_shows_counts_and_rate_in_a_terminal(project: Project) -> None:
+    import pty
+
+    many(project, 300)
+    handler = RecordingHandler()
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=4)
+        leader, follower = pty.openpty()
+        env = dict(os.environ, MAILER_SECRET=SECRET, COLUMNS="160")
+        process = subprocess.Popen([sys.executable, "-m", "mailer", "--config", str(project.config), "send",
+                                    str(project.campaign), "--yes"], env=env, stdout=follower, stderr=follower)
+        os.close(follower)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(timeout=30) == 0
+        os.close(leader)
+    text = output.decode("utf-8", "replace")
+    assert "Sending" in text and "300/300" in text
+    assert re.search(r"sent=300 [\d,]+ msg/s", text), text[-500:]
+    assert len(handler.received) == 300
