@@ -11,7 +11,7 @@ the same sink.
 
 Needs smtp-sink (Debian package postfix). Usage:
   python bench/bench_smtp.py [--recipients 20000] [--connections 20] [--rounds 3]
-                             [--memory 100000] [--mailmerge 2000]
+                             [--memory 100000] [--mailmerge 20000]
 """
 from __future__ import annotations
 
@@ -223,7 +223,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory", type=int, default=0, help="recipients for the peak-memory run (0: skip)")
-    parser.add_argument("--mailmerge", type=int, default=0, help="recipients for the mailmerge comparison (0: skip)")
+    parser.add_argument("--mailmerge", type=int, default=0,
+                        help="recipients for the mailmerge comparison, the same as --recipients for the issue (0: skip)")
     args = parser.parse_args()
     port = free_port()
     sink = start_sink(port)
