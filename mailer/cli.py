@@ -740,9 +740,8 @@ def forget(env: Env, email: str, yes: bool) -> None:
         click.echo(f"We held no data about {email}.")
     click.echo("The address's keyed hash is on the suppression list: it will never be mailed or imported again."
                if result.suppression_added else "The address was already on the suppression list.")
-    if ws.config.transport.type == "maildir":
-        click.echo(f"Note: copies of messages already written to {ws.config.outbox} are files outside the "
-                   "database; delete them there if they must go too.")
+    if result.outbox_files:
+        click.echo(f"Removed {result.outbox_files} copies of messages sent to them from {ws.config.outbox}.")
 
 
 @cli.command()
@@ -772,8 +771,10 @@ def retention(env: Env, apply_: bool, days: int) -> None:
     for item in soon:
         click.echo(f"  {item.email:<40} {item.field} {item.reference.isoformat()} -> expires {item.expires_on.isoformat()}")
     if apply_ and expired:
-        apply_retention(ws, expired, by=_who_runs_this())
-        click.echo(f"Erased {len(expired)} contacts past retention (suppression entries kept).")
+        erased, files = apply_retention(ws, expired, by=_who_runs_this())
+        click.echo(f"Erased {erased} contacts past retention (suppression entries kept).")
+        if files:
+            click.echo(f"Removed {files} copies of messages sent to them from {ws.config.outbox}.")
     elif expired:
         click.echo("Run with --apply to erase them.")
 

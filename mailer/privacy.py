@@ -30,6 +30,7 @@ from .store import (
     contact_from_row,
     utcnow,
 )
+from .transport.maildir import MaildirTransport
 
 ERASED_PREFIX = "erased:"
 INTERACTIONS = ("reply", "click", "form")
@@ -138,6 +139,7 @@ class ForgetResult:
     had_contact: bool
     log_rows: int
     suppression_added: bool
+    outbox_files: int = 0  # copies of sent messages removed from the maildir outbox
 
 
 def forget_person(ws: Workspace, email: str, *, by: str, reason: str = "request") -> ForgetResult:
@@ -160,6 +162,7 @@ def _erase(ws: Workspace, keys: list[str], *, by: str, reason: str) -> list[Forg
     interactions, sup, erasures = Interaction.__table__, Suppression.__table__, Erasure.__table__
     now = utcnow()
     results = []
+    outbox_keys: list[list[str]] = []
     with ws.store.engine.begin() as conn:
         for key in keys:
             digest = ws.hash_address(key)
@@ -168,6 +171,8 @@ def _erase(ws: Workspace, keys: list[str], *, by: str, reason: str) -> list[Forg
                 conn.execute(delete(interactions).where(interactions.c.contact_id == contact_id))
                 conn.execute(delete(members).where(members.c.contact_id == contact_id))
                 conn.execute(delete(contacts).where(contacts.c.id == contact_id))
+            sent_keys = [f"{campaign}.{row_id}" for row_id, campaign in conn.execute(
+                select(log.c.id, log.c.campaign_id).where(log.c.address_key == key))]
             changed = conn.execute(update(log).where(log.c.address_key == key).values(
                 address_key=erased_key(digest), contact_id=None, subject="", detail="", smtp_text="",
                 updated_at=now)).rowcount
@@ -181,7 +186,14 @@ def _erase(ws: Workspace, keys: list[str], *, by: str, reason: str) -> list[Forg
                     added = True
             conn.execute(insert(erasures).values(address_hash=digest, reason=reason, erased_by=by, erased_at=now))
             results.append(ForgetResult(contact_id is not None, changed, added))
+            outbox_keys.append(sent_keys)
     ws.store.scrub()
+    if ws.config.transport.type == "maildir":
+        # The outbox holds a copy of every message written to it: the person's go too.
+        for result, sent_keys in zip(results, outbox_keys, strict=True):
+            for found in (f for k in sent_keys for f in MaildirTransport.files_for(ws.config.outbox, k)):
+                found.unlink(missing_ok=True)
+                result.outbox_files += 1
     return results
 
 
@@ -217,9 +229,10 @@ def retention_report(ws: Workspace, today: date, horizon_days: int = 60) -> tupl
     return expired, soon
 
 
-def apply_retention(ws: Workspace, items: list[RetentionItem], *, by: str) -> int:
-    _erase(ws, [normalise(i.email).key for i in items], by=by, reason="retention")
-    return len(items)
+def apply_retention(ws: Workspace, items: list[RetentionItem], *, by: str) -> tuple[int, int]:
+    """Erase the expired contacts: (contacts erased, copies of their messages removed from the outbox)."""
+    results = _erase(ws, [normalise(i.email).key for i in items], by=by, reason="retention")
+    return len(items), sum(r.outbox_files for r in results)
 
 
 # --------------------------------------------------------------------------- interactions

@@ -87,6 +87,10 @@ def test_forget_leaves_no_trace_in_the_database_files(project: Project) -> None:
     assert project.sql("select count(*) from send_log where address_key like 'erased:%' and state='sent'") == [(1,)]
     after = project.run("explain", "zoe.quintal@client.example", "--locale", "en").output
     assert "Your data was erased on" in after and "Quintal" not in after
+    # The copy of the message in the maildir outbox is gone too; the others stay.
+    assert "Removed 1 copies of messages sent to them" in result.output
+    remaining = project.messages()
+    assert remaining and not any(b"zoe.quintal" in m.lower() or b"Quintal" in m for m in remaining)
 
 
 def test_a_forgotten_person_is_not_brought_back_by_an_import_or_a_campaign(project: Project) -> None:

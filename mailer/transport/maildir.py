@@ -6,6 +6,7 @@ out that a message in `sending` did in fact leave.
 """
 from __future__ import annotations
 
+import glob
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,12 @@ class MaildirTransport:
 
     def _name(self, key: str) -> str:
         return f"{key}.{self._host}.eml"
+
+    @staticmethod
+    def files_for(path: Path, key: str) -> list[Path]:
+        """The delivered messages of a send-log key (written from any host) in the outbox at `path`."""
+        pattern = f"{glob.escape(key)}.*.eml"
+        return [found for sub in ("new", "cur") for found in (Path(path) / sub).glob(pattern)]
 
     async def deliver(self, envelope: Envelope, permit: Callable[[], Awaitable[bool]] | None = None) -> Delivery:
         if permit is not None and not await permit():
