@@ -176,6 +176,9 @@ def _erase(ws: Workspace, keys: list[str], *, by: str, reason: str) -> list[Forg
             changed = conn.execute(update(log).where(log.c.address_key == key).values(
                 address_key=erased_key(digest), contact_id=None, subject="", detail="", smtp_text="",
                 updated_at=now)).rowcount
+            # Free text an operator typed with an opt-out ("called, Jean Dupont") may name the person.
+            conn.execute(update(sup).where(sup.c.scope == "address", sup.c.value == digest, sup.c.reason != "")
+                         .values(reason=""))
             added = False
             if reason == "request":
                 before = conn.execute(select(func.count()).select_from(sup).where(

@@ -103,6 +103,15 @@ def test_a_forgotten_person_is_not_brought_back_by_an_import_or_a_campaign(proje
     assert "Skipped 1 rows" in imported.output
 
 
+def test_forget_clears_what_an_operator_typed_about_the_person(project: Project) -> None:
+    project.run("suppress", "add", "jean@client.example", "--reason", "Jean Dupont called to opt out")
+    assert project.run("forget", "jean@client.example", "--yes").exit_code == 0
+    assert project.sql("select origin, reason from suppressions") == [("manual", "")]
+    if not project.is_postgres:
+        raw = b"".join(p.read_bytes() for p in project.root.glob("mailer.db*"))
+        assert b"Dupont" not in raw
+
+
 def test_forget_an_unknown_address_still_suppresses_it(project: Project) -> None:
     result = project.run("forget", "never@seen.example", "--yes")
     assert result.exit_code == 0 and "We held no data" in result.output
