@@ -79,17 +79,10 @@ class _GroupCommitter:
     async def claim(self, messages: list[Outgoing]) -> list[str]:
         """Mark the messages `sending` (committed). Each answer is "go", or "suppressed" (opted
         out meanwhile), or "taken" (another process sending the same campaign claimed it)."""
-        loop = asyncio.get_running_loop()
-        futures = []
-        for message in messages:
-            future: asyncio.Future[str] = loop.create_future()
-            self._claims.append((message, future))
-            futures.append(future)
-        self._wakeup.set()
-        return list(await asyncio.gather(*futures))
+        return list(await asyncio.gather(*map(self.claim_one, messages)))
 
     def claim_one(self, message: Outgoing) -> asyncio.Future[str]:
-        """claim([message]) without awaiting it: the answer's future."""
+        """Queue one message's claim for the next commit: the answer's future."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._claims.append((message, future))
         self._wakeup.set()

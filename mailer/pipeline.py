@@ -303,10 +303,18 @@ def expected_recipients(ws: Workspace, campaign: Campaign) -> int:
     return ws.store.list_size(campaign.list_name) + lines
 
 
+def _forkserver() -> multiprocessing.context.ForkServerContext:
+    """forkserver, not fork: render workers start small instead of inheriting the plan's memory,
+    from a server that has imported mailer once."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["mailer.pipeline"])
+    return context  # type: ignore[return-value]
+
+
 def start_render_workers_early() -> None:
     """Start the process that forks render workers now: it imports mailer while the plan runs,
     instead of holding up the first messages of a large send (half a second here)."""
-    multiprocessing.get_context("forkserver").set_forkserver_preload(["mailer.pipeline"])
+    _forkserver()
     multiprocessing.forkserver.ensure_running()
 
 
@@ -339,10 +347,7 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
                 yield render_chunk(renderer, contacts_for(ws.store, chunk), campaign.id, bounce, wire)
                 await asyncio.sleep(0)
             return
-        # forkserver, not fork: workers start small instead of inheriting the plan's memory.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["mailer.pipeline"])
-        pool = ProcessPoolExecutor(render_workers, mp_context=context, initializer=_init_worker,
+        pool = ProcessPoolExecutor(render_workers, mp_context=_forkserver(), initializer=_init_worker,
                                    initargs=(ws.config, campaign, ws.keys, bounce, renderer.dkim, wire))
         # Workers read their chunk's contacts from the database themselves: this
         # process, which also drives the transport, only hands out (log id, contact id).

@@ -242,15 +242,22 @@ class RenderedMessage:
     to_address: str
     to_name: str
     subject: str
-    text: str
-    html: str | None
+    # The bodies as pieces, the footer's markup being `Fixed` (see mime.quoted_printable_pieces);
+    # html_pieces is empty when the campaign has no HTML template.
+    text_pieces: tuple[str, ...]
+    html_pieces: tuple[str, ...]
     unsubscribe_url: str
     unsubscribe_mailto: str | None
     address_hash: str
     footer_problems: tuple[str, ...]
-    # The same bodies in pieces, the footer's markup being `Fixed` (see mime.quoted_printable_pieces).
-    text_pieces: tuple[str, ...] = ()
-    html_pieces: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_pieces)
+
+    @property
+    def html(self) -> str | None:
+        return "".join(self.html_pieces) if self.html_pieces else None
 
 
 def contact_context(contact: ContactData) -> View:
@@ -355,7 +362,7 @@ class Renderer:
             text_body = inscriptis.get_text(html_body or "", _TEXT_CONFIG).strip("\n") + "\n"
         text_pieces = (text_body.rstrip() + "\n\n", *_fill(self._text_footer, sentence, url))
         text = "".join(text_pieces)
-        html, html_pieces = None, ()
+        html_pieces: tuple[str, ...] = ()
         required = [self.organization.name, self.organization.postal_address, sentence]
         problems = check_footer_text(text, required, url)
         if html_body is not None:
@@ -371,9 +378,9 @@ class Renderer:
             problems += self.footer_verdicts.problems(html_body, footer, html, required, url, values,
                                                       reuse=text_safe(escaped_sentence))
         name = one_line(" ".join(p for p in (contact.first_name, contact.last_name) if p))
-        return RenderedMessage(to_address=contact.email, to_name=name, subject=subject, text=text, html=html,
-                               unsubscribe_url=url, unsubscribe_mailto=mailto, address_hash=digest,
-                               footer_problems=tuple(problems), text_pieces=text_pieces, html_pieces=html_pieces)
+        return RenderedMessage(to_address=contact.email, to_name=name, subject=subject, text_pieces=text_pieces,
+                               html_pieces=html_pieces, unsubscribe_url=url, unsubscribe_mailto=mailto,
+                               address_hash=digest, footer_problems=tuple(problems))
 
     def message_id(self) -> str:
         return f"<{uuid.uuid4().hex}.{self.campaign.id}@{self.from_domain}>"
@@ -397,8 +404,7 @@ class Renderer:
             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
             ("List-Id", f"{self.campaign.id} <{self.list_id}>"),
         ]
-        data = build_message(headers, message.text_pieces or message.text,
-                             (message.html_pieces or message.html) if message.html is not None else None)
+        data = build_message(headers, message.text_pieces, message.html_pieces or None)
         return self.dkim.sign(data) if self.dkim is not None else data
 
 

@@ -302,11 +302,7 @@ class Store:
         return self._insert_ignore(members).values(list_id=bindparam("list_id"), contact_id=bindparam("contact_id"))
 
     def _insert_ignore(self, table: Any) -> Any:
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-            return pg_insert(table).on_conflict_do_nothing()
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-        return sqlite_insert(table).on_conflict_do_nothing()
+        return _dialect_insert(self.dialect, table).on_conflict_do_nothing()
 
     # ---------------------------------------------------------------- contacts
 
@@ -716,6 +712,15 @@ def execute_many(conn: Any, statement: Any, rows: Sequence[dict[str, Any]]) -> i
 _contacts = Contact.__table__
 _CONTACT_INSERT = _contacts.insert().values({c.name: bindparam(c.name) for c in _contacts.c if c.name != "id"})
 
+def _dialect_insert(dialect: str, table: Any) -> Any:
+    """An INSERT with the dialect's ON CONFLICT clauses (PostgreSQL or SQLite)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    return insert(table)
+
+
 _DECISION_STATEMENTS: dict[tuple[str, tuple[str, ...]], Any] = {}
 
 
@@ -725,11 +730,7 @@ def _decisions_statement(dialect: str, replaceable: tuple[str, ...]) -> Any:
     if statement is not None:
         return statement
     table = SendLog.__table__
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-    statement = dialect_insert(table).values({c.name: bindparam(c.name) for c in table.c if c.name != "id"})
+    statement = _dialect_insert(dialect, table).values({c.name: bindparam(c.name) for c in table.c if c.name != "id"})
     statement = statement.on_conflict_do_update(
         index_elements=["campaign_id", "address_key"],
         set_={"state": statement.excluded.state, "rule": statement.excluded.rule,

@@ -203,10 +203,10 @@ def test_cleartext_smtp_to_a_remote_host_is_refused(project: Project) -> None:
     assert 'security = "none" sends mail in clear text to smtp.example.net' in result.output
 
 
-def _spawn_send(project: Project) -> subprocess.Popen[str]:
-    env = dict(os.environ, MAILER_SECRET=SECRET, MAILER_RENDER_WORKERS="0")
+def _spawn_send(project: Project, output: int = subprocess.PIPE, **env: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, MAILER_SECRET=SECRET, MAILER_RENDER_WORKERS="0", **env)
     return subprocess.Popen([sys.executable, "-m", "mailer", "--config", str(project.config), "send",
-                             str(project.campaign), "--yes"], env=env, stdout=subprocess.PIPE,
+                             str(project.campaign), "--yes"], env=env, stdout=output,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -400,9 +400,7 @@ def test_the_progress_bar_shows_counts_and_rate_in_a_terminal(project: Project) 
     with SmtpServer(handler) as server:
         use_smtp(project, server.port, max_connections=4)
         leader, follower = pty.openpty()
-        env = dict(os.environ, MAILER_SECRET=SECRET, COLUMNS="160")
-        process = subprocess.Popen([sys.executable, "-m", "mailer", "--config", str(project.config), "send",
-                                    str(project.campaign), "--yes"], env=env, stdout=follower, stderr=follower)
+        process = _spawn_send(project, follower, COLUMNS="160")
         os.close(follower)
         output = b""
         while True:
