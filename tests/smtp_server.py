@@ -34,24 +34,38 @@ class Received:
 @dataclass
 class RecordingHandler:
     """Records deliveries. Faults: `rcpt_faults[address] = [answer, answer, …]` (one per attempt,
-    then accept); `data_faults` likewise; `drop_data` = addresses whose DATA drops the connection
-    after the server received the message (so it may have left)."""
+    then accept); `data_faults` likewise; `mail_faults` = answers to the next MAIL commands;
+    `drop_data` = addresses whose DATA drops the connection after the server received the message
+    (so it may have left). `pipelining`: advertise PIPELINING (RFC 2920) in the EHLO
+    answer, as Postfix, Exim and the big providers do; aiosmtpd handles pipelined commands."""
 
     received: list[Received] = field(default_factory=list)
     rcpt_faults: dict[str, list[str]] = field(default_factory=dict)
     data_faults: dict[str, list[str]] = field(default_factory=dict)
+    mail_faults: list[str] = field(default_factory=list)
     drop_data: set[str] = field(default_factory=set)
     delay: float = 0.0
     on_data: Callable[[Received], None] | None = None
     attempts: Counter[str] = field(default_factory=Counter)
     connections: int = 0
+    pipelining: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001
         with self.lock:
             self.connections += 1
         session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: ANN001
+        with self.lock:
+            if self.mail_faults:
+                return self.mail_faults.pop(0)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
         with self.lock:
@@ -115,3 +129,79 @@ def password_authenticator(username: str, password: str) -> Callable[..., AuthRe
             and auth_data.password == password.encode()
         return AuthResult(success=ok, handled=False)
     return authenticate
+
+
+class Relay:
+    """A TCP relay in front of an SMTP server.
+
+    hold_replies: hold the server's replies back from the moment the client sends MAIL FROM
+    until it has also sent DATA. A client that pipelines (RFC 2920: MAIL, RCPT and DATA in one
+    go) does not notice; one that waits for each reply before the next command stalls.
+    trickle: pass the server's replies on one byte per TCP segment.
+    """
+
+    def __init__(self, server_port: int, *, hold_replies: bool = False, trickle: bool = False) -> None:
+        self.server_port = server_port
+        self.hold_replies, self.trickle = hold_replies, trickle
+        self.port = free_port()
+        self.transactions = 0  # MAIL ... DATA groups seen while holding
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.server_port))
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sockets += [client, server]
+            state = {"holding": False, "held": b""}
+            lock = threading.Lock()
+            threading.Thread(target=self._client_to_server, args=(client, server, state, lock), daemon=True).start()
+            threading.Thread(target=self._server_to_client, args=(server, client, state, lock), daemon=True).start()
+
+    def _client_to_server(self, client: socket.socket, server: socket.socket, state: dict, lock: threading.Lock) -> None:
+        pending, in_data = b"", False
+        while chunk := _recv(client):
+            pending += chunk
+            *lines, pending = pending.split(b"\r\n")
+            with lock:
+                server.sendall(chunk)
+                for line in lines:
+                    if in_data:
+                        in_data = line != b"."
+                    elif line.upper().startswith(b"MAIL FROM:"):
+                        state["holding"] = self.hold_replies
+                    elif line.upper() == b"DATA":
+                        in_data = True
+                        self.transactions += state["holding"]
+                        state["holding"] = False
+                        client.sendall(state["held"])
+                        state["held"] = b""
+        server.close()
+
+    def _server_to_client(self, server: socket.socket, client: socket.socket, state: dict, lock: threading.Lock) -> None:
+        while chunk := _recv(server):
+            with lock:
+                if state["holding"]:
+                    state["held"] += chunk
+                elif self.trickle:
+                    for i in range(len(chunk)):
+                        client.sendall(chunk[i:i + 1])
+                else:
+                    client.sendall(chunk)
+        client.close()
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 from conftest import HEADER, SECRET, Project, counts
-from smtp_server import RecordingHandler, SmtpServer, free_port, password_authenticator
+from smtp_server import RecordingHandler, Relay, SmtpServer, free_port, password_authenticator
 
 from mailer.pipeline import open_workspace
 
@@ -40,9 +40,16 @@ def states(project: Project) -> dict[str, str]:
     return dict(project.sql("select address_key, state from send_log"))
 
 
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-command-at-a-time"])
+def pipelining(request: pytest.FixtureRequest) -> bool:
+    """Whether the server advertises PIPELINING: mailer then sends MAIL, RCPT and DATA in one go."""
+    return request.param
+
+
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
-def test_delivers_each_allowed_recipient_once_over_reused_connections(project: Project, event_loop: str) -> None:
-    handler = RecordingHandler()
+def test_delivers_each_allowed_recipient_once_over_reused_connections(project: Project, pipelining: bool,
+                                                                      event_loop: str) -> None:
+    handler = RecordingHandler(pipelining=pipelining)
     addresses = many(project, 40)
     with SmtpServer(handler) as server:
         use_smtp(project, server.port, max_connections=4)
@@ -58,9 +65,9 @@ def test_delivers_each_allowed_recipient_once_over_reused_connections(project: P
     assert len(rows) == 40 and all(code == 250 and mid and attempts == 1 for _, code, mid, attempts in rows)
 
 
-def test_temporary_failures_are_retried_with_backoff(project: Project) -> None:
+def test_temporary_failures_are_retried_with_backoff(project: Project, pipelining: bool) -> None:
     handler = RecordingHandler(rcpt_faults={CLAIRE: ["451 4.3.0 Try again later"]},
-                               data_faults={PAUL: ["452 4.3.1 Insufficient storage"]})
+                               data_faults={PAUL: ["452 4.3.1 Insufficient storage"]}, pipelining=pipelining)
     with SmtpServer(handler) as server:
         use_smtp(project, server.port)
         result = project.send()
@@ -69,8 +76,61 @@ def test_temporary_failures_are_retried_with_backoff(project: Project) -> None:
     assert dict(project.sql("select address_key, attempts from send_log where state='sent'")) == {CLAIRE: 2, PAUL: 2}
 
 
-def test_421_closes_the_connection_and_the_next_attempt_reconnects(project: Project) -> None:
-    handler = RecordingHandler(rcpt_faults={CLAIRE: ["421 4.7.0 Closing connection"]})
+def test_a_4xx_refusing_the_sender_is_retried_and_no_bounce_is_recorded(project: Project, pipelining: bool) -> None:
+    handler = RecordingHandler(mail_faults=["451 4.3.0 Sender check unavailable", "550 5.1.8 Bad sender domain"],
+                               pipelining=pipelining)
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=1)
+        result = project.send()
+    assert result.exit_code == 4, result.output  # the 550 on MAIL fails that delivery
+    assert sorted(s for s in states(project).values() if s != "blocked") == ["failed", "sent"]
+    # A refused sender says nothing about the recipient: no hard-bounce suppression.
+    assert project.sql("select count(*) from suppressions") == [(0,)]
+    assert len(handler.received) == 1
+
+
+def test_mail_rcpt_and_data_leave_together_when_the_server_pipelines(project: Project, pipelining: bool) -> None:
+    """In front of the server, a relay holds every reply back from MAIL FROM until DATA has
+    arrived: only a client that pipelines gets through (the other one times out and defers)."""
+    addresses = many(project, 12)
+    handler = RecordingHandler(pipelining=pipelining)
+    with SmtpServer(handler) as server:
+        probe = Relay(server.port, hold_replies=True)
+        try:
+            use_smtp(project, probe.port, max_connections=3, timeout_seconds=0.5)
+            result = project.send()
+        finally:
+            probe.close()
+    if pipelining:
+        assert result.exit_code == 0, result.output
+        assert handler.recipients() == {a: 1 for a in addresses}
+        assert probe.transactions == 12
+        assert {attempts for (attempts,) in project.sql("select attempts from send_log")} == {1}
+    else:
+        assert handler.recipients() == {}
+        assert set(states(project).values()) <= {"deferred", "planned"}  # every connection stalls: the run stops
+        assert result.exit_code == 1 and "no answer within 0.5 s" in result.output, result.output
+
+
+def test_replies_split_across_packets_and_lines_are_read_whole(project: Project, pipelining: bool) -> None:
+    addresses = many(project, 6)
+    handler = RecordingHandler(rcpt_faults={addresses[0]: ["550-5.1.1 No such user here\r\n550 5.1.1 See https://x.example/b"]},
+                               pipelining=pipelining)
+    with SmtpServer(handler) as server:
+        relay = Relay(server.port, trickle=True)
+        try:
+            use_smtp(project, relay.port, max_connections=2)
+            result = project.send()
+        finally:
+            relay.close()
+    assert result.exit_code == 4
+    assert f"failed: {addresses[0]}: 550 5.1.1 No such user here 5.1.1 See https://x.example/b" in result.output
+    assert handler.recipients() == {a: 1 for a in addresses[1:]}
+    assert project.sql("select count(*) from suppressions where origin = 'bounce'") == [(1,)]
+
+
+def test_421_closes_the_connection_and_the_next_attempt_reconnects(project: Project, pipelining: bool) -> None:
+    handler = RecordingHandler(rcpt_faults={CLAIRE: ["421 4.7.0 Closing connection"]}, pipelining=pipelining)
     with SmtpServer(handler) as server:
         use_smtp(project, server.port, max_connections=1)
         result = project.send()
@@ -79,8 +139,8 @@ def test_421_closes_the_connection_and_the_next_attempt_reconnects(project: Proj
     assert handler.connections >= 2
 
 
-def test_persistent_4xx_is_deferred_and_a_later_run_retries_it(project: Project) -> None:
-    handler = RecordingHandler(rcpt_faults={CLAIRE: ["450 4.2.0 Mailbox busy"] * 3})
+def test_persistent_4xx_is_deferred_and_a_later_run_retries_it(project: Project, pipelining: bool) -> None:
+    handler = RecordingHandler(rcpt_faults={CLAIRE: ["450 4.2.0 Mailbox busy"] * 3}, pipelining=pipelining)
     with SmtpServer(handler) as server:
         use_smtp(project, server.port)
         first = project.send()
@@ -93,8 +153,8 @@ def test_persistent_4xx_is_deferred_and_a_later_run_retries_it(project: Project)
     assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
 
 
-def test_550_on_the_recipient_fails_and_adds_a_hard_bounce_suppression(project: Project) -> None:
-    handler = RecordingHandler(rcpt_faults={CLAIRE: ["550 5.1.1 No such user"]})
+def test_550_on_the_recipient_fails_and_adds_a_hard_bounce_suppression(project: Project, pipelining: bool) -> None:
+    handler = RecordingHandler(rcpt_faults={CLAIRE: ["550 5.1.1 No such user"]}, pipelining=pipelining)
     with SmtpServer(handler) as server:
         use_smtp(project, server.port)
         result = project.send()
@@ -108,8 +168,8 @@ def test_550_on_the_recipient_fails_and_adds_a_hard_bounce_suppression(project: 
     assert handler.attempts[CLAIRE] == 1
 
 
-def test_a_5xx_refusing_the_message_fails_without_suppressing_the_address(project: Project) -> None:
-    handler = RecordingHandler(data_faults={PAUL: ["554 5.7.1 Message rejected as spam"]})
+def test_a_5xx_refusing_the_message_fails_without_suppressing_the_address(project: Project, pipelining: bool) -> None:
+    handler = RecordingHandler(data_faults={PAUL: ["554 5.7.1 Message rejected as spam"]}, pipelining=pipelining)
     with SmtpServer(handler) as server:
         use_smtp(project, server.port)
         result = project.send()
@@ -118,8 +178,8 @@ def test_a_5xx_refusing_the_message_fails_without_suppressing_the_address(projec
     assert project.sql("select count(*) from suppressions") == [(0,)]
 
 
-def test_connection_dropped_during_data_is_uncertain_and_not_resent(project: Project) -> None:
-    handler = RecordingHandler(drop_data={CLAIRE})
+def test_connection_dropped_during_data_is_uncertain_and_not_resent(project: Project, pipelining: bool) -> None:
+    handler = RecordingHandler(drop_data={CLAIRE}, pipelining=pipelining)
     with SmtpServer(handler) as server:
         use_smtp(project, server.port)
         project.send()
@@ -142,7 +202,7 @@ def test_server_down_at_start_is_exit_1_and_nothing_is_marked_sent(project: Proj
     assert project.sql("select count(*) from send_log where state in ('sent', 'sending')") == [(0,)]
 
 
-def test_an_opt_out_recorded_by_another_process_stops_later_messages(project: Project) -> None:
+def test_an_opt_out_recorded_by_another_process_stops_later_messages(project: Project, pipelining: bool) -> None:
     addresses = many(project, 20)
     use_smtp(project, 2525, max_connections=1)
     workspace = open_workspace(project.config, {"MAILER_SECRET": SECRET})
@@ -152,7 +212,7 @@ def test_an_opt_out_recorded_by_another_process_stops_later_messages(project: Pr
         if len(handler.received) == 3:  # another process (here: another connection) records an opt-out
             workspace.store.suppress(scope="address", value=workspace.hash_address(last), origin="one-click")
 
-    handler = RecordingHandler(on_data=opt_out_during_run)
+    handler = RecordingHandler(on_data=opt_out_during_run, pipelining=pipelining)
     with SmtpServer(handler) as server:
         use_smtp(project, server.port, max_connections=1)
         result = project.send()
@@ -164,14 +224,15 @@ def test_an_opt_out_recorded_by_another_process_stops_later_messages(project: Pr
 
 
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
-def test_starttls_with_certificate_verification_and_auth(project: Project, tmp_path: Path, event_loop: str) -> None:
+def test_starttls_with_certificate_verification_and_auth(project: Project, pipelining: bool, tmp_path: Path,
+                                                         event_loop: str) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("localhost")
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(server_context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    handler = RecordingHandler()
+    handler = RecordingHandler(pipelining=pipelining)
     with SmtpServer(handler, tls_context=server_context, require_starttls=True,
                     authenticator=password_authenticator("acme", "s3cret"), auth_required=True) as server:
         project.write("config.toml", project.base_config.replace('type = "maildir"', 'type = "smtp"')
