@@ -6,6 +6,8 @@ check, send log) with a bare aiosmtplib loop sending the same pre-built
 messages over the same number of connections: the issue's reference, on
 asyncio's standard event loop, and the same loop on uvloop (which mailer uses
 when installed), so that the ratio is also given against an equal event loop.
+Also times mailer's own SMTP transport alone on the same pre-built messages
+(it pipelines; aiosmtplib cannot): what the rest of mailer costs on top of it.
 Optionally measures the peak memory of a large send and the `mailmerge` tool on
 the same sink.
 
@@ -198,6 +200,29 @@ async def bare_loop(port: int, connections: int, messages: list[tuple[str, bytes
     return time.perf_counter() - start
 
 
+async def bare_transport_loop(project: Path, connections: int, messages: list[tuple[str, bytes]]) -> float:
+    """The same pre-built messages through mailer's own SMTP transport (pipelining when the server
+    offers it), with nothing else of mailer around it: what the rest of mailer costs on top."""
+    from mailer.config import load_config
+    from mailer.transport.base import Envelope
+    from mailer.transport.smtp import SmtpTransport, wire_message
+    transport = SmtpTransport(load_config(project / "config.toml"), {})
+    envelopes = [Envelope(f"bench.{i}", "bounces@acme.example", rcpt, wire_message(data), wire=True)
+                 for i, (rcpt, data) in enumerate(messages)]
+    start = time.perf_counter()
+    await transport.open()
+    upcoming = iter(envelopes)
+
+    async def worker() -> None:
+        for envelope in upcoming:
+            delivery = await transport.deliver(envelope)
+            assert delivery.state == "sent", delivery
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    await transport.close()
+    return time.perf_counter() - start
+
+
 def run_mailmerge(root: Path, port: int, n: int) -> float:
     root.mkdir(parents=True, exist_ok=True)
     (root / "mailmerge_template.txt").write_text(
@@ -233,19 +258,22 @@ def main() -> None:
             base = Path(tmp)
             messages = prebuilt_messages(make_project(base / "ref", port, args.connections, args.recipients)) \
                 if args.rounds else []
-            mailer_times, bare_times, bare_uv_times = [], [], []
+            mailer_times, bare_times, bare_uv_times, own_times = [], [], [], []
             for round_ in range(args.rounds):
                 project = make_project(base / f"r{round_}", port, args.connections, args.recipients)
                 mailer_times.append(run_mailer(project)[0])
                 bare_times.append(asyncio.run(bare_loop(port, args.connections, messages)))
                 with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                     bare_uv_times.append(runner.run(bare_loop(port, args.connections, messages)))
+                    own_times.append(runner.run(bare_transport_loop(project, args.connections, messages)))
                 print(f"round {round_ + 1}: mailer {mailer_times[-1]:.2f}s, bare aiosmtplib {bare_times[-1]:.2f}s, "
-                      f"bare aiosmtplib on uvloop {bare_uv_times[-1]:.2f}s", flush=True)
+                      f"bare aiosmtplib on uvloop {bare_uv_times[-1]:.2f}s, "
+                      f"mailer's SMTP transport alone {own_times[-1]:.2f}s", flush=True)
             n = args.recipients
             m = statistics.median(mailer_times) if mailer_times else float("nan")
             b = statistics.median(bare_times) if bare_times else float("nan")
             u = statistics.median(bare_uv_times) if bare_uv_times else float("nan")
+            o = statistics.median(own_times) if own_times else float("nan")
             if args.rounds:
                 print(f"\n{n} recipients, {args.connections} connections, smtp-sink on loopback, median of {args.rounds}")
                 print(f"mailer send (whole process)        {m:.2f}s  {n / m:,.0f} msg/s")
@@ -253,6 +281,8 @@ def main() -> None:
                 print(f"bare aiosmtplib loop (uvloop)      {u:.2f}s  {n / u:,.0f} msg/s")
                 print(f"throughput ratio mailer/bare       {b / m:.2f}  (target >= 0.70)")
                 print(f"throughput ratio mailer/bare uvloop {u / m:.2f}  (the same event loop as mailer)")
+                print(f"mailer's SMTP transport alone      {o:.2f}s  {n / o:,.0f} msg/s  (pre-built messages, "
+                      f"uvloop; mailer/it {o / m:.2f})")
             if args.memory:
                 project = make_project(base / "mem", port, args.connections, args.memory)
                 elapsed, meter = run_mailer(project, rss=True)
