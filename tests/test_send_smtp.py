@@ -256,6 +256,24 @@ def test_starttls_with_certificate_verification_and_auth(project: Project, pipel
     assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
 
 
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_implicit_tls_delivers_with_certificate_verification(project: Project, tmp_path: Path, event_loop: str) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    handler = RecordingHandler()
+    with SmtpServer(handler, ssl_context=server_context) as server:  # TLS from the first byte (port 465 style)
+        project.write("config.toml", project.base_config.replace('type = "maildir"', 'type = "smtp"')
+                      .replace('host = "127.0.0.1"', 'host = "localhost"')
+                      .replace("port = 2525", f"port = {server.port}\nca_file = \"{ca_file}\"")
+                      .replace('security = "none"', 'security = "tls"'))
+        result = project.run("send", str(project.campaign), "--yes", env={"MAILER_EVENT_LOOP": event_loop})
+    assert result.exit_code == 0, result.output
+    assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
+
+
 def test_cleartext_smtp_to_a_remote_host_is_refused(project: Project) -> None:
     project.write("config.toml", project.base_config.replace('type = "maildir"', 'type = "smtp"')
                   .replace('host = "127.0.0.1"', 'host = "smtp.example.net"'))
