@@ -36,7 +36,7 @@ class RecordingHandler:
     """Records deliveries. Faults: `rcpt_faults[address] = [answer, answer, …]` (one per attempt,
     then accept); `data_faults` likewise; `mail_faults` = answers to the next MAIL commands;
     `drop_data` = addresses whose DATA drops the connection after the server received the message
-    (so it may have left). `pipelining`: advertise PIPELINING (RFC 2920) in the EHLO
+    (so it may have left); `drop_rcpt` = addresses whose RCPT drops it (nothing can have left). `pipelining`: advertise PIPELINING (RFC 2920) in the EHLO
     answer, as Postfix, Exim and the big providers do; aiosmtpd handles pipelined commands."""
 
     received: list[Received] = field(default_factory=list)
@@ -44,6 +44,7 @@ class RecordingHandler:
     data_faults: dict[str, list[str]] = field(default_factory=dict)
     mail_faults: list[str] = field(default_factory=list)
     drop_data: set[str] = field(default_factory=set)
+    drop_rcpt: set[str] = field(default_factory=set)
     delay: float = 0.0
     on_data: Callable[[Received], None] | None = None
     attempts: Counter[str] = field(default_factory=Counter)
@@ -70,6 +71,10 @@ class RecordingHandler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
         with self.lock:
             self.attempts[address] += 1
+            if address in self.drop_rcpt:  # hang up before the message was sent
+                self.drop_rcpt.discard(address)
+                server.transport.close()
+                return "250 never seen by the client"
             faults = self.rcpt_faults.get(address)
             if faults:
                 return faults.pop(0)

@@ -193,6 +193,17 @@ def test_connection_dropped_during_data_is_uncertain_and_not_resent(project: Pro
     assert states(project)[CLAIRE] == "sent"
 
 
+def test_connection_dropped_before_the_content_is_retried_and_delivered_once(project: Project,
+                                                                            pipelining: bool) -> None:
+    handler = RecordingHandler(drop_rcpt={CLAIRE}, pipelining=pipelining)
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=1)
+        result = project.send()
+    assert result.exit_code == 0, result.output
+    assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
+    assert dict(project.sql("select address_key, attempts from send_log where state = 'sent'"))[CLAIRE] == 2
+
+
 def test_server_down_at_start_is_exit_1_and_nothing_is_marked_sent(project: Project) -> None:
     use_smtp(project, free_port())
     result = project.send()
