@@ -244,6 +244,7 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
             on_result(state)
 
     batch_size = max(1, getattr(transport, "claim_batch", 1))
+    ready = getattr(transport, "ready", None)
 
     async def take() -> tuple[list[Outgoing], bool]:
         """Up to batch_size queued messages; the flag says the producer is done."""
@@ -271,6 +272,8 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
             if claimed:
                 delivery = await transport.deliver(message.envelope)
             else:
+                if ready is not None:  # claim only once a connection is there for the message
+                    await ready()
                 claim = committer.claim_one(message)
 
                 async def permit(claim: asyncio.Future[str] = claim) -> bool:

@@ -143,11 +143,16 @@ class Relay:
     until it has also sent DATA. A client that pipelines (RFC 2920: MAIL, RCPT and DATA in one
     go) does not notice; one that waits for each reply before the next command stalls.
     trickle: pass the server's replies on one byte per TCP segment.
+    max_connections: greet connections beyond this many at once with 421 and hang up, as relays
+    that limit each client do (Microsoft 365 allows 3).
     """
 
-    def __init__(self, server_port: int, *, hold_replies: bool = False, trickle: bool = False) -> None:
+    def __init__(self, server_port: int, *, hold_replies: bool = False, trickle: bool = False,
+                 max_connections: int = 0) -> None:
         self.server_port = server_port
         self.hold_replies, self.trickle = hold_replies, trickle
+        self.max_connections, self.active, self.refused, self.most_at_once = max_connections, 0, 0, 0
+        self._count = threading.Lock()
         self.port = free_port()
         self.transactions = 0  # MAIL ... DATA groups seen while holding
         self._listener = socket.create_server(("127.0.0.1", self.port))
@@ -160,6 +165,14 @@ class Relay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            with self._count:
+                if self.max_connections and self.active >= self.max_connections:
+                    self.refused += 1
+                    client.sendall(b"421 4.7.0 Too many connections from your host\r\n")
+                    client.close()
+                    continue
+                self.active += 1
+                self.most_at_once = max(self.most_at_once, self.active)
             server = socket.create_connection(("127.0.0.1", self.server_port))
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sockets += [client, server]
@@ -187,6 +200,8 @@ class Relay:
                         client.sendall(state["held"])
                         state["held"] = b""
         server.close()
+        with self._count:
+            self.active -= 1
 
     def _server_to_client(self, server: socket.socket, client: socket.socket, state: dict, lock: threading.Lock) -> None:
         while chunk := _recv(server):

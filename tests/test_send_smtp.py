@@ -129,6 +129,24 @@ def test_replies_split_across_packets_and_lines_are_read_whole(project: Project,
     assert project.sql("select count(*) from suppressions where origin = 'bounce'") == [(1,)]
 
 
+def test_a_relay_that_limits_connections_gets_no_more_and_no_attempt_is_wasted(project: Project) -> None:
+    addresses = many(project, 250)
+    handler = RecordingHandler()
+    with SmtpServer(handler) as server:
+        relay = Relay(server.port, max_connections=2)
+        try:
+            use_smtp(project, relay.port, max_connections=8)
+            result = project.send()
+        finally:
+            relay.close()
+    assert result.exit_code == 0, result.output
+    assert handler.recipients() == {a: 1 for a in addresses}
+    assert {attempts for (attempts,) in project.sql("select attempts from send_log where state = 'sent'")} == {1}
+    assert relay.most_at_once == 2
+    # The first wave (6 of the 8 connections), then one probe every 100 messages sent.
+    assert relay.refused <= 6 + 2, "once refused, mailer should stop opening connections beyond what the relay takes"
+
+
 def test_421_closes_the_connection_and_the_next_attempt_reconnects(project: Project, pipelining: bool) -> None:
     handler = RecordingHandler(rcpt_faults={CLAIRE: ["421 4.7.0 Closing connection"]}, pipelining=pipelining)
     with SmtpServer(handler) as server:

@@ -46,6 +46,10 @@ class Transport(Protocol):
     async def open(self) -> None:
         """Connect (or prepare); raise TransportError with host/path and a hint."""
 
+    # Optional: `async def ready(self) -> None`, awaited before a message is claimed when
+    # claim_batch is 1: wait until the transport can take one more message, and keep that
+    # room for the next deliver() (SMTP: a free connection, or room to open one).
+
     async def deliver(self, envelope: Envelope, permit: Callable[[], Awaitable[bool]] | None = None) -> Delivery:
         """Deliver one message. Never raises for a per-message failure.
 

@@ -97,6 +97,11 @@ class SmtpTransport:
         if s.security != "none":
             self.tls_context = ssl.create_default_context(cafile=s.ca_file or None)
         self._idle: list[_Session] = []
+        self._open = 0  # sessions connected (idle or busy)
+        self._connecting = 0
+        self._slots = _Slots(s.max_connections)
+        self._reserved = 0  # slots taken by ready() for the next deliver()
+        self._idle_waiters: deque[asyncio.Future[None]] = deque()
         self._where = f"{s.host}:{s.port}"
 
     # ---------------------------------------------------------------- connections
@@ -129,6 +134,7 @@ class SmtpTransport:
         """Open the first connection now, so an unreachable server fails the run before anything is sent."""
         try:
             self._idle.append(await self._connect())
+            self._open += 1
         except SMTPAuthenticationError as exc:
             raise TransportError(f"SMTP server {self._where} refused the login for {self.settings.username}: "
                                  f"{exc.code} {exc.message}",
@@ -143,6 +149,7 @@ class SmtpTransport:
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
+        self._open -= len(idle)
         await asyncio.gather(*(session.quit() for session in idle))
 
     def delivered(self, key: str) -> bool | None:
@@ -150,26 +157,134 @@ class SmtpTransport:
 
     # ---------------------------------------------------------------- one message
 
+    async def ready(self) -> None:
+        """Wait until a connection is free or may be opened, and keep it for the next deliver().
+
+        The engine awaits this before it claims a message, so that a message is only claimed
+        once a connection is there for it (a crash leaves only those in flight uncertain).
+        """
+        await self._slots.acquire()
+        self._reserved += 1
+
     async def deliver(self, envelope: Envelope, permit: Callable[[], Awaitable[bool]] | None = None) -> Delivery:
-        session = None
-        while self._idle and session is None:
-            session = self._idle.pop()
-            if not session.ready:  # the server closed it, or spoke out of turn, while it was idle
-                session.close()
-                session = None
-        if session is None:
-            try:
-                session = await self._connect()
-            except SMTPResponseException as exc:
-                return _classify(exc.code, exc.message)
-            except (TimeoutError, SMTPException, OSError) as exc:
-                return Delivery("deferred", text=f"cannot connect to {self._where}: {_describe(exc)}")
-        delivery, reusable = await session.transaction(envelope, permit)
-        if reusable:
-            self._idle.append(session)
+        if self._reserved:
+            self._reserved -= 1
         else:
-            session.close()
-        return delivery
+            await self._slots.acquire()
+        try:
+            session = await self._session()
+            if isinstance(session, Delivery):
+                return session
+            delivery, reusable = await session.transaction(envelope, permit)
+            if reusable:
+                self._give_back(session)
+            else:
+                self._discard(session)
+            if delivery.state == "sent":
+                self._slots.succeeded()
+            return delivery
+        finally:
+            self._slots.release()
+
+    async def _session(self) -> _Session | Delivery:
+        """An idle connection, or a new one; or why there is none."""
+        while True:
+            while self._idle:
+                session = self._idle.pop()
+                if session.ready:
+                    return session
+                self._discard(session)  # the server closed it, or spoke out of turn, while it was idle
+            if self._open + self._connecting < self._slots.limit:
+                self._connecting += 1
+                try:
+                    session = await self._connect()
+                except (TimeoutError, SMTPException, OSError) as exc:
+                    others = self._open + self._connecting - 1
+                    if others == 0 or isinstance(exc, SMTPResponseException) and exc.code >= 500:
+                        if isinstance(exc, SMTPResponseException):
+                            return _classify(exc.code, exc.message)
+                        return Delivery("deferred", text=f"cannot connect to {self._where}: {_describe(exc)}")
+                    # Refused while other connections of ours are up: the server takes no more
+                    # from us (421 "too many connections"). Use those; try one more later.
+                    self._slots.refused(others)
+                    continue
+                finally:
+                    self._connecting -= 1
+                self._open += 1
+                return session
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._idle_waiters:
+                    self._idle_waiters.remove(waiter)
+
+    def _give_back(self, session: _Session) -> None:
+        self._idle.append(session)
+        self._wake_one()
+
+    def _discard(self, session: _Session) -> None:
+        session.close()
+        self._open -= 1
+        self._wake_one()  # it may open a connection instead
+
+    def _wake_one(self) -> None:
+        """One delivery waiting for a connection goes on."""
+        while self._idle_waiters:
+            waiter = self._idle_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+
+class _Slots:
+    """At most `limit` deliveries at once: max_connections, lowered to the connections the
+    server accepts when it refuses one more, and raised again by one after every 100 messages
+    sent, to probe (Postfix's destination concurrency feedback, simplified)."""
+
+    PROBE_AFTER = 100
+
+    def __init__(self, limit: int) -> None:
+        self.most = self.limit = limit
+        self.busy = 0
+        self._since_refusal = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        while self.busy >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.busy += 1
+
+    def release(self) -> None:
+        self.busy -= 1
+        self._wake()
+
+    def refused(self, connections: int) -> None:
+        self.limit = max(1, connections)
+        self._since_refusal = 0
+
+    def succeeded(self) -> None:
+        if self.limit < self.most:
+            self._since_refusal += 1
+            if self._since_refusal >= self.PROBE_AFTER:
+                self._since_refusal = 0
+                self.limit += 1
+                self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self.busy
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
 
 
 class _Broken(Exception):
