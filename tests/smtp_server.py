@@ -50,6 +50,7 @@ class RecordingHandler:
     attempts: Counter[str] = field(default_factory=Counter)
     connections: int = 0
     pipelining: bool = True
+    messages_per_connection: int = 0  # then MAIL gets 421 and the connection is closed
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001
@@ -64,6 +65,11 @@ class RecordingHandler:
         with self.lock:
             if self.mail_faults:
                 return self.mail_faults.pop(0)
+        carried = getattr(session, "carried", 0)
+        if self.messages_per_connection and carried >= self.messages_per_connection:
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return "421 4.7.0 Too many messages on this connection"
+        session.carried = carried + 1
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"

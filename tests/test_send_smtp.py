@@ -147,6 +147,18 @@ def test_a_relay_that_limits_connections_gets_no_more_and_no_attempt_is_wasted(p
     assert relay.refused <= 6 + 2, "once refused, mailer should stop opening connections beyond what the relay takes"
 
 
+def test_a_server_closing_used_connections_costs_no_attempt(project: Project, pipelining: bool) -> None:
+    addresses = many(project, 30)
+    handler = RecordingHandler(messages_per_connection=4, pipelining=pipelining)
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=2)
+        result = project.send()
+    assert result.exit_code == 0, result.output
+    assert handler.recipients() == {a: 1 for a in addresses}
+    assert {attempts for (attempts,) in project.sql("select attempts from send_log where state = 'sent'")} == {1}
+    assert handler.connections >= 30 // 4
+
+
 def test_421_closes_the_connection_and_the_next_attempt_reconnects(project: Project, pipelining: bool) -> None:
     handler = RecordingHandler(rcpt_faults={CLAIRE: ["421 4.7.0 Closing connection"]}, pipelining=pipelining)
     with SmtpServer(handler) as server:

@@ -172,17 +172,24 @@ class SmtpTransport:
         else:
             await self._slots.acquire()
         try:
-            session = await self._session()
-            if isinstance(session, Delivery):
-                return session
-            delivery, reusable = await session.transaction(envelope, permit)
-            if reusable:
-                self._give_back(session)
-            else:
-                self._discard(session)
-            if delivery.state == "sent":
-                self._slots.succeeded()
-            return delivery
+            while True:
+                session = await self._session()
+                if isinstance(session, Delivery):
+                    return session
+                reused = session.delivered > 0
+                delivery, reusable = await session.transaction(envelope, permit)
+                if reusable:
+                    self._give_back(session)
+                else:
+                    self._discard(session)
+                if delivery.state == "sent":
+                    self._slots.succeeded()
+                # A connection that has carried messages may be closed by the server at any time
+                # (an idle timeout, a limit of messages per connection: "421 4.7.0 too many
+                # messages"). Nothing of this message was accepted: once more on a new connection,
+                # rather than an attempt counted and a backoff.
+                if not (reused and not reusable and delivery.state == "deferred" and delivery.code in (None, 421)):
+                    return delivery
         finally:
             self._slots.release()
 
@@ -210,6 +217,9 @@ class SmtpTransport:
                     continue
                 finally:
                     self._connecting -= 1
+                    # Whoever waits for a connection looks again: if this was the last one
+                    # coming, it must not wait for nothing.
+                    self._wake_one()
                 self._open += 1
                 return session
             waiter = asyncio.get_running_loop().create_future()
@@ -301,6 +311,7 @@ class _Session(asyncio.Protocol):
 
     def __init__(self, transport: asyncio.BaseTransport, *, pipelining: bool, timeout: float, where: str) -> None:
         self.pipelining = pipelining
+        self.delivered = 0  # messages this connection has carried
         self.lost: str | None = None  # why the connection is gone
         self._transport = transport
         self._timeout = timeout
@@ -453,6 +464,7 @@ class _Session(asyncio.Protocol):
         except _Broken as exc:
             return Delivery("uncertain", text=f"connection to {self._where} lost during DATA: {exc}"), False
         if 200 <= code < 300:
+            self.delivered += 1
             return Delivery("sent", code, text), True
         return _classify(code, text), code != 421 and await self._reset()
 
