@@ -9,8 +9,11 @@ document's own stylesheets (media queries included). When in doubt (a selector
 we cannot evaluate, an external stylesheet) we refuse: the message is blocked,
 not sent without a visible opt-out.
 
-Known limits: an element of the template positioned *over* the footer, and
-text coloured like its background outside the footer, are not detected.
+An element of the template moved where it could cover the footer (absolute,
+fixed or sticky positioning, a relative offset, a transform, a large negative
+margin) is refused too: where it lands depends on the client's layout, which
+we do not compute. Known limit: text coloured like its background outside the
+footer is not detected.
 """
 from __future__ import annotations
 
@@ -98,6 +101,42 @@ def hiding_reason(prop: str, value: str) -> str | None:
     return None
 
 
+_OFFSETS = ("top", "bottom", "left", "right", "inset")
+_MARGINS = ("margin", "margin-top", "margin-bottom", "margin-left", "margin-right")
+_OVERLAY_PROPS = frozenset({"position", "transform", *_OFFSETS, *_MARGINS})
+
+
+def _large_negative(value: str) -> bool:
+    """A length below -10px (or -1em, or any negative percentage) in a margin value."""
+    for part in value.split():
+        n = _number(part)
+        if n is not None and n[0] < 0 and (n[1] == "%" or n[0] < (-1 if n[1] in ("em", "rem") else -10)):
+            return True
+    return False
+
+
+def overlay_reason(declarations: Iterable[_Declaration]) -> str | None:
+    """Why an element with these declarations could land over the footer, else None."""
+    decls = list(declarations)
+    relative = False
+    for decl in decls:
+        v = decl.value.strip().lower()
+        if decl.prop == "position" and v in ("absolute", "fixed", "sticky"):
+            return f"position:{v}"
+        relative = relative or (decl.prop == "position" and v == "relative")
+        if decl.prop == "transform" and v not in ("none", "unset", "initial"):
+            return f"transform:{v}"
+        if decl.prop in _MARGINS and _large_negative(v):
+            return f"{decl.prop}:{v}"
+    if relative:
+        for decl in decls:
+            v = decl.value.strip().lower()
+            if decl.prop in _OFFSETS and v not in ("auto", "unset", "initial", "inherit") and \
+                    any((n := _number(part)) is None or n[0] != 0 for part in v.split()):
+                return f"position:relative with {decl.prop}:{v}"
+    return None
+
+
 @dataclass(frozen=True)
 class _Declaration:
     prop: str
@@ -160,6 +199,24 @@ def _hiding_rules(css: str) -> tuple[tuple[_HidingRule, ...], tuple[str, ...]]:
     return tuple(rules), tuple(problems)
 
 
+@lru_cache(maxsize=256)
+def _moving_rules(css: str) -> tuple[tuple[str, _Declaration], ...]:
+    """(selector, declaration) of the rules that could move an element (see overlay_reason)."""
+    found: list[tuple[str, _Declaration]] = []
+
+    def walk(nodes: list) -> None:
+        for node in nodes:
+            if node.type == "qualified-rule":
+                selector = tinycss2.serialize(node.prelude).strip()
+                found.extend((selector, d) for d in _declarations(node.content) if d.prop in _OVERLAY_PROPS)
+            elif node.type == "at-rule" and node.content is not None and \
+                    node.lower_at_keyword in ("media", "supports", "document", "layer", "container"):
+                walk(tinycss2.parse_rule_list(node.content, skip_comments=True, skip_whitespace=True))
+
+    walk(tinycss2.parse_stylesheet(css, skip_comments=True, skip_whitespace=True))
+    return tuple(found)
+
+
 @lru_cache(maxsize=1024)
 def _compiled(selector: str) -> CSSSelector | None:
     """A selector made broader (no pseudo-classes/elements) so matching errs on the safe side."""
@@ -206,10 +263,13 @@ def check_footer_html(html: str, required_texts: list[str], unsubscribe_url: str
         if "stylesheet" in (link.get("rel") or "").lower():
             problems.append("the HTML links an external stylesheet that mailer cannot check")
     sheet_rules: list[_HidingRule] = []
+    moving: list[tuple[str, _Declaration]] = []
     for style in doc.xpath("//style"):
-        found, sheet_problems = _hiding_rules(style.text_content())
+        css = style.text_content()
+        found, sheet_problems = _hiding_rules(css)
         sheet_rules.extend(found)
         problems.extend(sheet_problems)
+        moving.extend(_moving_rules(css))
 
     sheet_hidden: dict[lxml.html.HtmlElement, list[_HidingRule]] = {}
     for rule in sheet_rules:
@@ -251,6 +311,27 @@ def check_footer_html(html: str, required_texts: list[str], unsubscribe_url: str
     own = reason_for(footer)
     if own:
         problems.append(f"the footer itself is hidden by {own}")
+
+    # Elsewhere in the body: nothing may be moved where it could cover the footer.
+    sheet_moved: dict[lxml.html.HtmlElement, list[_Declaration]] = {}
+    for selector, decl in moving:
+        compiled = _compiled(selector)
+        for el in doc.iter() if compiled is None else compiled(doc):
+            sheet_moved.setdefault(el, []).append(decl)
+    body = doc.find("body")
+    beside = set(footer.iter()) | set(footer.iterancestors())
+    for el in body.iter() if body is not None else ():
+        if not isinstance(el.tag, str) or el in beside:
+            continue
+        style = el.get("style")
+        if style is None and el not in sheet_moved:
+            continue
+        inline = [d for d in _inline(style or "") if d.prop in _OVERLAY_PROPS]
+        reason = overlay_reason([*sheet_moved.get(el, ()), *inline])
+        if reason:
+            problems.append(f"{_describe(el)} is moved by {reason} and could cover the footer "
+                            "(mailer cannot tell where it lands; lay the email out without it)")
+            break
 
     visible_text: list[str] = []
     visible_links: list[str] = []

@@ -27,6 +27,14 @@ HIDING_TEMPLATES = {
     "import": "<style>@import url(https://x.example/a.css);</style><p>Hi</p>",
     "body closed inside comment": "<p>Hi</p><!-- </body> -->\n",
     "conditional comment per contact": "{% if contact.first_name == 'Claire' %}<!--{% endif %}<p>Hi</p>\n",
+    "white block laid over it": "<p>Hi</p><div style=\"position:absolute;bottom:0;left:0;width:100%;height:300px;"
+                                "background:#fff\"></div>",
+    "fixed veil from the stylesheet": "<style>@media screen { .veil { position: fixed; bottom: 0; height: 40%; "
+                                      "background: white } }</style><div class='veil'></div><p>Hi</p>",
+    "negative margin pulls it under": "<div style=\"margin-bottom:-400px;height:400px;background:#fff\"><p>Hi</p></div>",
+    "block shifted down": "<div style=\"position:relative;top:300px;height:300px;background:#fff\"></div><p>Hi</p>",
+    "transformed block": "<style>.down { transform: translateY(250px) }</style><div class=\"down\">x</div><p>Hi</p>",
+    "image laid over it": "<p>Hi</p><img src=\"https://x.example/w.png\" style=\"position:absolute;bottom:0\">",
 }
 
 
@@ -55,6 +63,10 @@ VISIBLE_TEMPLATES = {
     "table layout": "<table><tr><td><p>Hi</p></td></tr></table>",
     "unclosed table cell": "<table><tr><td><p>Hi",
     "unclosed div": "<div class='content'><p>Hi</p>",
+    "relative position without offset": "<div style=\"position:relative\"><p>Hi</p></div>",
+    "small negative margin": "<p style=\"margin:-2px 0 0 0\">Hi</p>",
+    "positioning rule for an absent class": "<style>.popup { position: absolute }</style><p>Hi</p>",
+    "zero offsets": "<div style=\"position:relative;top:0;left:0px\"><p>Hi</p></div>",
 }
 
 
