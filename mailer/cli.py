@@ -394,6 +394,8 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
         if lease is not None:
             ws.store.release_lease(prepared.campaign.id, lease)
     _print_summary(report, ws, plan.campaign.id)
+    for note in getattr(transport, "notes", list)():
+        click.echo(f"Note: {note}")
     if report.delivered.aborted:
         raise TransportError(f"sending stopped: {report.delivered.aborted}",
                              hint="nothing is lost: check the server, then rerun the same command to resume")

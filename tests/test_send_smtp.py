@@ -58,6 +58,7 @@ def test_delivers_each_allowed_recipient_once_over_reused_connections(project: P
     assert handler.recipients() == {a: 1 for a in addresses}
     assert handler.connections <= 4
     assert counts(result.output)["sent"] == 40
+    assert "Note:" not in result.output
     first = handler.received[0]
     assert first.mail_from == "jeanne@acme.example"
     assert first.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -143,6 +144,7 @@ def test_a_relay_that_limits_connections_gets_no_more_and_no_attempt_is_wasted(p
     assert handler.recipients() == {a: 1 for a in addresses}
     assert {attempts for (attempts,) in project.sql("select attempts from send_log where state = 'sent'")} == {1}
     assert relay.most_at_once == 2
+    assert "refused connections beyond 2 at once; [smtp] max_connections = 2" in result.output
     # The first wave (6 of the 8 connections), then one probe every 100 messages sent.
     assert relay.refused <= 6 + 2, "once refused, mailer should stop opening connections beyond what the relay takes"
 

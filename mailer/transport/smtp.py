@@ -155,6 +155,14 @@ class SmtpTransport:
     def delivered(self, key: str) -> bool | None:
         return None  # an SMTP server keeps no receipt we could ask for
 
+    def notes(self) -> list[str]:
+        """What the user may want to change after this run."""
+        fewest = self._slots.fewest
+        if fewest < self.settings.max_connections:
+            return [f"{self._where} refused connections beyond {fewest} at once; "
+                    f"[smtp] max_connections = {fewest} would spare it (and you) the refused ones"]
+        return []
+
     # ---------------------------------------------------------------- one message
 
     async def ready(self) -> None:
@@ -257,6 +265,7 @@ class _Slots:
 
     def __init__(self, limit: int) -> None:
         self.most = self.limit = limit
+        self.fewest = limit  # the lowest the server made it
         self.busy = 0
         self._since_refusal = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -278,6 +287,7 @@ class _Slots:
 
     def refused(self, connections: int) -> None:
         self.limit = max(1, connections)
+        self.fewest = min(self.fewest, self.limit)
         self._since_refusal = 0
 
     def succeeded(self) -> None:
