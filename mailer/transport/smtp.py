@@ -387,7 +387,7 @@ class _Session(asyncio.Protocol):
             raise _Broken(self.lost)
         self._transport.write(data)  # type: ignore[attr-defined]
 
-    async def _read(self, count: int) -> list[tuple[int, str]]:
+    async def _read(self, count: int, timeout: float | None = None) -> list[tuple[int, str]]:
         """The next `count` replies."""
         replies = self._replies
         if len(replies) < count:
@@ -395,7 +395,8 @@ class _Session(asyncio.Protocol):
                 raise _Broken(self.lost)
             self._wanted = count
             waiter = self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(self._timeout, self._break, f"no answer within {self._timeout:g} s")
+            timeout = timeout or self._timeout
+            timer = self._loop.call_later(timeout, self._break, f"no answer within {timeout:g} s")
             try:
                 await waiter
             finally:
@@ -414,7 +415,7 @@ class _Session(asyncio.Protocol):
     async def quit(self) -> None:
         try:
             self._write(b"QUIT\r\n")
-            await self._read(1)
+            await self._read(1, timeout=min(self._timeout, 5.0))  # the run is over: do not hang on a goodbye
         except _Broken:
             pass
         self.close()
