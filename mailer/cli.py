@@ -180,7 +180,8 @@ def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool) -> 
     \b
     Example:  mailer contacts import contacts/prospects.csv --list prospects-2026
     """
-    outcome = import_contacts(env.workspace(), Path(file), list_name, skip_invalid=skip_invalid)
+    with _Steps() as steps:
+        outcome = import_contacts(env.workspace(), Path(file), list_name, skip_invalid=skip_invalid, progress=steps)
     r = outcome.result
     click.echo(f"{file}: {r.inserted} new, {r.updated} updated, {len(outcome.repeated)} repeated rows merged; "
                f"{r.added_to_list} added to list {list_name!r}.")
@@ -222,7 +223,8 @@ def check(env: Env, campaign: str, no_dns: bool) -> None:
     """
     ws = env.workspace()
     prepared = prepare_campaign(ws, Path(campaign))
-    plan = plan_campaign(ws, prepared, render_check=True, persist=False)
+    with _Steps() as steps:
+        plan = plan_campaign(ws, prepared, render_check=True, persist=False, progress=steps)
     click.echo(f"{env.config_path}: OK")
     click.echo(f"{campaign}: OK (templates compile, {len(plan.allowed)} messages render with a visible footer)")
     _print_counts(plan)
@@ -270,7 +272,8 @@ def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None
             (folder / f"{stem}.html").write_text(rendered.html, encoding="utf-8")
         first = first or data
 
-    plan = plan_campaign(ws, prepared, render_check=True, persist=False, on_rendered=write)
+    with _Steps() as steps:
+        plan = plan_campaign(ws, prepared, render_check=True, persist=False, on_rendered=write, progress=steps)
     recipients = plan.recipients or []
     if wanted is not None:
         recipients = [r for r in recipients if r.key == wanted]
@@ -342,8 +345,9 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
     counts: dict[str, int] = {}
     outcome = "failed"
     try:
-        plan = plan_campaign(ws, prepared, persist=not dry_run, retry_uncertain=retry_uncertain,
-                             transport=transport, run_id=run_id, keep_recipients=False)
+        with _Steps() as steps:
+            plan = plan_campaign(ws, prepared, persist=not dry_run, retry_uncertain=retry_uncertain,
+                                 transport=transport, run_id=run_id, keep_recipients=False, progress=steps)
         counts = dict(plan.counts)
         if plan.imported is not None:
             r = plan.imported.result
@@ -416,6 +420,38 @@ def _event_loop_factory(environ: Mapping[str, str]) -> Callable[[], asyncio.Abst
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+class _Steps:
+    """Progress bars for the long steps before sending (CSV import, gate, rendering checks), one
+    after the other on stderr: in a terminal, and for steps of 5,000 items or more (100,000
+    contacts take about 6 s to import and decide, 13 s to render and check)."""
+
+    SHOWN_FROM = 5000
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self._bar: Any = None
+
+    def __call__(self, label: str, total: int | None) -> Callable[[int], None]:
+        self._close()
+        if not self.enabled or total is None or total < self.SHOWN_FROM:
+            return lambda n: None
+        self._bar = click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True,
+                                      update_min_steps=max(1, total // 500))
+        self._bar.__enter__()
+        return self._bar.update
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def __enter__(self) -> _Steps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
 
 
 def _progress_label(results: Counter[str], started: float) -> str:

@@ -8,7 +8,6 @@ Each step takes typed values and returns typed values; the CLI only wires them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -31,6 +30,14 @@ from .render import RenderedMessage, Renderer, Templates, load_templates
 from .store import DELIVERED_STATES, ImportResult, Store, utcnow
 from .tokens import Keys
 from .transport.base import Envelope, Transport
+
+#: A long step's progress: called with the step's label and its expected length (None if
+#: unknown), returns the function to call with each advance (a number of items).
+Progress = Callable[[str, int | None], Callable[[int], None]]
+
+
+def _no_progress(label: str, total: int | None) -> Callable[[int], None]:
+    return lambda n: None
 
 
 @dataclass
@@ -75,7 +82,7 @@ class ImportOutcome:
 
 
 def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: bool = False,
-                    now: datetime | None = None) -> ImportOutcome:
+                    now: datetime | None = None, progress: Progress = _no_progress) -> ImportOutcome:
     """Validate a contacts CSV and upsert it into a list: all or nothing, unless skip_invalid.
 
     The file is read and written in chunks inside one transaction, so memory
@@ -85,6 +92,7 @@ def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: 
     reader = ContactsCsv(path, today=now.date())
     outcome = ImportOutcome(path, ImportResult())
     seen: set[str] = set()
+    advance = progress(f"Importing {path.name}", _data_lines(path))
 
     def records() -> Iterator[ContactData]:
         chunk: list[ContactData] = []
@@ -92,8 +100,10 @@ def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: 
             chunk.append(record)
             if len(chunk) >= 500:
                 yield from keep(chunk)
+                advance(len(chunk))
                 chunk = []
         yield from keep(chunk)
+        advance(len(chunk))
 
     anyone_erased = ws.store.has_erasures()
 
@@ -116,6 +126,15 @@ def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: 
                                               before_commit=all_or_nothing)
     outcome.skipped = list(reader.problems)
     return outcome
+
+
+def _data_lines(path: Path) -> int | None:
+    """The lines of a CSV after its header (rows, unless some hold quoted line breaks)."""
+    try:
+        with open(path, "rb") as handle:
+            return max(0, sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")) - 1)
+    except OSError:
+        return None
 
 
 def _without_erased(ws: Workspace, records: list[ContactData], now: datetime) -> tuple[list[ContactData], int]:
@@ -203,7 +222,8 @@ def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | No
                   import_csv: bool = True, retry_uncertain: bool = False, render_check: bool = False,
                   transport: Transport | None = None, persist: bool = True, run_id: int | None = None,
                   keep_recipients: bool = True,
-                  on_rendered: Callable[[ContactData, RenderedMessage], None] | None = None) -> Plan:
+                  on_rendered: Callable[[ContactData, RenderedMessage], None] | None = None,
+                  progress: Progress = _no_progress) -> Plan:
     """Import the campaign's CSV, recover a crashed run, and decide for every candidate.
 
     Candidates are streamed and decisions written in batches tagged with
@@ -218,8 +238,11 @@ def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | No
     today = today or now.date()
     imported = None
     if import_csv and campaign.csv is not None:
-        imported = import_contacts(ws, campaign.csv, campaign.list_name, now=now)
+        imported = import_contacts(ws, campaign.csv, campaign.list_name, now=now, progress=progress)
     ws.store.list_id(campaign.list_name)  # a clear error when the list does not exist
+    advance = progress("Rendering and checking" if render_check else "Deciding",
+                       ws.store.list_size(campaign.list_name) + len(imported.repeated if imported else ()))
+    since = 0
 
     recovered = confirmed = 0
     if persist:
@@ -240,6 +263,10 @@ def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | No
     plan = Plan(campaign, Counter(), [] if keep_recipients else None, imported, recovered, confirmed, run_id)
     rows: list[dict[str, object]] = []
     for contact in _candidates(ws, campaign, imported):
+        since += 1
+        if since == 500:
+            advance(since)
+            since = 0
         decision = decide(contact, campaign, ctx)
         blocked_by, detail = decision.blocked_by, decision.detail
         if blocked_by is None and render_check:
@@ -262,6 +289,7 @@ def plan_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | No
                 rows = []
     if persist:
         ws.store.write_decisions(campaign.id, rows, replaceable)
+    advance(since)
     return plan
 
 
@@ -296,10 +324,7 @@ LARGE_SEND = 1000  # from this many messages, rendering runs in worker processes
 
 def expected_recipients(ws: Workspace, campaign: Campaign) -> int:
     """A quick upper estimate of a campaign's recipients, before planning: the list plus the CSV's lines."""
-    lines = 0
-    if campaign.csv is not None:
-        with contextlib.suppress(OSError), open(campaign.csv, "rb") as handle:
-            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    lines = (_data_lines(campaign.csv) or 0) if campaign.csv is not None else 0
     return ws.store.list_size(campaign.list_name) + lines
 
 

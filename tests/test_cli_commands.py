@@ -141,3 +141,44 @@ def test_a_different_secret_is_refused_so_recorded_opt_outs_keep_matching(projec
     assert "not the one this database was first used with" in other.output
     assert "set $MAILER_SECRET back to its previous value" in other.output
     assert project.run("suppress", "list").exit_code == 0
+
+
+def _in_a_terminal(project: Project, *args: str) -> tuple[int, str]:
+    """Run mailer in a pseudo-terminal (where progress bars are drawn): exit code and what it showed."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "mailer", "--config", str(project.config), *args],
+                               env=dict(os.environ, MAILER_SECRET=SECRET, COLUMNS="160"),
+                               stdout=follower, stderr=follower, stdin=subprocess.DEVNULL)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    return process.wait(timeout=60), output.decode("utf-8", "replace")
+
+
+def test_long_steps_before_sending_show_progress_in_a_terminal(project: Project) -> None:
+    from conftest import HEADER
+
+    project.csv.write_text(HEADER + "".join(
+        f"person{i}@company{i % 7}.example,P{i},L{i},Co,CTO,software,b2b,Salon VivaTech 2026,2026-06-01\n"
+        for i in range(6000)))
+    code, shown = _in_a_terminal(project, "check", str(project.campaign), "--no-dns")
+    assert code == 0, shown[-500:]
+    assert "Importing contacts.csv" in shown and "6000/6000" in shown
+    assert "Rendering and checking" in shown
+    assert "allowed" in shown and "6000" in shown
+    # Piped (no terminal), the output stays the plain report.
+    piped = project.run("check", str(project.campaign), "--no-dns")
+    assert "Importing" not in piped.output and "Rendering and checking" not in piped.output
