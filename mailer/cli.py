@@ -212,11 +212,13 @@ def _print_counts(plan: Plan) -> None:
 @cli.command()
 @click.argument("campaign", type=click.Path(dir_okay=False))
 @click.option("--no-dns", is_flag=True, help="Skip the DNS preflight of the From domain.")
+@click.option("--no-smtp", is_flag=True, help="Skip logging in to the SMTP server.")
 @pass_env
-def check(env: Env, campaign: str, no_dns: bool) -> None:
+def check(env: Env, campaign: str, no_dns: bool, no_smtp: bool) -> None:
     """Validate config and campaign and show the gate's counts per rule. Sends nothing.
 
-    Every allowed message is rendered to check that its footer is visible.
+    Every allowed message is rendered to check that its footer is visible. With
+    the smtp transport, connects and logs in to the server as a send would.
 
     \b
     Example:  mailer check campaigns/cloud-audit.toml
@@ -232,6 +234,9 @@ def check(env: Env, campaign: str, no_dns: bool) -> None:
         from .dns_check import preflight
         for line in preflight(prepared.renderer.from_domain, ws.config.dkim.selector):
             click.echo(line)
+    if ws.config.transport.type == "smtp" and not no_smtp:
+        transport = open_transport(ws.config, env.environ)
+        click.echo(asyncio.run(transport.preflight()))
 
 
 @cli.command()

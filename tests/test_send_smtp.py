@@ -287,6 +287,10 @@ def test_starttls_with_certificate_verification_and_auth(project: Project, pipel
         assert missing.exit_code == 2 and "export MAILER_SMTP_PASSWORD" in missing.output
         wrong = project.run("send", str(project.campaign), "--yes", env={"MAILER_SMTP_PASSWORD": "nope", **loop})
         assert wrong.exit_code == 1 and "refused the login" in wrong.output
+        check = project.run("check", str(project.campaign), "--no-dns", env={"MAILER_SMTP_PASSWORD": "s3cret", **loop})
+        assert check.exit_code == 0, check.output
+        assert f"SMTP localhost:{server.port}: connected (STARTTLS with a verified certificate), logged in as acme, " \
+               f"{'PIPELINING offered' if pipelining else 'no PIPELINING'}" in check.output
         ok = project.run("send", str(project.campaign), "--yes", env={"MAILER_SMTP_PASSWORD": "s3cret", **loop})
         assert ok.exit_code == 0, ok.output
         assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
@@ -315,6 +319,22 @@ def test_implicit_tls_delivers_with_certificate_verification(project: Project, t
         result = project.run("send", str(project.campaign), "--yes", env={"MAILER_EVENT_LOOP": event_loop})
     assert result.exit_code == 0, result.output
     assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
+
+
+def test_check_logs_in_to_the_smtp_server_and_says_what_it_offers(project: Project) -> None:
+    handler = RecordingHandler()
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port)
+        check = project.run("check", str(project.campaign), "--no-dns")
+        skipped = project.run("check", str(project.campaign), "--no-dns", "--no-smtp")
+    assert check.exit_code == 0, check.output
+    assert f"SMTP 127.0.0.1:{server.port}: connected (no TLS, loopback), PIPELINING offered (2 round trips per " \
+           "message), messages up to 34 MB." in check.output
+    assert "SMTP" not in skipped.output
+    assert handler.received == []  # nothing sent
+    down = project.run("check", str(project.campaign), "--no-dns")  # the server is gone now
+    assert down.exit_code == 1
+    assert f"cannot connect to SMTP server 127.0.0.1:{server.port}" in down.output
 
 
 def test_cleartext_smtp_to_a_remote_host_is_refused(project: Project) -> None:

@@ -127,8 +127,10 @@ class SmtpTransport:
         except BaseException:
             client.close()
             raise
+        size = client.esmtp_extensions.get("size", "")
         return _Session(client.transport, pipelining=client.supports_extension("pipelining"),
-                        timeout=s.timeout_seconds, where=self._where)
+                        timeout=s.timeout_seconds, where=self._where,
+                        size_limit=int(size) if size.isdigit() and int(size) > 0 else None)
 
     async def open(self) -> None:
         """Open the first connection now, so an unreachable server fails the run before anything is sent."""
@@ -154,6 +156,24 @@ class SmtpTransport:
 
     def delivered(self, key: str) -> bool | None:
         return None  # an SMTP server keeps no receipt we could ask for
+
+    async def preflight(self) -> str:
+        """Connect and log in as a send would, then leave: what the server offers, in one line."""
+        await self.open()
+        session = self._idle[-1]
+        s = self.settings
+        how = {"tls": "TLS", "starttls": "STARTTLS", "none": "no TLS, loopback"}[s.security]
+        if s.security != "none":
+            how += " with a verified certificate"
+        parts = [f"SMTP {self._where}: connected ({how})"]
+        if s.username:
+            parts.append(f"logged in as {s.username}")
+        parts.append("PIPELINING offered (2 round trips per message)" if session.pipelining
+                     else "no PIPELINING (4 round trips per message)")
+        if session.size_limit:
+            parts.append(f"messages up to {session.size_limit / 1_000_000:.0f} MB")
+        await self.close()
+        return ", ".join(parts) + "."
 
     def notes(self) -> list[str]:
         """What the user may want to change after this run."""
@@ -319,8 +339,10 @@ class _Session(asyncio.Protocol):
     Without it, one command at a time.
     """
 
-    def __init__(self, transport: asyncio.BaseTransport, *, pipelining: bool, timeout: float, where: str) -> None:
+    def __init__(self, transport: asyncio.BaseTransport, *, pipelining: bool, timeout: float, where: str,
+                 size_limit: int | None = None) -> None:
         self.pipelining = pipelining
+        self.size_limit = size_limit  # the server's SIZE, in bytes
         self.delivered = 0  # messages this connection has carried
         self.lost: str | None = None  # why the connection is gone
         self._transport = transport
