@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import sys
@@ -491,6 +492,12 @@ async def _deliver(ws: Workspace, prepared: Any, plan: Plan, transport: Any, lim
         await transport.close()
 
 
+# How providers say "slower": SES "454 Throttling failure: Maximum sending rate exceeded", Microsoft
+# "4.7.0 ... throttled", others "rate limit", "too many messages", "slow down".
+_THROTTLED = re.compile(r"throttl|rate (limit|exceeded)|sending rate|too many (messages|mails|emails)|slow down",
+                        re.IGNORECASE)
+
+
 def _print_summary(report: Any, ws: Workspace, campaign_id: str) -> None:
     counts = report.delivered.counts
     click.echo("Summary of this run:")
@@ -504,7 +511,12 @@ def _print_summary(report: Any, ws: Workspace, campaign_id: str) -> None:
     for address, reason in report.delivered.failures[:20]:
         click.echo(f"  failed: {address}: {reason}")
     if counts.get("deferred"):
-        click.echo("Deferred messages are retried by the next run of the same command.")
+        click.echo("Deferred messages are retried by the next run of the same command. The server's answers:")
+        for answer, times in report.delivered.deferrals.most_common(3):
+            click.echo(f"  {times:>7} x {answer}")
+        if any(_THROTTLED.search(answer) for answer in report.delivered.deferrals):
+            click.echo("Note: the server limits how fast you send; set [smtp] rate_per_second (or the campaign's) "
+                       "to its rate, and rerun.")
     click.echo(f"See: mailer status {campaign_id}")
 
 

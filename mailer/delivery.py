@@ -42,6 +42,7 @@ class DeliveryReport:
     stopped: bool = False
     aborted: str = ""  # why the engine stopped by itself (the server went away)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (address, reason)
+    deferrals: Counter[str] = field(default_factory=Counter)  # the server's answers that left messages deferred
 
 
 @functools.lru_cache(maxsize=512)
@@ -307,6 +308,8 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
             committer.hard_bounce(message, f"{delivery.code} {delivery.text}"[:200], campaign_id)
         if delivery.state == "failed":
             report.failures.append((message.envelope.rcpt_to, f"{delivery.code} {delivery.text}"))
+        elif delivery.state == "deferred":
+            report.deferrals[f"{delivery.code or ''} {delivery.text}".strip()[:160]] += 1
         finish(delivery.state)
 
     async def work() -> None:
