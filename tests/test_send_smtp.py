@@ -571,3 +571,68 @@ def test_the_progress_bar_shows_counts_and_rate_in_a_terminal(project: Project) 
     assert "Sending" in text and "300/300" in text
     assert re.search(r"sent=300 [\d,]+ msg/s", text), text[-500:]
     assert len(handler.received) == 300
+
+
+def test_replies_are_parsed_the_same_however_the_bytes_are_cut() -> None:
+    """The session's reply parser, fed random replies (one or several lines each) cut at random
+    places, finds exactly the replies that were sent, in order."""
+    import asyncio
+    import random
+
+    from mailer.transport.smtp import _Session
+
+    class Wire(asyncio.Transport):  # the socket side: records what the session does to it
+        def __init__(self) -> None:
+            super().__init__()
+            self.protocol, self.closed = None, False
+
+        def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+            self.protocol = protocol
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def run() -> None:
+        rng = random.Random(5)
+        for _ in range(300):
+            expected, data = [], b""
+            for _ in range(rng.randint(1, 6)):
+                code = rng.choice([250, 251, 354, 421, 450, 452, 550, 554])
+                lines = [f"{rng.randint(2, 5)}.{rng.randint(0, 7)}.{rng.randint(0, 9)} word{rng.randint(0, 99)}"
+                         for _ in range(rng.randint(1, 4))]
+                data += "".join(f"{code}-{line}\r\n" for line in lines[:-1]).encode() + f"{code} {lines[-1]}\r\n".encode()
+                expected.append((code, " ".join(lines)))
+            wire = Wire()
+            session = _Session(wire, pipelining=True, timeout=5, where="test")
+            cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 8))))
+            for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+                session.data_received(data[start:end])
+            assert await session._read(len(expected)) == expected
+            assert session.ready and not wire.closed
+
+    asyncio.run(run())
+
+
+def test_a_line_that_is_not_an_smtp_reply_breaks_the_session() -> None:
+    import asyncio
+
+    from mailer.transport.smtp import _Broken, _Session
+
+    class Wire(asyncio.Transport):
+        closed = False
+
+        def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def run() -> None:
+        wire = Wire()
+        session = _Session(wire, pipelining=False, timeout=5, where="test")
+        session.data_received(b"HTTP/1.1 400 Bad Request\r\n")
+        with pytest.raises(_Broken, match="not an SMTP reply"):
+            await session._read(1)
+        assert wire.closed and not session.ready
+
+    asyncio.run(run())
