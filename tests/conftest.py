@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import pty
 import re
+import subprocess
 import textwrap
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -212,3 +215,22 @@ def counts(output: str) -> dict[str, int]:
         if match:
             found[match.group(1)] = int(match.group(2))
     return found
+
+
+def in_a_terminal(start: Callable[[int], subprocess.Popen[bytes] | subprocess.Popen[str]]) -> tuple[int, str]:
+    """Run a process with a pseudo-terminal as its output (where progress bars are drawn):
+    `start` gets the terminal's file descriptor. Returns the exit code and what it showed."""
+    leader, follower = pty.openpty()
+    process = start(follower)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    return process.wait(timeout=60), output.decode("utf-8", "replace")

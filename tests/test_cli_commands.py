@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 from click.testing import CliRunner
-from conftest import SECRET, Project
+from conftest import SECRET, Project, in_a_terminal
 
 from mailer.cli import cli
 
@@ -143,38 +143,20 @@ def test_a_different_secret_is_refused_so_recorded_opt_outs_keep_matching(projec
     assert project.run("suppress", "list").exit_code == 0
 
 
-def _in_a_terminal(project: Project, *args: str) -> tuple[int, str]:
-    """Run mailer in a pseudo-terminal (where progress bars are drawn): exit code and what it showed."""
-    import os
-    import pty
-    import subprocess
-    import sys
-
-    leader, follower = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "mailer", "--config", str(project.config), *args],
-                               env=dict(os.environ, MAILER_SECRET=SECRET, COLUMNS="160"),
-                               stdout=follower, stderr=follower, stdin=subprocess.DEVNULL)
-    os.close(follower)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the terminal closed with the process
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(leader)
-    return process.wait(timeout=60), output.decode("utf-8", "replace")
-
-
 def test_long_steps_before_sending_show_progress_in_a_terminal(project: Project) -> None:
     from conftest import HEADER
 
     project.csv.write_text(HEADER + "".join(
         f"person{i}@company{i % 7}.example,P{i},L{i},Co,CTO,software,b2b,Salon VivaTech 2026,2026-06-01\n"
         for i in range(6000)))
-    code, shown = _in_a_terminal(project, "check", str(project.campaign), "--no-dns")
+    import os
+    import subprocess
+    import sys
+
+    code, shown = in_a_terminal(lambda terminal: subprocess.Popen(
+        [sys.executable, "-m", "mailer", "--config", str(project.config), "check", str(project.campaign), "--no-dns"],
+        env=dict(os.environ, MAILER_SECRET=SECRET, COLUMNS="160"), stdout=terminal, stderr=terminal,
+        stdin=subprocess.DEVNULL))
     assert code == 0, shown[-500:]
     assert "Importing contacts.csv" in shown and "6000/6000" in shown
     assert "Rendering and checking" in shown

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import HEADER, SECRET, Project, counts
+from conftest import HEADER, SECRET, Project, counts, in_a_terminal
 from smtp_server import RecordingHandler, Relay, SmtpServer, free_port, password_authenticator
 
 from mailer.pipeline import open_workspace
@@ -547,27 +547,12 @@ def test_random_bytes_get_the_wire_form_aiosmtplib_would_send() -> None:
 
 
 def test_the_progress_bar_shows_counts_and_rate_in_a_terminal(project: Project) -> None:
-    import pty
-
     many(project, 300)
     handler = RecordingHandler()
     with SmtpServer(handler) as server:
         use_smtp(project, server.port, max_connections=4)
-        leader, follower = pty.openpty()
-        process = _spawn_send(project, follower, COLUMNS="160")
-        os.close(follower)
-        output = b""
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the terminal closed with the process
-                break
-            if not chunk:
-                break
-            output += chunk
-        assert process.wait(timeout=30) == 0
-        os.close(leader)
-    text = output.decode("utf-8", "replace")
+        code, text = in_a_terminal(lambda terminal: _spawn_send(project, terminal, COLUMNS="160"))
+    assert code == 0, text[-500:]
     assert "Sending" in text and "300/300" in text
     assert re.search(r"sent=300 [\d,]+ msg/s", text), text[-500:]
     assert len(handler.received) == 300
