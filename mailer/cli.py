@@ -693,6 +693,60 @@ def suppress_mailto(env: Env, paths: tuple[str, ...]) -> None:
         click.echo(f"  {line}")
 
 
+@suppress.command("bounces")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@pass_env
+def suppress_bounces(env: Env, paths: tuple[str, ...]) -> None:
+    """Record the hard bounces reported after the relay had accepted a message.
+
+    Give the bounce reports received at [smtp] bounce_address (.eml files, or
+    folders such as a maildir). A report (RFC 3464 delivery status notification)
+    saying a recipient failed with 5.1.x (no such mailbox or domain) or 5.2.1
+    (mailbox disabled) suppresses that address (origin `bounce`), if the bounced
+    message is one mailer sent to that address (its Message-ID is in the send
+    log): a forged or stray report suppresses no one. Delays and other failures
+    are counted, not suppressed. Run it from cron on the mailbox.
+
+    \b
+    Example:  mailer suppress bounces ~/Maildir/bounces/new
+    """
+    from .suppression import bounces_in, hard_bounce_status, message_files
+    ws = env.workspace()
+    reports: list[tuple[Path, list]] = []
+    not_reports: list[str] = []
+    for path in message_files([Path(p) for p in paths]):
+        found = bounces_in(path.read_bytes())
+        if found is None:
+            not_reports.append(f"{path}: not a delivery status notification")
+        else:
+            reports.append((path, found))
+    sent = ws.store.sent_messages(b.message_id for _, found in reports for b in found)
+    added = known = passing = 0
+    unmatched: list[str] = []
+    for path, found in reports:
+        for bounce in found:
+            if bounce.action != "failed" or not hard_bounce_status(bounce.status):
+                passing += 1
+                continue
+            key = normalise(bounce.recipient).key
+            digest = ws.hash_address(key)
+            campaign, logged_key = sent.get(bounce.message_id, ("", ""))
+            if logged_key not in (key, digest):
+                unmatched.append(f"{path}: {bounce.recipient} ({bounce.status}) is not about a message mailer "
+                                 "sent to that address")
+                continue
+            reason = f"{bounce.status} {bounce.diagnostic}".strip()[:200]
+            if ws.store.suppress(scope="address", value=digest, origin="bounce", reason=reason, campaign_id=campaign):
+                added += 1
+            else:
+                known += 1
+    click.echo(f"{added} hard bounces added, {known} already on the list, {passing} not permanent "
+               f"(delays, full mailboxes, refused messages), {len(unmatched)} not matched to a message mailer sent, "
+               f"{len(not_reports)} files that are not bounce reports.")
+    for line in (unmatched + not_reports)[:50]:
+        click.echo(f"  {line}")
+
+
 @suppress.command("export")
 @pass_env
 def suppress_export(env: Env) -> None:

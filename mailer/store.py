@@ -437,9 +437,12 @@ class Store:
             return 0
         table = Suppression.__table__
         with self.engine.begin() as conn:
-            # rowcount of an INSERT … ON CONFLICT DO NOTHING counts the rows really added
-            # (summed over executemany by sqlite3 and psycopg).
-            return max(conn.execute(self._insert_ignore(table), rows).rowcount, 0)
+            # The rows really added, as RETURNING gives them back: rowcount is not summed over
+            # SQLAlchemy's batched "insertmanyvalues" on PostgreSQL (it said 0 for one new row).
+            statement = self._insert_ignore(table)
+            if conn.dialect.insert_executemany_returning:
+                return len(conn.execute(statement.returning(table.c.id), rows).all())
+            return sum(max(conn.execute(statement, row).rowcount, 0) for row in rows)  # SQLite before 3.35
 
     def unsuppress(self, scope: str, value: str) -> bool:
         table = Suppression.__table__
@@ -553,6 +556,18 @@ class Store:
                                 .values(state="uncertain", updated_at=utcnow(),
                                         detail="the sending process stopped during delivery"))
         return done.rowcount
+
+    def sent_messages(self, message_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """Message-ID -> (campaign id, address key) of the send-log rows that carried these messages."""
+        ids = sorted({m for m in message_ids if m})
+        table = SendLog.__table__
+        found: dict[str, tuple[str, str]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                query = select(table.c.message_id, table.c.campaign_id, table.c.address_key).where(
+                    table.c.message_id.in_(ids[start:start + 500]))
+                found.update((mid, (campaign, key)) for mid, campaign, key in conn.execute(query))
+        return found
 
     def log_keys(self, campaign_id: str, states: Iterable[str]) -> set[str]:
         """Address keys of this campaign's rows in the given states."""

@@ -1,4 +1,4 @@
-"""Reading suppression files (addresses, @domains, CSV) and mailto opt-out messages."""
+"""Reading suppression files (addresses, @domains, CSV), mailto opt-out messages and bounce reports."""
 from __future__ import annotations
 
 import csv
@@ -6,6 +6,7 @@ import email
 import io
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from email import policy
 from pathlib import Path
 from urllib.parse import unquote
@@ -69,3 +70,63 @@ def token_from_message(data: bytes) -> str | None:
     subject = str(message.get("Subject", ""))
     match = _TOKEN_IN_SUBJECT.search(unquote(subject))
     return match.group(1) if match else None
+
+
+# ----------------------------------------------------------------------------- bounce reports
+
+ENHANCED_STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
+
+
+def hard_bounce_status(status: str) -> bool:
+    """An enhanced status code (RFC 3463) that says the *address* is bad for good: 5.1.x
+    (no such mailbox, no such domain…) or 5.2.1 (mailbox disabled); not a refused message."""
+    match = ENHANCED_STATUS.match(status)
+    return bool(match) and match.group(1) == "5" and (
+        match.group(2) == "1" or (match.group(2) == "2" and match.group(3) == "1"))
+
+
+@dataclass(frozen=True)
+class Bounce:
+    """One recipient of a delivery status notification (RFC 3464)."""
+
+    recipient: str       # Final-Recipient (or Original-Recipient), the address only
+    action: str          # failed, delayed, delivered, relayed, expanded
+    status: str          # e.g. 5.1.1
+    diagnostic: str      # the remote server's answer, when given
+    message_id: str      # Message-ID of the message that bounced, from the returned headers
+
+
+def bounces_in(data: bytes) -> list[Bounce] | None:
+    """The recipients a bounce report (multipart/report; report-type=delivery-status) speaks
+    of, or None when the message is not one (an auto-reply, a person writing back)."""
+    message = email.message_from_bytes(data, policy=policy.compat32)
+    if message.get_content_type() != "multipart/report":
+        return None
+    blocks: list[email.message.Message] = []
+    original_id = ""
+    for part in message.walk():
+        kind = part.get_content_type()
+        if kind == "message/delivery-status":
+            payload = part.get_payload()
+            blocks = [b for b in payload if isinstance(b, email.message.Message)] if isinstance(payload, list) else []
+        elif kind in ("text/rfc822-headers", "message/rfc822", "message/rfc822-headers") and not original_id:
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner:
+                original = inner[0]
+            else:
+                raw = part.get_payload(decode=True) or b""
+                original = email.message_from_bytes(raw, policy=policy.compat32)
+            original_id = str(original.get("Message-ID", "")).strip()
+    if not blocks:
+        return None
+    found = []
+    for block in blocks[1:]:  # the first block is about the message, the others about recipients
+        recipient = str(block.get("Final-Recipient") or block.get("Original-Recipient") or "")
+        if not recipient:
+            continue
+        found.append(Bounce(recipient=recipient.partition(";")[2].strip() or recipient.strip(),
+                            action=str(block.get("Action", "")).strip().lower(),
+                            status=str(block.get("Status", "")).strip(),
+                            diagnostic=" ".join(str(block.get("Diagnostic-Code", "")).partition(";")[2].split()),
+                            message_id=original_id))
+    return found

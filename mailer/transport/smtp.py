@@ -34,18 +34,16 @@ from aiosmtplib.protocol import normalize_message_line_endings
 from ..addresses import is_loopback
 from ..config import Config
 from ..errors import InputError, TransportError
+from ..suppression import ENHANCED_STATUS, hard_bounce_status
 from .base import Delivery, Envelope
-
-_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
 
 
 def is_hard_bounce(code: int, text: str) -> bool:
     """A permanent refusal of the *recipient* (no such user, mailbox disabled…), not of the message."""
     if code < 500:
         return False
-    enhanced = _ENHANCED.match(text)
-    if enhanced:
-        return enhanced.group(2) == "1" or (enhanced.group(2) == "2" and enhanced.group(3) == "1")
+    if ENHANCED_STATUS.match(text):
+        return hard_bounce_status(text)
     return code in (550, 551, 553)
 
 
