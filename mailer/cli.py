@@ -547,6 +547,9 @@ def status(env: Env, campaign: str, show: str | None) -> None:
     for state in ("sent", "planned", "sending", "deferred", "failed", "uncertain"):
         if states.get(state):
             click.echo(f"    {state:<18} {states[state]:>7}")
+    bounced = ws.store.bounces_recorded(campaign_id)
+    if bounced:
+        click.echo(f"    {'hard bounces':<18} {bounced:>7}  (now on the suppression list)")
     click.echo(f"  {'blocked':<20} {states.get('blocked', 0):>7}")
     for rule in RULE_IDS:
         if rules.get(rule):

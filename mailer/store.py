@@ -634,6 +634,13 @@ class Store:
                 table.c.campaign_id == campaign_id, table.c.state == "blocked").group_by(table.c.rule)).all())
         return states, rules
 
+    def bounces_recorded(self, campaign_id: str) -> int:
+        """Hard bounces put on the suppression list by this campaign (in the session or reported later)."""
+        table = Suppression.__table__
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(table).where(
+                table.c.campaign_id == campaign_id, table.c.origin == "bounce")).scalar_one()
+
     def log_rows(self, campaign_id: str, states: Sequence[str] | None = None) -> list[SendLog]:
         table = SendLog.__table__
         query = select(table).where(table.c.campaign_id == campaign_id)

@@ -52,6 +52,8 @@ def test_a_hard_bounce_suppresses_the_address_for_every_later_campaign(project: 
     assert first.output.startswith("1 hard bounces added, 0 already on the list"), first.output
     assert project.sql("select origin, campaign_id, reason from suppressions") == [
         ("bounce", "2026-12-cloud-audit", "5.1.1 550 5.1.1 <claire@client.example>: Recipient address rejected")]
+    status = project.run("status", str(project.campaign))
+    assert "hard bounces" in status.output and "1  (now on the suppression list)" in status.output, status.output
     again = project.run("suppress", "bounces", str(tmp_path / "bounces"))
     assert again.output.startswith("0 hard bounces added, 1 already on the list")
     project.campaign.write_text(project.campaign.read_text().replace("2026-12-cloud-audit", "2027-01-next"))
