@@ -175,19 +175,17 @@ class _HidingRule:
 
 
 @lru_cache(maxsize=256)
-def _hiding_rules(css: str) -> tuple[tuple[_HidingRule, ...], tuple[str, ...]]:
-    """(rules that could hide something, problems such as @import)."""
-    rules: list[_HidingRule] = []
+def _stylesheet(css: str) -> tuple[tuple[tuple[str, _Declaration], ...], tuple[str, ...]]:
+    """Every (selector, declaration) of a stylesheet, conditional rules (@media…) included,
+    and its problems, such as @import."""
+    found: list[tuple[str, _Declaration]] = []
     problems: list[str] = []
 
     def walk(nodes: list) -> None:
         for node in nodes:
             if node.type == "qualified-rule":
                 selector = tinycss2.serialize(node.prelude).strip()
-                for decl in _declarations(node.content):
-                    reason = hiding_reason(decl.prop, decl.value)
-                    if reason:
-                        rules.append(_HidingRule(selector, decl, reason))
+                found.extend((selector, decl) for decl in _declarations(node.content))
             elif node.type == "at-rule":
                 name = node.lower_at_keyword
                 if name == "import":
@@ -196,25 +194,22 @@ def _hiding_rules(css: str) -> tuple[tuple[_HidingRule, ...], tuple[str, ...]]:
                     walk(tinycss2.parse_rule_list(node.content, skip_comments=True, skip_whitespace=True))
 
     walk(tinycss2.parse_stylesheet(css, skip_comments=True, skip_whitespace=True))
-    return tuple(rules), tuple(problems)
+    return tuple(found), tuple(problems)
+
+
+@lru_cache(maxsize=256)
+def _hiding_rules(css: str) -> tuple[tuple[_HidingRule, ...], tuple[str, ...]]:
+    """(rules that could hide something, problems such as @import)."""
+    declarations, problems = _stylesheet(css)
+    rules = [_HidingRule(selector, decl, reason) for selector, decl in declarations
+             if (reason := hiding_reason(decl.prop, decl.value))]
+    return tuple(rules), problems
 
 
 @lru_cache(maxsize=256)
 def _moving_rules(css: str) -> tuple[tuple[str, _Declaration], ...]:
     """(selector, declaration) of the rules that could move an element (see overlay_reason)."""
-    found: list[tuple[str, _Declaration]] = []
-
-    def walk(nodes: list) -> None:
-        for node in nodes:
-            if node.type == "qualified-rule":
-                selector = tinycss2.serialize(node.prelude).strip()
-                found.extend((selector, d) for d in _declarations(node.content) if d.prop in _OVERLAY_PROPS)
-            elif node.type == "at-rule" and node.content is not None and \
-                    node.lower_at_keyword in ("media", "supports", "document", "layer", "container"):
-                walk(tinycss2.parse_rule_list(node.content, skip_comments=True, skip_whitespace=True))
-
-    walk(tinycss2.parse_stylesheet(css, skip_comments=True, skip_whitespace=True))
-    return tuple(found)
+    return tuple((selector, decl) for selector, decl in _stylesheet(css)[0] if decl.prop in _OVERLAY_PROPS)
 
 
 @lru_cache(maxsize=1024)
