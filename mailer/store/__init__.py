@@ -20,9 +20,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlmodel import Field, SQLModel, create_engine
 
-from .addresses import NormalisedAddress
-from .contacts import ContactData
-from .errors import NotFound, StoreError
+from ..addresses import NormalisedAddress
+from ..contacts import ContactData
+from ..errors import NotFound, StoreError
 
 
 def utcnow() -> datetime:
