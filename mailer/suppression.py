@@ -81,8 +81,9 @@ def hard_bounce_status(status: str) -> bool:
     """An enhanced status code (RFC 3463) that says the *address* is bad for good: 5.1.x
     (no such mailbox, no such domain…) or 5.2.1 (mailbox disabled); not a refused message."""
     match = ENHANCED_STATUS.match(status)
-    return bool(match) and match.group(1) == "5" and (
-        match.group(2) == "1" or (match.group(2) == "2" and match.group(3) == "1"))
+    if match is None:
+        return False
+    return match.group(1) == "5" and (match.group(2) == "1" or (match.group(2) == "2" and match.group(3) == "1"))
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,12 @@ def bounces_in(data: bytes) -> list[Bounce] | None:
             blocks = [b for b in payload if isinstance(b, email.message.Message)] if isinstance(payload, list) else []
         elif kind in ("text/rfc822-headers", "message/rfc822", "message/rfc822-headers") and not original_id:
             inner = part.get_payload()
-            if isinstance(inner, list) and inner:
+            original: email.message.Message
+            if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
                 original = inner[0]
             else:
-                raw = part.get_payload(decode=True) or b""
-                original = email.message_from_bytes(raw, policy=policy.compat32)
+                raw = part.get_payload(decode=True)
+                original = email.message_from_bytes(raw if isinstance(raw, bytes) else b"", policy=policy.compat32)
             original_id = str(original.get("Message-ID", "")).strip()
     if not blocks:
         return None
