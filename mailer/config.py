@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .locales import available
 
 
 class _Section(BaseModel):
@@ -122,7 +123,7 @@ class CampaignSection(_Section):
     from_: str = Field(alias="from", min_length=3)
     reply_to: str = ""
     template: str
-    locale: Literal["fr", "en"] = "fr"
+    locale: str = "fr"  # one of locales.available(): a file in mailer/locales/
     soft_opt_in: bool = False
 
     @field_validator("id")
@@ -132,6 +133,13 @@ class CampaignSection(_Section):
             raise ValueError(
                 "must be letters, digits, '.', '_' or '-' (at most 100), e.g. \"2026-12-cloud-audit\""
             )
+        return value
+
+    @field_validator("locale")
+    @classmethod
+    def _locale_has_a_file(cls, value: str) -> str:
+        if value not in available():
+            raise ValueError(f"must be one of {', '.join(available())} (the locales are the files in mailer/locales/)")
         return value
 
 

@@ -306,143 +306,6 @@ def _jsonable(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- wording
 
-WORDS: dict[str, dict[str, str]] = {
-    "fr": {
-        "greeting": "Bonjour,",
-        "intro": "Vous nous avez demandé quelles données nous détenons à votre sujet. Voici notre réponse complète.",
-        "who": "Qui nous sommes",
-        "who_text": "{name}, {postal_address}. Pour toute question sur vos données : {contact_email}. "
-                    "Notre politique de confidentialité : {privacy_url}",
-        "nothing": "Nous ne détenons aucune donnée personnelle associée à l'adresse {email}.",
-        "nothing_suppressed": "Cette adresse figure sur notre liste d'opposition : elle ne recevra aucun message "
-                              "de notre part.",
-        "erased": "Vos données ont été effacées le {date}. Nous ne conservons qu'une empreinte chiffrée de votre "
-                  "adresse, afin de ne plus jamais vous écrire.",
-        "data": "Les données que nous détenons",
-        "fields": {"email": "Adresse", "first_name": "Prénom", "last_name": "Nom", "company": "Entreprise",
-                   "job_title": "Fonction", "industry": "Secteur", "country": "Pays",
-                   "kind": "Type de contact", "member": "Membre", "consent": "Consentement",
-                   "consent_at": "Date du consentement", "consent_proof": "Preuve du consentement",
-                   "partner_consent": "Accord pour le partage avec des partenaires",
-                   "last_interaction_at": "Votre dernier contact avec nous"},
-        "consents": {"opt-in": "accepté (opt-in)", "customer": "client·e (exception client)"},
-        "kinds": {"b2b": "professionnel", "b2c": "particulier"},
-        "yes": "oui", "no": "non",
-        "attrs": "Autres informations",
-        "lists": "Listes de diffusion",
-        "origin": "Où et quand nous avons obtenu votre adresse",
-        "source": "Source : {source} ({how}), le {date}.",
-        "direct": "collectée directement auprès de vous", "partner": "obtenue auprès d'un partenaire",
-        "no_source": "Source : non renseignée.",
-        "interactions": "Vos prises de contact avec nous",
-        "what": {"reply": "réponse à un message", "click": "clic sur un lien", "form": "formulaire"},
-        "basis": "Base légale de nos envois",
-        "basis_prospecting_b2b": "{kind_label} : intérêt légitime (prospection entre professionnels, l'offre "
-                                 "étant liée à votre fonction).",
-        "basis_consent": "{kind_label} : votre consentement{details}.",
-        "consent_details": ", donné le {date} ({proof})",
-        "basis_soft": "{kind_label} : vous êtes client·e et nos messages portent sur des produits analogues "
-                      "(article L34-5 du CPCE).",
-        "basis_members": "{kind_label} : votre adhésion ; ces messages ne sont pas de la prospection.",
-        "campaign_kinds": {"prospecting": "Prospection", "newsletter": "Lettre d'information",
-                           "members": "Messages aux membres"},
-        "sent": "Les messages que nous vous avons envoyés",
-        "sent_line": "{date} — campagne {campaign} — « {subject} »",
-        "none_sent": "Nous ne vous avons envoyé aucun message.",
-        "decisions": "Nos décisions d'envoi",
-        "decision_line": "Campagne {campaign} : {state}",
-        "states": {"sent": "message envoyé", "planned": "envoi prévu", "deferred": "envoi reporté",
-                   "failed": "envoi refusé par votre serveur", "uncertain": "envoi interrompu",
-                   "sending": "envoi en cours", "blocked": "pas d'envoi ({rule})"},
-        "rules": {"invalid-address": "adresse invalide", "suppressed": "vous vous êtes opposé·e",
-                  "duplicate": "doublon", "already-sent": "déjà envoyé", "audience": "hors du public visé",
-                  "missing-source": "source inconnue", "retention-expired": "durée de conservation dépassée",
-                  "not-member": "non membre", "no-consent": "pas de consentement",
-                  "no-partner-consent": "pas d'accord pour les partenaires",
-                  "not-relevant": "offre sans rapport avec votre fonction",
-                  "footer-missing": "message non conforme"},
-        "retention": "Combien de temps nous gardons vos données",
-        "retention_years": "Nous supprimerons vos données le {date} ({years} ans après {event}), sauf si vous "
-                           "reprenez contact avec nous d'ici là.",
-        "events": {"collected_at": "leur collecte", "last_interaction_at": "votre dernier contact",
-                   "consent_at": "votre consentement"},
-        "generic": "Votre adresse est une adresse générique d'entreprise, qui n'identifie pas une personne.",
-        "rights": "Vos droits",
-        "rights_text": "Vous pouvez vous opposer à tout moment à nos envois : chaque message contient un lien de "
-                       "désabonnement en un clic, ou écrivez à {contact_email}. Vous pouvez aussi demander "
-                       "la rectification ou l'effacement de vos données à la même adresse.",
-        "suppressed": "Votre adresse est sur notre liste d'opposition depuis le {date} : vous ne recevrez plus "
-                      "de messages de notre part.",
-        "closing": "Bien cordialement,",
-    },
-    "en": {
-        "greeting": "Hello,",
-        "intro": "You asked us what data we hold about you. Here is our complete answer.",
-        "who": "Who we are",
-        "who_text": "{name}, {postal_address}. For any question about your data: {contact_email}. "
-                    "Our privacy policy: {privacy_url}",
-        "nothing": "We hold no personal data linked to the address {email}.",
-        "nothing_suppressed": "This address is on our do-not-contact list: it will receive no message from us.",
-        "erased": "Your data was erased on {date}. We keep only a keyed fingerprint of your address, so that "
-                  "we never write to you again.",
-        "data": "The data we hold",
-        "fields": {"email": "Address", "first_name": "First name", "last_name": "Last name",
-                   "company": "Company", "job_title": "Job title", "industry": "Industry", "country": "Country",
-                   "kind": "Contact type", "member": "Member", "consent": "Consent",
-                   "consent_at": "Consent given on", "consent_proof": "Proof of consent",
-                   "partner_consent": "Agreed to be shared with partners",
-                   "last_interaction_at": "Your last contact with us"},
-        "consents": {"opt-in": "given (opt-in)", "customer": "customer (existing-customer exception)"},
-        "kinds": {"b2b": "professional", "b2c": "consumer"},
-        "yes": "yes", "no": "no",
-        "attrs": "Other information",
-        "lists": "Mailing lists",
-        "origin": "Where and when we got your address",
-        "source": "Source: {source} ({how}), on {date}.",
-        "direct": "collected from you directly", "partner": "obtained from a partner",
-        "no_source": "Source: not recorded.",
-        "interactions": "Your contacts with us",
-        "what": {"reply": "reply to a message", "click": "click on a link", "form": "form"},
-        "basis": "Legal basis of our messages",
-        "basis_prospecting_b2b": "{kind_label}: legitimate interest (business-to-business prospecting, "
-                                 "the offer relating to your role).",
-        "basis_consent": "{kind_label}: your consent{details}.",
-        "consent_details": ", given on {date} ({proof})",
-        "basis_soft": "{kind_label}: you are a customer and our messages are about similar products "
-                      "(existing-customer exception).",
-        "basis_members": "{kind_label}: your membership; these messages are not marketing.",
-        "campaign_kinds": {"prospecting": "Prospecting", "newsletter": "Newsletter", "members": "Messages to members"},
-        "sent": "The messages we sent you",
-        "sent_line": "{date} — campaign {campaign} — “{subject}”",
-        "none_sent": "We sent you no message.",
-        "decisions": "Our sending decisions",
-        "decision_line": "Campaign {campaign}: {state}",
-        "states": {"sent": "message sent", "planned": "planned", "deferred": "postponed",
-                   "failed": "refused by your mail server", "uncertain": "interrupted",
-                   "sending": "being sent", "blocked": "not sent ({rule})"},
-        "rules": {"invalid-address": "invalid address", "suppressed": "you objected",
-                  "duplicate": "duplicate", "already-sent": "already sent", "audience": "outside the audience",
-                  "missing-source": "unknown source", "retention-expired": "retention period over",
-                  "not-member": "not a member", "no-consent": "no consent",
-                  "no-partner-consent": "no consent to partners", "not-relevant": "offer unrelated to your role",
-                  "footer-missing": "message not compliant"},
-        "retention": "How long we keep your data",
-        "retention_years": "We will delete your data on {date} ({years} years after {event}), unless you "
-                           "contact us again before then.",
-        "events": {"collected_at": "its collection", "last_interaction_at": "your last contact with us",
-                   "consent_at": "your consent"},
-        "generic": "Your address is a generic company address, which does not identify a person.",
-        "rights": "Your rights",
-        "rights_text": "You can object to our messages at any time: every message has a one-click unsubscribe "
-                       "link, or write to {contact_email}. You can also ask us to correct or erase your data at "
-                       "the same address.",
-        "suppressed": "Your address has been on our do-not-contact list since {date}: you will receive no more "
-                      "messages from us.",
-        "closing": "Kind regards,",
-    },
-}
-
-
 def _date(value: date | datetime | None) -> str:
     if value is None:
         return "—"
@@ -451,7 +314,8 @@ def _date(value: date | datetime | None) -> str:
 
 def render_explanation(e: Explanation, locale: str, fmt: str, retention_years: int) -> str:
     """The answer to send to the person, in their language, as text or markdown."""
-    w = WORDS[locale]
+    from .locales import strings
+    w = strings(locale).explain
     md = fmt == "markdown"
     out: list[str] = []
 
@@ -462,87 +326,87 @@ def render_explanation(e: Explanation, locale: str, fmt: str, retention_years: i
     def item(line: str) -> None:
         out.append(f"- {line}")
 
-    out += [w["greeting"], "", w["intro"]]
-    heading(w["who"])
-    out.append(w["who_text"].format(**e.organization))
+    out += [w.greeting, "", w.intro]
+    heading(w.who)
+    out.append(w.who_text.format(**e.organization))
 
     c = e.contact
     if c is None:
-        heading(w["data"])
-        out.append(w["nothing"].format(email=e.email))
+        heading(w.data)
+        out.append(w.nothing.format(email=e.email))
         if e.erased_at is not None:
-            out.append(w["erased"].format(date=_date(e.erased_at)))
+            out.append(w.erased.format(date=_date(e.erased_at)))
         if e.suppressed_since is not None:
-            out.append(w["nothing_suppressed"])
+            out.append(w.nothing_suppressed)
     else:
-        heading(w["data"])
-        for name, label in w["fields"].items():
+        heading(w.data)
+        for name, label in w.fields.items():
             value = getattr(c, name)
             if name == "kind":
-                value = w["kinds"].get(value, value)
+                value = w.kinds.get(value, value)
             elif name == "consent":
-                value = w["consents"].get(value, value)
+                value = w.consents.get(value, value)
             elif isinstance(value, date):
                 value = _date(value)
             elif isinstance(value, bool):
-                value = w["yes"] if value else w["no"]
+                value = w.yes if value else w.no
             if value not in ("", None):
-                item(f"{label} : {value}" if locale == "fr" else f"{label}: {value}")
+                item(f"{label}{w.label_separator}{value}")
         for key, value in sorted(c.attrs.items()):
             if value:
-                item(f"{key} : {value}" if locale == "fr" else f"{key}: {value}")
+                item(f"{key}{w.label_separator}{value}")
         if e.lists:
-            item(f"{w['lists']} : {', '.join(e.lists)}" if locale == "fr" else f"{w['lists']}: {', '.join(e.lists)}")
+            item(f"{w.lists}{w.label_separator}{', '.join(e.lists)}")
         if e.generic:
-            out.append(w["generic"])
-        heading(w["origin"])
+            out.append(w.generic)
+        heading(w.origin)
         if c.source:
-            how = w["partner"] if c.source_type == "partner" else w["direct"]
-            out.append(w["source"].format(source=c.source, how=how, date=_date(c.collected_at)))
+            how = w.partner if c.source_type == "partner" else w.direct
+            out.append(w.source.format(source=c.source, how=how, date=_date(c.collected_at)))
         else:
-            out.append(w["no_source"])
+            out.append(w.no_source)
         if e.interactions:
-            heading(w["interactions"])
+            heading(w.interactions)
             for at, what in e.interactions:
-                item(f"{_date(at)} — {w['what'].get(what, what)}")
+                item(f"{_date(at)} — {w.what.get(what, what)}")
 
     if e.campaign_kinds:
-        heading(w["basis"])
+        heading(w.basis)
         for kind in e.campaign_kinds:
-            label = w["campaign_kinds"].get(kind, kind)
+            label = w.campaign_kinds.get(kind, kind)
             basis = legal_basis_id(kind, c)
             if basis == "membership":
-                item(w["basis_members"].format(kind_label=label))
+                item(w.basis_members.format(kind_label=label))
             elif basis == "soft-opt-in":
-                item(w["basis_soft"].format(kind_label=label))
+                item(w.basis_soft.format(kind_label=label))
             elif basis == "consent":
                 details = ""
                 if c is not None and c.consent_at:
-                    details = w["consent_details"].format(date=_date(c.consent_at), proof=c.consent_proof or "—")
-                item(w["basis_consent"].format(kind_label=label, details=details))
+                    details = w.consent_details.format(date=_date(c.consent_at), proof=c.consent_proof or "—")
+                item(w.basis_consent.format(kind_label=label, details=details))
             else:
-                item(w["basis_prospecting_b2b"].format(kind_label=label))
+                item(w.basis_prospecting_b2b.format(kind_label=label))
 
-    heading(w["sent"])
+    heading(w.sent)
     if e.sent:
         for m in e.sent:
-            item(w["sent_line"].format(date=_date(m.at), campaign=m.campaign_id, subject=m.subject or "—"))
+            item(w.sent_line.format(date=_date(m.at), campaign=m.campaign_id, subject=m.subject or "—"))
     else:
-        out.append(w["none_sent"])
+        out.append(w.none_sent)
     if e.decisions:
-        heading(w["decisions"])
+        heading(w.decisions)
         for d in e.decisions:
-            state = w["states"].get(d.state, d.state).format(rule=w["rules"].get(d.rule, d.rule))
-            item(f"{_date(d.at)} — " + w["decision_line"].format(campaign=d.campaign_id, state=state))
+            state = w.states.get(d.state, d.state).format(rule=w.rules.get(d.rule, d.rule))
+            item(f"{_date(d.at)} — " + w.decision_line.format(campaign=d.campaign_id, state=state))
 
     if c is not None and e.deletion_date is not None:
-        heading(w["retention"])
-        out.append(w["retention_years"].format(date=_date(e.deletion_date), years=retention_years,
-                                               event=w["events"].get(e.retention_from[1], e.retention_from[1])))
+        heading(w.retention)
+        out.append(w.retention_years.format(date=_date(e.deletion_date), years=retention_years,
+                                            event=w.events.get(e.retention_from[1], e.retention_from[1])))
 
-    heading(w["rights"])
+    heading(w.rights)
     if e.suppressed_since is not None and c is not None:
-        out.append(w["suppressed"].format(date=_date(e.suppressed_since)))
-    out.append(w["rights_text"].format(contact_email=e.organization["contact_email"]))
-    out += ["", w["closing"], e.organization["name"]]
+        out.append(w.suppressed.format(date=_date(e.suppressed_since)))
+    out.append(w.rights_text.format(contact_email=e.organization["contact_email"]))
+    out += ["", w.closing, e.organization["name"]]
     return "\n".join(out) + "\n"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from .config import Campaign, Config
 from .contacts import ContactData
 from .dkim_signing import DkimSigner
 from .errors import TemplateError
+from .locales import strings
 from .mime import Fixed, build_message, encode_words, mailbox
 from .tokens import Keys, sign
 from .visibility import FooterVerdicts, check_footer_text, text_safe
@@ -214,7 +214,7 @@ _GLOBALS: dict[int, tuple[jinja2.Template, dict[str, Any]]] = {}
 
 
 class _Footer:
-    """The package's footer templates and wording, loaded once."""
+    """The package's footer templates, loaded once (their wording is in mailer/locales/)."""
 
     def __init__(self) -> None:
         folder = resources.files("mailer") / "footer"
@@ -222,7 +222,6 @@ class _Footer:
         self.html = env.from_string((folder / "footer.html.j2").read_text("utf-8"))
         text_env = Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
         self.text = text_env.from_string((folder / "footer.txt.j2").read_text("utf-8"))
-        self.strings: dict[str, dict[str, str]] = tomllib.loads((folder / "strings.toml").read_text("utf-8"))
 
 
 _FOOTER: _Footer | None = None
@@ -280,7 +279,7 @@ class Renderer:
         self.keys = keys
         self.templates = templates or load_templates(campaign)
         self.footer = footer_templates()
-        self.strings = self.footer.strings[campaign.locale]
+        self.strings = strings(campaign.locale).footer
         self.from_name, self.from_address = parse_from_header(campaign.from_)
         self.from_domain = self.from_address.rpartition("@")[2]
         org = config.organization
@@ -307,12 +306,12 @@ class Renderer:
 
     def source_sentence(self, contact: ContactData) -> str:
         if self.campaign.kind == "members" and contact.member:
-            return self.strings["member"].format(organization=self.organization.name)
+            return self.strings.member.format(organization=self.organization.name)
         if contact.source:
-            return self.strings["collected"].format(source=contact.source)
+            return self.strings.collected.format(source=contact.source)
         if is_generic(contact.address.key, self.generic_locals):
-            return self.strings["generic"]
-        return self.strings["collected"].format(source="—")
+            return self.strings.generic
+        return self.strings.collected.format(source="—")
 
     def unsubscribe_for(self, contact: ContactData) -> tuple[str, str, str | None]:
         digest = address_hash(self.keys.address, contact.address.key)

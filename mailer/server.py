@@ -29,47 +29,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import find_config_path
+from .locales import strings
 from .pipeline import Workspace, open_workspace
 from .tokens import InvalidToken, UnsubscribeToken, verify
 
 log = logging.getLogger("mailer.server")
 
 REASONS = ("too-many", "not-relevant", "never-signed-up", "other")
-
-TEXT = {
-    "fr": {
-        "title": "Se désabonner",
-        "intro": "Vous recevez des messages de {org} ({address}).",
-        "question": "Pour ne plus recevoir aucun message de notre part, cliquez sur le bouton ci-dessous.",
-        "button": "Me désabonner",
-        "why": "Pourquoi ? (facultatif)",
-        "reasons": {"": "—", "too-many": "Trop de messages", "not-relevant": "Cela ne me concerne pas",
-                    "never-signed-up": "Je ne me suis jamais inscrit·e", "other": "Autre raison"},
-        "done_title": "Vous êtes désabonné·e",
-        "done": "C'est fait : {org} ne vous enverra plus de messages.",
-        "already": "Votre adresse est déjà désabonnée : {org} ne vous enverra plus de messages.",
-        "privacy": "Vos données et vos droits : {privacy}. Pour toute demande : {contact}.",
-        "bad_title": "Lien invalide",
-        "bad": "Ce lien de désabonnement n'est pas valide. Pour vous désabonner, répondez au message "
-               "reçu ou écrivez à {contact}.",
-    },
-    "en": {
-        "title": "Unsubscribe",
-        "intro": "You receive messages from {org} ({address}).",
-        "question": "To stop receiving any message from us, press the button below.",
-        "button": "Unsubscribe",
-        "why": "Why? (optional)",
-        "reasons": {"": "—", "too-many": "Too many messages", "not-relevant": "Not relevant to me",
-                    "never-signed-up": "I never signed up", "other": "Another reason"},
-        "done_title": "You are unsubscribed",
-        "done": "Done: {org} will not send you any more messages.",
-        "already": "Your address was already unsubscribed: {org} will not send you any more messages.",
-        "privacy": "Your data and your rights: {privacy}. For any request: {contact}.",
-        "bad_title": "Invalid link",
-        "bad": "This unsubscribe link is not valid. To unsubscribe, reply to the message you received "
-               "or write to {contact}.",
-    },
-}
+#: the bad-link page's language, when the token (which carries the locale) cannot be read
+FALLBACK_LOCALE = "en"
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,Arial,sans-serif;background:#f5f5f5;color:#1a1a1a;margin:0}
@@ -122,9 +90,9 @@ class UnsubscribeApp:
                            privacy=f'<a href="{html.escape(o.privacy_url)}">{html.escape(o.privacy_url)}</a>',
                            contact=f'<a href="mailto:{html.escape(o.contact_email)}">{html.escape(o.contact_email)}</a>')
 
-    def _bad(self, locale: str = "en") -> HTMLResponse:
-        t = TEXT[locale]
-        return _page(locale, t["bad_title"], f"<h1>{t['bad_title']}</h1><p>{self._fill(t['bad'])}</p>", status=400)
+    def _bad(self, locale: str = FALLBACK_LOCALE) -> HTMLResponse:
+        t = strings(locale).unsubscribe_page
+        return _page(locale, t.bad_title, f"<h1>{t.bad_title}</h1><p>{self._fill(t.bad)}</p>", status=400)
 
     def _token(self, raw: str) -> UnsubscribeToken | None:
         try:
@@ -146,24 +114,24 @@ class UnsubscribeApp:
         token = await run_in_threadpool(self._token, request.path_params["token"])
         if token is None:
             return self._bad()
-        t = TEXT[token.locale]
+        t = strings(token.locale).unsubscribe_page
         if await run_in_threadpool(self._suppressed, token):
             return self._done(token.locale, already=True)
-        options = "".join(f'<option value="{k}">{html.escape(v)}</option>' for k, v in t["reasons"].items())
+        options = "".join(f'<option value="{k}">{html.escape(v)}</option>' for k, v in t.reasons.items())
         action = html.escape(request.url.path)
-        body = (f"<h1>{t['title']}</h1><p>{self._fill(t['intro'])}</p><p>{t['question']}</p>"
+        body = (f"<h1>{t.title}</h1><p>{self._fill(t.intro)}</p><p>{t.question}</p>"
                 f'<form method="post" action="{action}">'
                 f'<input type="hidden" name="via" value="page">'
-                f'<label for="reason">{t["why"]}</label><select id="reason" name="reason">{options}</select>'
-                f'<div><button type="submit">{t["button"]}</button></div></form>'
-                f'<p class="small">{self._fill(t["privacy"])}</p>')
-        return _page(token.locale, t["title"], body)
+                f'<label for="reason">{t.why}</label><select id="reason" name="reason">{options}</select>'
+                f'<div><button type="submit">{t.button}</button></div></form>'
+                f'<p class="small">{self._fill(t.privacy)}</p>')
+        return _page(token.locale, t.title, body)
 
     def _done(self, locale: str, already: bool = False) -> HTMLResponse:
-        t = TEXT[locale]
-        text = t["already"] if already else t["done"]
-        return _page(locale, t["done_title"], f"<h1>{t['done_title']}</h1><p role=\"status\">{self._fill(text)}</p>"
-                                               f'<p class="small">{self._fill(t["privacy"])}</p>')
+        t = strings(locale).unsubscribe_page
+        text = t.already if already else t.done
+        return _page(locale, t.done_title, f"<h1>{t.done_title}</h1><p role=\"status\">{self._fill(text)}</p>"
+                                           f'<p class="small">{self._fill(t.privacy)}</p>')
 
     async def unsubscribe(self, request: Request) -> Response:
         token = await run_in_threadpool(self._token, request.path_params["token"])

@@ -14,8 +14,9 @@ import hmac
 import re
 from dataclasses import dataclass
 
+from .locales import available
+
 VERSION = "1"
-LOCALES = ("fr", "en")
 _SHAPE = re.compile(r"^[A-Za-z0-9_\-.]{40,400}$")
 
 
@@ -54,6 +55,8 @@ def _unb64(text: str) -> bytes:
 
 
 def sign(keys: Keys, campaign_id: str, locale: str, address_hash: str) -> str:
+    if locale not in available():
+        raise ValueError(f"no locale {locale!r}: a token's locale is one of {', '.join(available())} (mailer/locales/)")
     body = ".".join((VERSION, _b64(campaign_id.encode("utf-8")), locale,
                      _b64(bytes.fromhex(address_hash))))
     mac = hmac.new(keys.token, body.encode("ascii"), hashlib.sha256).digest()
@@ -73,7 +76,7 @@ def verify(keys: Keys, token: str) -> UnsubscribeToken:
     if not hmac.compare_digest(given, expected):
         raise InvalidToken("bad signature")
     parts = body.split(".")
-    if len(parts) != 4 or parts[0] != VERSION or parts[2] not in LOCALES:
+    if len(parts) != 4 or parts[0] != VERSION or parts[2] not in available():
         raise InvalidToken("unknown token format")
     try:
         campaign_id = _unb64(parts[1]).decode("utf-8")
