@@ -93,7 +93,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "mailer", "init", str(root)], check=True, stdout=subprocess.DEVNULL)
         env = dict(os.environ, MAILER_SECRET="bench", MAILER_CONFIG=str(root / "config.toml"))
         ws = open_workspace(root / "config.toml", env)
-        ws.store.record_campaign("bench", "prospecting", "fr", "bench")
+        ws.store.campaigns.record("bench", "prospecting", "fr", "bench")
         tokens = [sign(ws.keys, "bench", "fr", ws.hash_address(f"person{i}@company{i % 97}.example"))
                   for i in range(args.requests)]
         ws.close()

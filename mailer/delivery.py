@@ -12,16 +12,14 @@ process while the campaign runs stops the messages not yet sent to that address.
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, literal_column, or_, select, update
-
-from .store import SendLog, Store, Suppression, execute_many, update_by_id, utcnow
+from .states import SendState
+from .store import Store, utcnow
 from .transport.base import Delivery, Envelope, Transport
 
 
@@ -45,37 +43,16 @@ class DeliveryReport:
     deferrals: Counter[str] = field(default_factory=Counter)  # the server's answers that left messages deferred
 
 
-@functools.lru_cache(maxsize=512)
-def _suppressed_among(paramstyle: str, hashes: int, domains: int) -> str:
-    """Which of these address hashes and domains are on the suppression list (driver SQL,
-    built once per pair of list lengths: this runs at every group commit)."""
-    mark = "?" if paramstyle == "qmark" else "%s"
-    return (f"SELECT scope, value FROM {Suppression.__tablename__} WHERE "
-            f"(scope = 'address' AND value IN ({', '.join([mark] * hashes)})) OR "
-            f"(scope = 'domain' AND value IN ({', '.join([mark] * domains)}))")
-
-
-_log = SendLog.__table__
-_STILL_PENDING = or_(_log.c.state == literal_column("'planned'"), _log.c.state == literal_column("'deferred'"))
-_CLAIM_PENDING = update(_log).where(_log.c.id == bindparam("_id"), _STILL_PENDING).values(
-    state=literal_column("'sending'"), attempts=bindparam("_attempts"), message_id=bindparam("_message_id"),
-    subject=bindparam("_subject"), updated_at=bindparam("_now"))
-_BLOCK_PENDING = update(_log).where(_log.c.id == bindparam("_id"), _STILL_PENDING).values(
-    state=literal_column("'blocked'"), rule=literal_column("'suppressed'"), updated_at=bindparam("_now"),
-    detail=literal_column("'opted out while the campaign was running'"))
-
-
 class _GroupCommitter:
     """Batches claims and outcomes from concurrent workers into shared transactions."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        self._writer = store.sendlog.writer()
         self._claims: list[tuple[Outgoing, asyncio.Future[str]]] = []
         self._outcomes: list[dict[str, Any]] = []
         self._suppressions: list[tuple[str, str, str]] = []  # (hash, reason, campaign)
         self._wakeup = asyncio.Event()
         self._closed = False
-        self._conn: Connection | None = None
 
     async def claim(self, messages: list[Outgoing]) -> list[str]:
         """Mark the messages `sending` (committed). Each answer is "go", or "suppressed" (opted
@@ -93,7 +70,7 @@ class _GroupCommitter:
         self._outcomes.append({
             "id": message.log_id, "state": delivery.state, "smtp_code": delivery.code,
             "smtp_text": delivery.text[:500], "attempts": message.attempts,
-            **({"sent_at": utcnow()} if delivery.state == "sent" else {}),
+            **({"sent_at": utcnow()} if delivery.state == SendState.SENT else {}),
         })
         # Outcomes ride along with the next claim (there is one as soon as a worker is
         # free) or the next tick; only a large backlog forces a commit of its own.
@@ -137,65 +114,14 @@ class _GroupCommitter:
     def _flush(self, claims: list[tuple[Outgoing, asyncio.Future[str]]], outcomes: list[dict[str, Any]],
                bounces: list[tuple[str, str, str]]) -> dict[int, str]:
         """One transaction. Returns the claims that did not go: log id -> "suppressed" | "taken"."""
-        log = SendLog.__table__
-        sup = Suppression.__table__
-        now = utcnow()
-        blocked: set[int] = set()
-        taken: set[int] = set()
-        conn = self._connection()
-        with conn.begin():
-            update_by_id(conn, log, [{"updated_at": now, **change} for change in outcomes])
-            if bounces:
-                conn.execute(self.store._insert_ignore(sup), [
-                    {"scope": "address", "value": h, "origin": "bounce", "reason": reason,
-                     "campaign_id": campaign, "created_at": now} for h, reason, campaign in bounces])
-            if claims:
-                hashes = list({m.address_hash for m, _ in claims})
-                domains = list({m.domain for m, _ in claims})
-                found = conn.exec_driver_sql(
-                    _suppressed_among(conn.dialect.paramstyle, len(hashes), len(domains)),
-                    tuple(hashes + domains)).all()
-                stopped_hashes = {v for s, v in found if s == "address"}
-                stopped_domains = {v for s, v in found if s == "domain"}
-                stopped, going = [], []
-                for message, _ in claims:
-                    if message.address_hash in stopped_hashes or message.domain in stopped_domains:
-                        blocked.add(message.log_id)
-                        stopped.append({"_id": message.log_id, "_now": now})
-                    else:
-                        going.append({"_id": message.log_id, "_now": now, "_attempts": message.attempts + 1,
-                                      "_message_id": message.message_id, "_subject": message.subject})
-                if stopped:
-                    execute_many(conn, _BLOCK_PENDING, stopped)
-                if going:
-                    # Conditional on the row still being pending: when another process sends the
-                    # same campaign, only one of them gets each row (its Message-ID is on it).
-                    claimed = execute_many(conn, _CLAIM_PENDING, going)
-                    if claimed == len(going):
-                        mine = {(g["_id"], g["_message_id"]) for g in going}
-                    else:
-                        ids = [g["_id"] for g in going]
-                        mine = {(row_id, message_id) for row_id, message_id in conn.execute(
-                            select(log.c.id, log.c.message_id).where(log.c.id.in_(ids)))}
-                    for message, _ in claims:
-                        if message.log_id in blocked:
-                            continue
-                        if (message.log_id, message.message_id) in mine:
-                            message.attempts += 1
-                        else:
-                            taken.add(message.log_id)
-        return {i: "suppressed" for i in blocked} | {i: "taken" for i in taken}
-
-    def _connection(self) -> Connection:
-        """One connection for the whole run: checking one out of the pool at every commit showed."""
-        if self._conn is None:
-            self._conn = self.store.engine.connect()
-        return self._conn
+        answer = self._writer.commit([m for m, _ in claims], outcomes, bounces)
+        for message, _ in claims:
+            if message.log_id in answer.claimed:
+                message.attempts += 1
+        return answer.refused
 
     def release(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._writer.close()
 
 
 @dataclass

@@ -40,8 +40,9 @@ class ConfigError(InputError):
 class CsvError(InputError):
     """A contacts CSV has bad rows; nothing was imported."""
 
-    def __init__(self, problems: list[str], *, hint: str | None = None) -> None:
+    def __init__(self, problems: list[str], *, hint: str | None = None, good_rows: int = 0) -> None:
         self.problems = problems
+        self.good_rows = good_rows  # rows that would import if the bad ones were skipped
         shown = problems[:20]
         more = len(problems) - len(shown)
         message = "\n".join(shown) + (f"\n  … and {more} more" if more > 0 else "")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from .addresses import is_generic, is_loopback, parse_from_header
@@ -229,7 +230,14 @@ def decide(contact: ContactData, campaign: Campaign, ctx: GateContext) -> Decisi
 
 # --------------------------------------------------------------------------- campaign level
 
-def campaign_problems(config: Config, campaign: Campaign) -> list[str]:
+class TransportFacts(Protocol):
+    """What the campaign-level rules need to know of the transport (its class will do)."""
+
+    leaves_host: bool
+    needs_processor: bool
+
+
+def campaign_problems(config: Config, campaign: Campaign, transport: TransportFacts) -> list[str]:
     """Reasons to refuse the whole campaign before anything is sent (exit 3)."""
     problems: list[str] = []
     org = config.organization
@@ -248,7 +256,7 @@ def campaign_problems(config: Config, campaign: Campaign) -> list[str]:
     if base.scheme not in ("http", "https") or not base.hostname:
         problems.append(f"{config.path}: [unsubscribe] base_url {config.unsubscribe.base_url!r} is not an http(s) URL; "
                         "the one-click unsubscribe link needs it")
-    elif config.transport.type == "smtp" and base.scheme != "https" and not is_loopback(base.hostname):
+    elif transport.leaves_host and base.scheme != "https" and not is_loopback(base.hostname):
         problems.append(f"{config.path}: [unsubscribe] base_url must use https when mail really leaves "
                         "(mailbox providers require an https one-click link)")
 
@@ -258,7 +266,7 @@ def campaign_problems(config: Config, campaign: Campaign) -> list[str]:
             problems.append(f"{campaign.path}: b2b prospecting needs a [relevance] table with job_titles or "
                             "industries: the offer must relate to the person's role")
 
-    if config.transport.type == "smtp":
+    if transport.needs_processor:
         processor = config.processor
         if not processor.name:
             problems.append(f"{config.path}: [processor] name is empty: say which provider sends the mail "

@@ -34,7 +34,7 @@ def _dead_here(owner: str) -> bool:
 def take_campaign(store: Store, campaign_id: str, owner: str | None = None) -> str:
     """Take the campaign's lease or raise TransportError naming who holds it."""
     owner = owner or this_process()
-    taken, holder, until = store.take_lease(campaign_id, owner, LEASE_SECONDS, _dead_here)
+    taken, holder, until = store.campaigns.take_lease(campaign_id, owner, LEASE_SECONDS, _dead_here)
     if not taken:
         when = f" until {until:%H:%M:%S} UTC" if until else ""
         raise TransportError(f"campaign {campaign_id} is being sent by another process ({holder}){when}",
@@ -49,11 +49,11 @@ async def keep_campaign(store: Store, campaign_id: str, owner: str) -> AsyncIter
     async def renew() -> None:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 4)
-            store.take_lease(campaign_id, owner, LEASE_SECONDS, _dead_here)
+            store.campaigns.take_lease(campaign_id, owner, LEASE_SECONDS, _dead_here)
 
     task = asyncio.create_task(renew())
     try:
         yield
     finally:
         task.cancel()
-        store.release_lease(campaign_id, owner)
+        store.campaigns.release_lease(campaign_id, owner)

@@ -11,34 +11,15 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
-
 from .addresses import is_generic, normalise
 from .contacts import ContactData
 from .errors import InputError, NotFound
 from .gate import add_years, retention_reference
-from .pipeline import Workspace
-from .store import (
-    CampaignRecord,
-    Contact,
-    ContactList,
-    Erasure,
-    Interaction,
-    ListMember,
-    SendLog,
-    Suppression,
-    contact_from_row,
-    utcnow,
-)
-from .transport.maildir import MaildirTransport
+from .states import SendState
+from .store import utcnow
+from .workspace import Workspace
 
-ERASED_PREFIX = "erased:"
 INTERACTIONS = ("reply", "click", "form")
-
-
-def erased_key(address_hash: str) -> str:
-    """What replaces an erased person's address in the send log."""
-    return ERASED_PREFIX + address_hash
 
 
 # --------------------------------------------------------------------------- explain
@@ -93,37 +74,16 @@ def explain_person(ws: Workspace, email: str) -> Explanation:
         organization={"name": org.name, "postal_address": org.postal_address,
                       "privacy_url": org.privacy_url, "contact_email": org.contact_email},
         contact=None, generic=is_generic(key, frozenset(ws.config.compliance.generic_locals)))
-    contacts, members, lists = Contact.__table__, ListMember.__table__, ContactList.__table__
-    log, campaigns, sup = SendLog.__table__, CampaignRecord.__table__, Suppression.__table__
-    with ws.store.engine.connect() as conn:
-        row = conn.execute(select(contacts).where(contacts.c.email_key == key)).mappings().first()
-        if row is not None:
-            explanation.contact = contact_from_row(row)
-            explanation.lists = list(conn.execute(
-                select(lists.c.name).join(members, members.c.list_id == lists.c.id)
-                .where(members.c.contact_id == row["id"]).order_by(lists.c.name)).scalars())
-            explanation.interactions = [(r.at, r.what) for r in conn.execute(
-                select(Interaction.__table__).where(Interaction.__table__.c.contact_id == row["id"])
-                .order_by(Interaction.__table__.c.at))]
-        keys = [key, erased_key(digest)]
-        rows = conn.execute(
-            select(log.c.campaign_id, log.c.state, log.c.rule, log.c.subject, log.c.sent_at, log.c.updated_at,
-                   campaigns.c.kind).join(campaigns, campaigns.c.id == log.c.campaign_id, isouter=True)
-            .where(log.c.address_key.in_(keys)).order_by(log.c.planned_at, log.c.id)).all()
-        for r in rows:
-            if r.state == "sent":
-                explanation.sent.append(SentMessage(r.sent_at, r.campaign_id, r.subject))
-            explanation.decisions.append(GateDecision(r.campaign_id, r.kind or "", r.state, r.rule, r.updated_at))
-        explanation.campaign_kinds = sorted({d.campaign_kind for d in explanation.decisions if d.campaign_kind})
-        entry = conn.execute(select(sup.c.created_at, sup.c.origin).where(
-            ((sup.c.scope == "address") & (sup.c.value == digest))
-            | ((sup.c.scope == "domain") & (sup.c.value == address.domain)))
-            .order_by(sup.c.created_at).limit(1)).first()
-        if entry is not None:
-            explanation.suppressed_since, explanation.suppression_origin = entry.created_at, entry.origin
-        erased = conn.execute(select(func.max(Erasure.__table__.c.erased_at)).where(
-            Erasure.__table__.c.address_hash == digest)).scalar()
-        explanation.erased_at = erased
+    held = ws.store.people.lookup(key, digest, address.domain)
+    explanation.contact, explanation.lists, explanation.interactions = held.contact, held.lists, held.interactions
+    for entry in held.log:
+        if entry.state == SendState.SENT:
+            explanation.sent.append(SentMessage(entry.sent_at, entry.campaign_id, entry.subject))
+        explanation.decisions.append(GateDecision(entry.campaign_id, entry.campaign_kind, entry.state, entry.rule,
+                                                  entry.updated_at))
+    explanation.campaign_kinds = sorted({d.campaign_kind for d in explanation.decisions if d.campaign_kind})
+    explanation.suppressed_since, explanation.suppression_origin = held.suppressed_since, held.suppression_origin
+    explanation.erased_at = held.erased_at
     if explanation.contact is not None and not explanation.generic:
         reference, which = retention_reference(explanation.contact)
         explanation.retention_from = (reference, which)
@@ -158,46 +118,12 @@ def forget_person(ws: Workspace, email: str, *, by: str, reason: str = "request"
 
 
 def _erase(ws: Workspace, keys: list[str], *, by: str, reason: str) -> list[ForgetResult]:
-    contacts, members, log = Contact.__table__, ListMember.__table__, SendLog.__table__
-    interactions, sup, erasures = Interaction.__table__, Suppression.__table__, Erasure.__table__
-    now = utcnow()
-    results = []
-    outbox_keys: list[list[str]] = []
-    with ws.store.engine.begin() as conn:
-        for key in keys:
-            digest = ws.hash_address(key)
-            contact_id = conn.execute(select(contacts.c.id).where(contacts.c.email_key == key)).scalar()
-            if contact_id is not None:
-                conn.execute(delete(interactions).where(interactions.c.contact_id == contact_id))
-                conn.execute(delete(members).where(members.c.contact_id == contact_id))
-                conn.execute(delete(contacts).where(contacts.c.id == contact_id))
-            sent_keys = [f"{campaign}.{row_id}" for row_id, campaign in conn.execute(
-                select(log.c.id, log.c.campaign_id).where(log.c.address_key == key))]
-            changed = conn.execute(update(log).where(log.c.address_key == key).values(
-                address_key=erased_key(digest), contact_id=None, subject="", detail="", smtp_text="",
-                updated_at=now)).rowcount
-            # Free text an operator typed with an opt-out ("called, Jean Dupont") may name the person.
-            conn.execute(update(sup).where(sup.c.scope == "address", sup.c.value == digest, sup.c.reason != "")
-                         .values(reason=""))
-            added = False
-            if reason == "request":
-                before = conn.execute(select(func.count()).select_from(sup).where(
-                    sup.c.scope == "address", sup.c.value == digest)).scalar_one()
-                if not before:
-                    conn.execute(insert(sup).values(scope="address", value=digest, origin="erasure",
-                                                    reason="erasure requested", campaign_id="", created_at=now))
-                    added = True
-            conn.execute(insert(erasures).values(address_hash=digest, reason=reason, erased_by=by, erased_at=now))
-            results.append(ForgetResult(contact_id is not None, changed, added))
-            outbox_keys.append(sent_keys)
+    erased = ws.store.people.erase([(key, ws.hash_address(key)) for key in keys], by=by, reason=reason)
     ws.store.scrub()
-    if ws.config.transport.type == "maildir":
-        # The outbox holds a copy of every message written to it: the person's go too.
-        for result, sent_keys in zip(results, outbox_keys, strict=True):
-            for found in (f for k in sent_keys for f in MaildirTransport.files_for(ws.config.outbox, k)):
-                found.unlink(missing_ok=True)
-                result.outbox_files += 1
-    return results
+    # A transport that keeps copies of what it delivered (the maildir outbox) drops the person's.
+    transport = ws.open_transport()
+    return [ForgetResult(e.had_contact, e.log_rows, e.suppression_added, transport.remove_copies(e.sent_keys))
+            for e in erased]
 
 
 # --------------------------------------------------------------------------- retention
@@ -215,20 +141,18 @@ def retention_report(ws: Workspace, today: date, horizon_days: int = 60) -> tupl
     years = ws.config.compliance.retention_years
     generic = frozenset(ws.config.compliance.generic_locals)
     expired, soon = [], []
-    with ws.store.engine.connect() as conn:
-        for row in conn.execute(select(Contact.__table__).order_by(Contact.__table__.c.id)).mappings():
-            contact = contact_from_row(row)
-            if is_generic(contact.address.key, generic):
-                continue
-            reference, which = retention_reference(contact)
-            if reference is None:
-                continue
-            expiry = add_years(reference, years)
-            item = RetentionItem(contact.email, which, reference, expiry)
-            if today > expiry:
-                expired.append(item)
-            elif expiry <= today + timedelta(days=horizon_days):
-                soon.append(item)
+    for contact in ws.store.people.all_contacts():
+        if is_generic(contact.address.key, generic):
+            continue
+        reference, which = retention_reference(contact)
+        if reference is None:
+            continue
+        expiry = add_years(reference, years)
+        item = RetentionItem(contact.email, which, reference, expiry)
+        if today > expiry:
+            expired.append(item)
+        elif expiry <= today + timedelta(days=horizon_days):
+            soon.append(item)
     return expired, soon
 
 
@@ -246,17 +170,9 @@ def touch_contact(ws: Workspace, email: str, at: date, what: str, today: date) -
         raise InputError(f"--what must be one of {', '.join(INTERACTIONS)} (opens and our own sends do not count)")
     if at > today:
         raise InputError(f"--at {at.isoformat()} is in the future")
-    key = normalise(email).key
-    contacts = Contact.__table__
-    with ws.store.engine.begin() as conn:
-        row = conn.execute(select(contacts.c.id, contacts.c.last_interaction_at)
-                           .where(contacts.c.email_key == key)).first()
-        if row is None:
-            raise NotFound(f"no contact {email}", hint="import the contact first")
-        latest = max(d for d in (row.last_interaction_at, at) if d is not None)
-        conn.execute(update(contacts).where(contacts.c.id == row.id).values(last_interaction_at=latest,
-                                                                            updated_at=utcnow()))
-        conn.execute(insert(Interaction.__table__).values(contact_id=row.id, at=at, what=what, recorded_at=utcnow()))
+    latest = ws.store.people.record_interaction(normalise(email).key, at, what)
+    if latest is None:
+        raise NotFound(f"no contact {email}", hint="import the contact first")
     return latest
 
 
@@ -410,3 +326,46 @@ def render_explanation(e: Explanation, locale: str, fmt: str, retention_years: i
     out.append(w.rights_text.format(contact_email=e.organization["contact_email"]))
     out += ["", w.closing, e.organization["name"]]
     return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- the public calls
+
+def _operator() -> str:
+    """Who runs this, for the erasure record."""
+    import getpass
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def explain(ws: Workspace, email: str) -> Explanation:
+    """Everything we hold about `email`, as facts (`render_explanation` words them for the person)."""
+    return explain_person(ws, email)
+
+
+def forget(ws: Workspace, email: str, *, by: str | None = None) -> ForgetResult:
+    """Erase the person's data at their request; keep only a keyed hash on the suppression list."""
+    return forget_person(ws, email, by=by or _operator())
+
+
+@dataclass
+class RetentionReport:
+    today: date
+    retention_years: int
+    expired: list[RetentionItem]
+    expiring: list[RetentionItem]     # within `horizon_days`
+    erased: int = 0                   # with apply: contacts erased
+    outbox_files: int = 0             # with apply: copies of their messages removed
+
+
+def retention(ws: Workspace, *, apply: bool = False, horizon_days: int = 60, today: date | None = None,
+              by: str | None = None) -> RetentionReport:
+    """Contacts past their retention period (role addresses excepted), and those expiring within
+    `horizon_days`; with apply, the expired ones are erased (suppression entries are kept)."""
+    today = today or utcnow().date()
+    expired, soon = retention_report(ws, today, horizon_days)
+    report = RetentionReport(today, ws.config.compliance.retention_years, expired, soon)
+    if apply and expired:
+        report.erased, report.outbox_files = apply_retention(ws, expired, by=by or _operator())
+    return report

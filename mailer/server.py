@@ -30,8 +30,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import find_config_path
 from .locales import strings
-from .pipeline import Workspace, open_workspace
 from .tokens import InvalidToken, UnsubscribeToken, verify
+from .workspace import Workspace, open_workspace
 
 log = logging.getLogger("mailer.server")
 
@@ -100,13 +100,13 @@ class UnsubscribeApp:
         except InvalidToken:
             return None
         if token.campaign_id not in self._campaigns:
-            if not self.ws.store.campaign_known(token.campaign_id):
+            if not self.ws.store.campaigns.known(token.campaign_id):
                 return None
             self._campaigns.add(token.campaign_id)  # campaigns are never deleted
         return token
 
     def _suppressed(self, token: UnsubscribeToken) -> bool:
-        return self.ws.store.is_suppressed_hash(token.address_hash)
+        return self.ws.store.suppressions.has_hash(token.address_hash)
 
     # ------------------------------------------------------------------ routes
 
@@ -141,12 +141,12 @@ class UnsubscribeApp:
         origin = "link" if fields.get("via") == "page" else "one-click"
         reason = fields.get("reason", "")
         reason = reason if reason in REASONS else ""
-        await run_in_threadpool(self.ws.store.suppress, scope="address", value=token.address_hash,
+        await run_in_threadpool(self.ws.store.suppressions.add, scope="address", value=token.address_hash,
                                 origin=origin, reason=reason, campaign_id=token.campaign_id)
         return self._done(token.locale)
 
     async def health(self, request: Request) -> Response:
-        await run_in_threadpool(self.ws.store.count_contacts)
+        await run_in_threadpool(self.ws.store.contacts.count)
         return PlainTextResponse("ok\n")
 
 

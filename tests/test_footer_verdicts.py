@@ -16,8 +16,9 @@ from datetime import date
 import pytest
 from conftest import Project
 
+from mailer import open_workspace
 from mailer.contacts import parse_contacts_csv
-from mailer.pipeline import open_workspace, prepare_campaign
+from mailer.planning import prepare_campaign
 from mailer.visibility import check_footer_html, check_footer_text
 
 LOOKS = ["block", "none", "hidden", "textarea", "div", "title", "Bonjour à tous", "   ", "", "AT&T", "x < y",

@@ -15,11 +15,11 @@ import pytest
 from conftest import SECRET, Project
 from web_server import UnsubscribeServer
 
+from mailer import open_workspace
 from mailer.addresses import address_hash
 from mailer.config import load_campaign
 from mailer.errors import ConfigError
 from mailer.locales import LocaleFileError, available, load, strings
-from mailer.pipeline import open_workspace
 from mailer.tokens import Keys, sign, verify
 
 FOLDER = resources.files("mailer.locales")

@@ -15,7 +15,7 @@ import trustme
 from conftest import HEADER, SECRET, Project, counts, in_a_terminal
 from smtp_server import RecordingHandler, Relay, SmtpServer, free_port, password_authenticator
 
-from mailer.pipeline import open_workspace
+from mailer import open_workspace
 
 BOTH_DATABASES = True  # also run on PostgreSQL when MAILER_TEST_POSTGRES_URL is set
 
@@ -265,7 +265,7 @@ def test_an_opt_out_recorded_by_another_process_stops_later_messages(project: Pr
 
     def opt_out_during_run(_: object) -> None:
         if len(handler.received) == 3:  # another process (here: another connection) records an opt-out
-            workspace.store.suppress(scope="address", value=workspace.hash_address(last), origin="one-click")
+            workspace.store.suppressions.add(scope="address", value=workspace.hash_address(last), origin="one-click")
 
     handler = RecordingHandler(on_data=opt_out_during_run, pipelining=pipelining)
     with SmtpServer(handler) as server:
@@ -466,7 +466,8 @@ def test_two_delivery_engines_on_the_same_rows_mail_nobody_twice(project: Projec
     """Below the lease, claims alone keep at most once: a row goes to one engine only."""
     import asyncio
 
-    from mailer.pipeline import deliver_campaign, plan_campaign, prepare_campaign
+    from mailer.planning import decide_campaign, prepare_campaign
+    from mailer.sending import deliver_campaign
     from mailer.transport import open_transport
 
     addresses = many(project, 60)
@@ -475,7 +476,7 @@ def test_two_delivery_engines_on_the_same_rows_mail_nobody_twice(project: Projec
         use_smtp(project, server.port, max_connections=3)
         ws = open_workspace(project.config, {"MAILER_SECRET": SECRET})
         prepared = prepare_campaign(ws, project.campaign)
-        plan = plan_campaign(ws, prepared, keep_recipients=False)
+        plan = decide_campaign(ws, prepared, keep_recipients=False)
 
         async def both() -> list:
             transports = [open_transport(ws.config, {}), open_transport(ws.config, {})]

@@ -10,7 +10,7 @@ from conftest import SECRET, Project
 from playwright.sync_api import sync_playwright
 from web_server import UnsubscribeServer
 
-from mailer.pipeline import open_workspace
+from mailer import open_workspace
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -11,7 +11,7 @@ import pytest
 from conftest import SECRET, Project, counts
 from web_server import UnsubscribeServer
 
-from mailer.pipeline import open_workspace
+from mailer import open_workspace
 
 BOTH_DATABASES = True  # also run on PostgreSQL when MAILER_TEST_POSTGRES_URL is set
 

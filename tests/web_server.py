@@ -7,7 +7,7 @@ import time
 import uvicorn
 from smtp_server import free_port
 
-from mailer.pipeline import Workspace
+from mailer import Workspace
 from mailer.server import create_app
 
 

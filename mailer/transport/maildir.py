@@ -9,22 +9,31 @@ from __future__ import annotations
 import glob
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 
+from ..config import Config
 from ..errors import TransportError
 from .base import Delivery, Envelope
 
 
 class MaildirTransport:
+    name = "maildir"
+    leaves_host = False
+    needs_processor = False
     concurrency = 1
     # Claims may be committed ahead in batches: after a crash, `delivered` tells from the
     # file name whether a claimed message was written, so nothing is left uncertain.
     claim_batch = 200
     wire_format = None  # a file holds the message as it is
 
+    @classmethod
+    def from_config(cls, config: Config, environ: Mapping[str, str] | None = None) -> MaildirTransport:
+        return cls(config.outbox)
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.target = f"{self.path}/"
         self._host = socket.gethostname().replace("/", "_").replace(":", "_")
 
     async def open(self) -> None:
@@ -63,8 +72,26 @@ class MaildirTransport:
             return Delivery("deferred", text=f"cannot write {tmp}: {exc.strerror}")
         return Delivery("sent", text=f"written to {self.path / 'new' / name}")
 
+    async def ready(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
+
+    async def preflight(self) -> str | None:
+        await self.open()
+        return f"Outbox {self.target}: writable."
+
+    def notes(self) -> list[str]:
+        return []
+
+    def remove_copies(self, keys: Iterable[str]) -> int:
+        """The outbox holds a copy of every message written to it."""
+        removed = 0
+        for found in (f for key in keys for f in self.files_for(self.path, key)):
+            found.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
     def delivered(self, key: str) -> bool | None:
         name = self._name(key)

@@ -18,7 +18,7 @@ import os
 import re
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import aiosmtplib
 from aiosmtplib import (
@@ -74,8 +74,15 @@ def wire_message(data: bytes) -> bytes:
 
 
 class SmtpTransport:
+    name = "smtp"
+    leaves_host = True
+    needs_processor = True
     claim_batch = 1  # a message is claimed just before it is handed to the server
     wire_format = staticmethod(wire_message)
+
+    @classmethod
+    def from_config(cls, config: Config, environ: Mapping[str, str] | None = None) -> SmtpTransport:
+        return cls(config, dict(environ) if environ is not None else None)
 
     def __init__(self, config: Config, environ: dict[str, str] | None = None) -> None:
         self.settings = config.smtp
@@ -101,6 +108,7 @@ class SmtpTransport:
         self._reserved = 0  # slots taken by ready() for the next deliver()
         self._idle_waiters: deque[asyncio.Future[None]] = deque()
         self._where = f"{s.host}:{s.port}"
+        self.target = self._where
 
     # ---------------------------------------------------------------- connections
 
@@ -154,6 +162,9 @@ class SmtpTransport:
 
     def delivered(self, key: str) -> bool | None:
         return None  # an SMTP server keeps no receipt we could ask for
+
+    def remove_copies(self, keys: Iterable[str]) -> int:
+        return 0  # nothing kept here: what left is the recipient's
 
     async def preflight(self) -> str:
         """Connect and log in as a send would, then leave: what the server offers, in one line."""

@@ -1,0 +1,106 @@
+"""The command line: parse, call the library, print, map errors to exit codes.
+
+One module per command group; each command opens the workspace, calls one function of
+the public API (`mailer.*`) and prints its result. Nothing here writes SQL or
+orchestrates a send.
+
+Exit codes: 0 done; 1 runtime failure; 2 bad input; 3 compliance refusal of the
+whole campaign; 4 finished, but some deliveries failed.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..config import find_config_path
+from ..errors import MailerError
+from ..workspace import Workspace, open_workspace
+
+
+class MailerGroup(click.Group):
+    """Turns every MailerError into one clear message and its exit code (the one place)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MailerError as exc:
+            debug = bool(ctx.meta.get("mailer.debug"))
+            if debug:
+                traceback.print_exc()
+            click.secho(f"Error: {exc.message}", fg="red", err=True)
+            if exc.hint:
+                click.echo(f"Hint: {exc.hint}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # an unexpected bug: say so plainly
+            if ctx.meta.get("mailer.debug"):
+                raise
+            click.secho(f"Error: unexpected {type(exc).__name__}: {exc}", fg="red", err=True)
+            click.echo("Hint: rerun with --debug for the traceback, and report it.", err=True)
+            ctx.exit(1)
+
+
+class Env:
+    """What commands share: the --config path and the environment (swappable in tests)."""
+
+    def __init__(self, config: str | None, environ: dict[str, str]) -> None:
+        self.config_option = config
+        self.environ = environ
+        self._workspace: Workspace | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return find_config_path(self.config_option, self.environ)
+
+    def workspace(self) -> Workspace:
+        if self._workspace is None:
+            self._workspace = open_workspace(self.config_path, self.environ)
+            for note in self._workspace.notes:
+                click.echo(f"Note: {note}", err=True)
+        return self._workspace
+
+    def close(self) -> None:
+        if self._workspace is not None:
+            self._workspace.close()
+
+
+pass_env = click.make_pass_decorator(Env)
+
+
+@click.group(cls=MailerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="config.toml to use (default: $MAILER_CONFIG, else ./config.toml).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(__version__, prog_name="mailer")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, debug: bool) -> None:
+    """Send email campaigns that cannot break the rules.
+
+    Every recipient passes a compliance gate; every message carries a footer the
+    template cannot leave out; everything is recorded.
+
+    \b
+    Start with:  mailer init demo && cd demo
+                 mailer send campaigns/cloud-audit.toml
+    """
+    ctx.meta["mailer.debug"] = debug
+    env = Env(config, dict(os.environ))
+    ctx.obj = env
+    ctx.call_on_close(env.close)
+
+
+def main() -> None:
+    cli(prog_name="mailer")
+
+
+# The command groups register themselves on `cli`.
+from . import campaign, contacts, db, people, serve, suppress  # noqa: E402, F401

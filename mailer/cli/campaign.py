@@ -1,0 +1,188 @@
+"""mailer check / preview / send / status."""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..campaign import campaign_status, plan_campaign, preview_campaign, send_campaign
+from ..errors import InputError, TransportError
+from ..gate import RULE_IDS
+from ..planning import Plan
+from . import Env, cli, pass_env
+from .output import SendingBar, Steps, csv_hint, print_counts, print_summary, readable
+
+EXIT_FAILED_DELIVERIES = 4
+
+
+@cli.command()
+@click.argument("campaign", type=click.Path(dir_okay=False))
+@click.option("--no-dns", is_flag=True, help="Skip the DNS preflight of the From domain.")
+@click.option("--no-smtp", is_flag=True, help="Skip logging in to the SMTP server.")
+@pass_env
+def check(env: Env, campaign: str, no_dns: bool, no_smtp: bool) -> None:
+    """Validate config and campaign and show the gate's counts per rule. Sends nothing.
+
+    Every allowed message is rendered to check that its footer is visible. With
+    the smtp transport, connects and logs in to the server as a send would.
+
+    \b
+    Example:  mailer check campaigns/cloud-audit.toml
+    """
+    ws = env.workspace()
+    with Steps() as steps, csv_hint():
+        plan = plan_campaign(ws, campaign, progress=steps)
+    click.echo(f"{env.config_path}: OK")
+    click.echo(f"{campaign}: OK (templates compile, {len(plan.allowed)} messages render with a visible footer)")
+    print_counts(plan)
+    if not no_dns:
+        from ..dns_check import preflight
+        from ..planning import prepare_campaign
+        for line in preflight(prepare_campaign(ws, Path(campaign)).renderer.from_domain, ws.config.dkim.selector):
+            click.echo(line)
+    if ws.transport_class.leaves_host and not no_smtp:
+        found = asyncio.run(ws.open_transport().preflight())
+        if found:
+            click.echo(found)
+
+
+@cli.command()
+@click.argument("campaign", type=click.Path(dir_okay=False))
+@click.option("--to", "to", help="Render only the message for this address.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default="preview", show_default=True,
+              help="Folder for the .eml and .html files.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Write at most N messages.")
+@pass_env
+def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None) -> None:
+    """Render the messages that would go out (footer and headers included).
+
+    Writes one .eml and one .html per allowed recipient into --out, prints the
+    first message, and lists the gate's decisions.
+
+    \b
+    Example:  mailer preview campaigns/cloud-audit.toml --to jeanne@client.example
+    """
+    ws = env.workspace()
+    with Steps() as steps, csv_hint():
+        result = preview_campaign(ws, campaign, out, to=to, limit=limit, progress=steps)
+    if result.first is not None:
+        click.echo(readable(result.first))
+        click.echo("-" * 72)
+    click.echo(f"Wrote {len(result.written)} messages to {result.folder}/")
+    print_counts(result.plan)
+    blocked = [r for r in result.plan.recipients or [] if r.blocked_by]
+    if blocked:
+        click.echo("Blocked:")
+        for r in blocked[:100]:
+            click.echo(f"  {r.key:<40} {r.blocked_by:<20} {r.detail}")
+        if len(blocked) > 100:
+            click.echo(f"  … and {len(blocked) - 100} more (mailer status shows them after a send)")
+
+
+@cli.command()
+@click.argument("campaign", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Plan and show the counts; record and send nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Send at most N messages in this run.")
+@click.option("--retry-uncertain", is_flag=True,
+              help="Resend deliveries a crash left uncertain (they may then arrive twice).")
+@pass_env
+def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, retry_uncertain: bool) -> None:
+    """Plan, confirm, send with a progress bar, and print a summary.
+
+    Rerunning resumes: nobody is mailed twice for one campaign.
+
+    \b
+    Example:  mailer send campaigns/cloud-audit.toml --yes
+    """
+    ws = env.workspace()
+    bar = SendingBar()
+
+    def confirm(plan: Plan, to_send: int) -> bool:
+        """Shows the plan; asks unless --yes; the sending bar starts once the answer is yes."""
+        _show_plan(plan)
+        if not yes:
+            if not sys.stdin.isatty() and not os.environ.get("MAILER_ASSUME_TTY"):
+                raise InputError("not asking for confirmation without a terminal",
+                                 hint="add --yes to send without confirmation")
+            click.confirm(f"Send {to_send} messages via {ws.config.transport.type} "
+                          f"({ws.open_transport().target.rstrip('/')})?", abort=True)
+        bar.start(to_send)
+        return True
+
+    def stopping() -> None:
+        click.echo("\nStopping after the messages in flight… (Ctrl-C again to force)", err=True)
+
+    with Steps() as steps, csv_hint(), bar.shown():
+        summary = send_campaign(ws, campaign, dry_run=dry_run, retry_uncertain=retry_uncertain, limit=limit,
+                                confirm=confirm, progress=steps, on_result=bar, on_stopping=stopping)
+    if summary.dry_run or summary.to_send == 0:
+        if summary.plan is not None:
+            _show_plan(summary.plan)
+        if summary.dry_run:
+            click.echo(f"Dry run: {summary.to_send} messages would be sent; nothing was recorded or sent.")
+        else:
+            click.echo("Nothing to send.")
+        return
+    print_summary(summary)
+    for note in summary.notes:
+        click.echo(f"Note: {note}")
+    if summary.aborted:
+        raise TransportError(f"sending stopped: {summary.aborted}",
+                             hint="nothing is lost: check the server, then rerun the same command to resume")
+    if summary.stopped:
+        click.echo("Stopped. Rerun the same command to resume.")
+    if summary.failed:
+        raise click.exceptions.Exit(EXIT_FAILED_DELIVERIES)
+
+
+def _show_plan(plan: Plan) -> None:
+    if plan.imported is not None:
+        r = plan.imported.result
+        click.echo(f"Imported {plan.imported.path.name}: {r.inserted} new, {r.updated} updated.")
+        if plan.imported.erased_skipped:
+            click.echo(f"Skipped {plan.imported.erased_skipped} rows of people whose data was erased.")
+    if plan.confirmed_delivered:
+        click.echo(f"{plan.confirmed_delivered} messages interrupted by a crash were found delivered.")
+    print_counts(plan)
+
+
+@cli.command()
+@click.argument("campaign")
+@click.option("--show", type=click.Choice(["blocked", "failed", "uncertain", "deferred", "sent", "planned"]),
+              default=None, help="Also list the addresses in this state.")
+@pass_env
+def status(env: Env, campaign: str, show: str | None) -> None:
+    """Show a campaign's send log: sent, failed, uncertain, blocked per rule.
+
+    CAMPAIGN is the campaign file or its id.
+
+    \b
+    Example:  mailer status campaigns/cloud-audit.toml --show blocked
+    """
+    found = campaign_status(env.workspace(), campaign, show=show)
+    states, rules = found.states, found.rules
+    click.echo(f"Campaign {found.campaign_id}")
+    click.echo(f"  {'allowed':<20} {found.allowed:>7}")
+    for state in ("sent", "planned", "sending", "deferred", "failed", "uncertain"):
+        if states.get(state):
+            click.echo(f"    {state:<18} {states[state]:>7}")
+    if found.hard_bounces:
+        click.echo(f"    {'hard bounces':<18} {found.hard_bounces:>7}  (now on the suppression list)")
+    click.echo(f"  {'blocked':<20} {states.get('blocked', 0):>7}")
+    for rule in RULE_IDS:
+        if rules.get(rule):
+            click.echo(f"    {rule:<18} {rules[rule]:>7}")
+    run = found.last_run
+    if run is not None:
+        click.echo(f"Last run: {run.started_at:%Y-%m-%d %H:%M} UTC, {run.outcome}")
+        if run.counts.get("duplicate"):
+            click.echo(f"  {run.counts['duplicate']} repeated rows in the CSV were skipped as duplicates")
+    for row in found.rows:
+        extra = f"{row.rule:<20} {row.detail}" if show == "blocked" else \
+            f"{row.smtp_code or '':<4} {row.smtp_text or row.detail}"
+        click.echo(f"  {row.address_key:<40} {extra}")
+

@@ -1,0 +1,67 @@
+"""mailer contacts import / touch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..contacts import parse_date
+from ..errors import InputError
+from ..importer import import_contacts
+from ..privacy import touch_contact
+from ..store import utcnow
+from . import Env, cli, pass_env
+from .output import Steps, csv_hint
+
+
+@cli.group()
+def contacts() -> None:
+    """Import and inspect contacts."""
+
+
+@contacts.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--list", "list_name", required=True, help="Contact list to add the contacts to.")
+@click.option("--skip-invalid", is_flag=True, help="Import the good rows and list the bad ones.")
+@pass_env
+def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool) -> None:
+    """Validate a contacts CSV and upsert it into a list (all or nothing).
+
+    Comma or semicolon separated, UTF-8 with or without BOM; columns as in the
+    README. Rows are matched on the normalised address.
+
+    \b
+    Example:  mailer contacts import contacts/prospects.csv --list prospects-2026
+    """
+    with Steps() as steps, csv_hint():
+        outcome = import_contacts(env.workspace(), Path(file), list_name, skip_invalid=skip_invalid, progress=steps)
+    r = outcome.result
+    click.echo(f"{file}: {r.inserted} new, {r.updated} updated, {len(outcome.repeated)} repeated rows merged; "
+               f"{r.added_to_list} added to list {list_name!r}.")
+    if outcome.erased_skipped:
+        click.echo(f"Skipped {outcome.erased_skipped} rows of people whose data was erased "
+                   "(at their request, or past retention with no newer collection).")
+    if outcome.skipped:
+        click.secho(f"Skipped {len(outcome.skipped)} invalid rows:", fg="yellow")
+        for problem in outcome.skipped:
+            click.echo(f"  {problem}")
+
+
+@contacts.command("touch")
+@click.argument("email")
+@click.option("--at", "at", required=True, help="When the person contacted us (YYYY-MM-DD).")
+@click.option("--what", type=click.Choice(["reply", "click", "form"]), required=True,
+              help="What the person did. Opens and our own sends do not count.")
+@pass_env
+def contacts_touch(env: Env, email: str, at: str, what: str) -> None:
+    """Record a contact initiated by the person: it restarts the retention clock.
+
+    \b
+    Example:  mailer contacts touch jeanne@client.example --at 2026-11-20 --what reply
+    """
+    try:
+        day = parse_date(at)
+    except ValueError:
+        raise InputError(f"--at {at!r} is not a date", hint="use YYYY-MM-DD") from None
+    latest = touch_contact(env.workspace(), email, day, what, utcnow().date())
+    click.echo(f"Recorded a {what} on {day.isoformat()}; last contact from {email} is now {latest.isoformat()}.")

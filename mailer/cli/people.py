@@ -1,0 +1,113 @@
+"""mailer explain / forget / retention: what we hold about people, and erasing it."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..errors import InputError
+from ..locales import available
+from ..privacy import apply_retention, as_json, explain_person, forget_person, render_explanation, retention_report
+from ..store import utcnow
+from . import Env, cli, pass_env
+
+
+def _who_runs_this() -> str:
+    import getpass
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@cli.command()
+@click.argument("email")
+@click.option("--locale", type=click.Choice(available()), default="fr", show_default=True,
+              help="Language of the answer.")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text",
+              show_default=True)
+@pass_env
+def explain(env: Env, email: str, locale: str, fmt: str) -> None:
+    """Write a ready-to-send answer telling a person what we hold about them.
+
+    Who we are, every field we hold, where and when it was collected, the legal
+    basis of each kind of campaign, every message sent and every decision, when
+    the data will be deleted, and how to object.
+
+    \b
+    Example:  mailer explain jeanne@client.example --locale fr > answer.txt
+    """
+    import json
+
+    ws = env.workspace()
+    explanation = explain_person(ws, email)
+    if fmt == "json":
+        click.echo(json.dumps(as_json(explanation), indent=2, ensure_ascii=False))
+    else:
+        click.echo(render_explanation(explanation, locale, fmt, ws.config.compliance.retention_years), nl=False)
+
+
+@cli.command()
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_env
+def forget(env: Env, email: str, yes: bool) -> None:
+    """Erase a person's data; keep only a keyed hash so they are never mailed again.
+
+    Deletes the contact, their consent records, attributes and interactions,
+    replaces the address in the send log by its keyed hash, adds an `erasure`
+    entry to the suppression list and records the erasure (date, who ran it).
+
+    \b
+    Example:  mailer forget jeanne@client.example --yes
+    """
+    ws = env.workspace()
+    if not yes:
+        if not sys.stdin.isatty() and not os.environ.get("MAILER_ASSUME_TTY"):
+            raise InputError("not asking for confirmation without a terminal", hint="add --yes")
+        click.confirm(f"Erase everything we hold about {email}?", abort=True)
+    result = forget_person(ws, email, by=_who_runs_this())
+    if result.had_contact or result.log_rows:
+        click.echo(f"Erased {email}: contact {'deleted' if result.had_contact else 'not found'}, "
+                   f"{result.log_rows} send-log rows now keyed by hash only.")
+    else:
+        click.echo(f"We held no data about {email}.")
+    click.echo("The address's keyed hash is on the suppression list: it will never be mailed or imported again."
+               if result.suppression_added else "The address was already on the suppression list.")
+    if result.outbox_files:
+        click.echo(f"Removed {result.outbox_files} copies of messages sent to them from {ws.config.outbox}.")
+
+
+@cli.command()
+@click.option("--apply", "apply_", is_flag=True, help="Erase the expired contacts (as `forget` does).")
+@click.option("--days", default=60, show_default=True, type=click.IntRange(0, 3650),
+              help="Also list contacts expiring within this many days.")
+@pass_env
+def retention(env: Env, apply_: bool, days: int) -> None:
+    """List contacts past their retention period (role addresses excepted); --apply erases them.
+
+    The clock runs from the latest of collection, last contact *from* the person,
+    and consent. Suppression entries are kept. Contacts expiring soon are listed
+    so that a reconfirmation campaign can be planned.
+
+    \b
+    Example:  mailer retention            # then: mailer retention --apply
+    """
+    ws = env.workspace()
+    today = utcnow().date()
+    expired, soon = retention_report(ws, today, days)
+    years = ws.config.compliance.retention_years
+    click.echo(f"Retention: {years} years. Expired today ({today.isoformat()}): {len(expired)}")
+    for item in expired:
+        click.echo(f"  {item.email:<40} {item.field} {item.reference.isoformat()} -> expired {item.expires_on.isoformat()}")
+    click.echo(f"Expiring within {days} days: {len(soon)}")
+    for item in soon:
+        click.echo(f"  {item.email:<40} {item.field} {item.reference.isoformat()} -> expires {item.expires_on.isoformat()}")
+    if apply_ and expired:
+        erased, files = apply_retention(ws, expired, by=_who_runs_this())
+        click.echo(f"Erased {erased} contacts past retention (suppression entries kept).")
+        if files:
+            click.echo(f"Removed {files} copies of messages sent to them from {ws.config.outbox}.")
+    elif expired:
+        click.echo("Run with --apply to erase them.")

@@ -1,0 +1,68 @@
+"""mailer init (a sample project) and mailer serve (the unsubscribe endpoint)."""
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from . import Env, cli, pass_env
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False), default=".")
+def init(directory: str) -> None:
+    """Write a working sample: config.toml, a campaign, templates and contacts.
+
+    Never overwrites a file that exists.
+
+    \b
+    Example:  mailer init demo && cd demo && mailer send campaigns/cloud-audit.toml
+    """
+    target = Path(directory)
+    sample = resources.files("mailer") / "sample"
+    written, kept = [], []
+    with resources.as_file(sample) as source:
+        for path in sorted(Path(source).rglob("*")):
+            relative = path.relative_to(source)
+            if path.is_dir() or "__pycache__" in relative.parts or relative.parts[:2] == ("templates", "footer"):
+                continue
+            destination = target / relative
+            if destination.exists():
+                kept.append(relative)
+                continue
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, destination)
+            written.append(relative)
+    for name in written:
+        click.echo(f"  wrote {target / name}")
+    for name in kept:
+        click.echo(f"  kept  {target / name} (exists)")
+    click.echo(f"\nNext: cd {target} && mailer check campaigns/cloud-audit.toml")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
+@pass_env
+def serve(env: Env, host: str, port: int) -> None:
+    """Run the one-click unsubscribe endpoint ([unsubscribe] base_url must reach it).
+
+    POST /u/TOKEN unsubscribes at once (RFC 8058 one-click, or the page's
+    button); GET /u/TOKEN shows a page with one button; GET /healthz answers ok.
+    Put it behind a TLS proxy in production, or run the ASGI app
+    `mailer.server:app_from_environment` under any ASGI server.
+
+    \b
+    Example:  mailer serve --host 0.0.0.0 --port 8080
+    """
+    import logging
+
+    import uvicorn
+
+    from ..server import create_app
+    app = create_app(env.workspace())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    click.echo(f"Unsubscribe endpoint on http://{host}:{port}/ (public URL: {env.workspace().config.unsubscribe.base_url})")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", server_header=False)

@@ -1,0 +1,147 @@
+"""mailer suppress …: the suppression list (addresses are kept only as keyed hashes)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import NotFound
+from ..optouts import (
+    import_suppressions,
+    record_bounce_reports,
+    record_mailto_optouts,
+    suppress,
+    suppressions,
+    unsuppress,
+)
+from . import Env, cli, pass_env
+
+
+@cli.group("suppress")
+def suppress_group() -> None:
+    """Manage the suppression list (addresses are kept only as keyed hashes)."""
+
+
+@suppress_group.command("add")
+@click.argument("values", nargs=-1, required=True)
+@click.option("--reason", default="", help="Why (kept with the entry).")
+@pass_env
+def suppress_add(env: Env, values: tuple[str, ...], reason: str) -> None:
+    """Add addresses or @domains to the suppression list.
+
+    \b
+    Example:  mailer suppress add jean@example.com @competitor.example --reason "asked by phone"
+    """
+    result = suppress(env.workspace(), values, reason=reason)
+    click.echo(f"{result.added} added, {result.known} already on the list.")
+
+
+@suppress_group.command("remove")
+@click.argument("value")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_env
+def suppress_remove(env: Env, value: str, yes: bool) -> None:
+    """Remove an address or @domain from the suppression list.
+
+    Only do this when the person asked to be mailed again.
+
+    \b
+    Example:  mailer suppress remove jean@example.com
+    """
+    ws = env.workspace()
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Remove {value} from the suppression list (they will be mailed again)?", abort=True)
+    if unsuppress(ws, value):
+        click.echo(f"Removed {value}.")
+    else:
+        raise NotFound(f"{value} is not on the suppression list")
+
+
+@suppress_group.command("list")
+@pass_env
+def suppress_list(env: Env) -> None:
+    """List the suppression list: scope, hash or domain, origin, reason, date.
+
+    \b
+    Example:  mailer suppress list
+    """
+    entries = suppressions(env.workspace())
+    for e in entries:
+        shown = e.value if e.scope == "domain" else e.value[:16] + "…"
+        click.echo(f"{e.created_at:%Y-%m-%d}  {e.scope:<7} {shown:<24} {e.origin:<9} {e.campaign_id} {e.reason}")
+    click.echo(f"{len(entries)} entries.")
+
+
+@suppress_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--reason", default="", help="Why (kept with each entry).")
+@pass_env
+def suppress_import(env: Env, file: str, reason: str) -> None:
+    """Import addresses and @domains: one per line, or a CSV with an email column.
+
+    \b
+    Example:  mailer suppress import old-unsubscribes.csv --reason "previous tool"
+    """
+    read, result = import_suppressions(env.workspace(), Path(file), reason=reason)
+    click.echo(f"{file}: {read} entries read, {result.added} added, {result.known} already on the list.")
+
+
+@suppress_group.command("mailto")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@pass_env
+def suppress_mailto(env: Env, paths: tuple[str, ...]) -> None:
+    """Record the opt-outs mailed to the List-Unsubscribe mailto address.
+
+    Give the messages received at [unsubscribe] mailto (.eml files, or folders
+    such as a maildir): each one whose Subject carries a valid
+    `unsubscribe-TOKEN` suppresses that address (origin `mailto`). Run it from
+    cron on the mailbox; messages without a valid token are listed, not guessed.
+
+    \b
+    Example:  mailer suppress mailto ~/Maildir/unsubscribe/new
+    """
+    result = record_mailto_optouts(env.workspace(), [Path(p) for p in paths])
+    click.echo(f"{result.added} added, {result.known} already on the list, "
+               f"{len(result.rejected)} messages without a valid token.")
+    for line in result.rejected[:50]:
+        click.echo(f"  {line}")
+
+
+@suppress_group.command("bounces")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@pass_env
+def suppress_bounces(env: Env, paths: tuple[str, ...]) -> None:
+    """Record the hard bounces reported after the relay had accepted a message.
+
+    Give the bounce reports received at [smtp] bounce_address (.eml files, or
+    folders such as a maildir). A report (RFC 3464 delivery status notification)
+    saying a recipient failed with 5.1.x (no such mailbox or domain) or 5.2.1
+    (mailbox disabled) suppresses that address (origin `bounce`), if the bounced
+    message is one mailer sent to that address (its Message-ID is in the send
+    log): a forged or stray report suppresses no one. Delays and other failures
+    are counted, not suppressed. Run it from cron on the mailbox.
+
+    \b
+    Example:  mailer suppress bounces ~/Maildir/bounces/new
+    """
+    result = record_bounce_reports(env.workspace(), [Path(p) for p in paths])
+    click.echo(f"{result.added} hard bounces added, {result.known} already on the list, {result.passing} not permanent "
+               f"(delays, full mailboxes, refused messages), {result.unmatched} not matched to a message mailer sent, "
+               f"{result.not_reports} files that are not bounce reports.")
+    for line in result.rejected[:50]:
+        click.echo(f"  {line}")
+
+
+@suppress_group.command("export")
+@pass_env
+def suppress_export(env: Env) -> None:
+    """Print the suppression list as CSV (hashes and domains only, never addresses).
+
+    \b
+    Example:  mailer suppress export > suppressions.csv
+    """
+    entries = suppressions(env.workspace())
+    click.echo("scope,value,origin,created_at")
+    for e in entries:
+        click.echo(f"{e.scope},{e.value},{e.origin},{e.created_at:%Y-%m-%dT%H:%M:%SZ}")

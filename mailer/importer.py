@@ -1,0 +1,111 @@
+"""Contacts CSV -> the database: validated, all or nothing, erased people kept out."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .contacts import ContactData, ContactsCsv
+from .errors import CsvError
+from .gate import retention_reference
+from .store import ImportResult, utcnow
+from .workspace import Workspace
+
+#: A long step's progress: called with the step's label and its expected length (None if
+#: unknown), returns the function to call with each advance (a number of items).
+Progress = Callable[[str, int | None], Callable[[int], None]]
+
+
+def no_progress(label: str, total: int | None) -> Callable[[int], None]:
+    return lambda n: None
+
+
+@dataclass
+class ImportOutcome:
+    path: Path
+    result: ImportResult
+    rows: int = 0
+    skipped: list[str] = field(default_factory=list)
+    repeated: list[ContactData] = field(default_factory=list)  # rows whose address came earlier in the file
+    erased_skipped: int = 0
+
+
+def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: bool = False,
+                    now: datetime | None = None, progress: Progress | None = None) -> ImportOutcome:
+    """Validate a contacts CSV and upsert it into a list: all or nothing, unless skip_invalid.
+
+    The file is read and written in chunks inside one transaction, so memory
+    stays flat however long the file; a bad row anywhere rolls everything back.
+    """
+    now = now or utcnow()
+    progress = progress or no_progress
+    reader = ContactsCsv(path, today=now.date())
+    outcome = ImportOutcome(path, ImportResult())
+    seen: set[str] = set()
+    advance = progress(f"Importing {path.name}", data_lines(path))
+
+    def records() -> Iterator[ContactData]:
+        chunk: list[ContactData] = []
+        for record in reader:
+            chunk.append(record)
+            if len(chunk) >= 500:
+                yield from keep(chunk)
+                advance(len(chunk))
+                chunk = []
+        yield from keep(chunk)
+        advance(len(chunk))
+
+    anyone_erased = ws.store.people.has_erasures()
+
+    def keep(chunk: list[ContactData]) -> Iterator[ContactData]:
+        kept, erased = _without_erased(ws, chunk, now) if anyone_erased else (chunk, 0)
+        outcome.erased_skipped += erased
+        for record in kept:
+            outcome.rows += 1
+            if record.address.key in seen:
+                outcome.repeated.append(record)
+            seen.add(record.address.key)
+            yield record
+
+    def all_or_nothing() -> None:
+        if reader.problems and not skip_invalid:
+            raise CsvError(reader.problems, good_rows=outcome.rows,
+                           hint=f"fix these rows (nothing was imported), or skip the invalid rows to import "
+                                f"the {outcome.rows} good ones")
+
+    outcome.result = ws.store.contacts.upsert(records(), list_name, reader.present, now=now,
+                                              before_commit=all_or_nothing)
+    outcome.skipped = list(reader.problems)
+    return outcome
+
+
+def data_lines(path: Path) -> int | None:
+    """The lines of a CSV after its header (rows, unless some hold quoted line breaks)."""
+    try:
+        with open(path, "rb") as handle:
+            return max(0, sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")) - 1)
+    except OSError:
+        return None
+
+
+def _without_erased(ws: Workspace, records: list[ContactData], now: datetime) -> tuple[list[ContactData], int]:
+    """Drop the people who asked to be forgotten, and stale data of people erased at retention.
+
+    A retention erasure does not stop a *new* collection: a row whose dates are
+    more recent than the erasure comes back.
+    """
+    hashes = {r.address.key: ws.hash_address(r.address.key) for r in records}
+    erased = ws.store.people.erasures(list(set(hashes.values())))
+    if not erased:
+        return records, 0
+    kept = []
+    for record in records:
+        found = erased.get(hashes[record.address.key])
+        if found is not None:
+            reason, when = found
+            reference = retention_reference(record)[0] or now.date()
+            if reason == "request" or reference <= when.date():
+                continue
+        kept.append(record)
+    return kept, len(records) - len(kept)

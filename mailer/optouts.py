@@ -1,0 +1,131 @@
+"""The suppression list fed by hand, from files, and from inbound mail (mailto opt-outs, bounces)."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .addresses import normalise
+from .errors import InputError
+from .store import Suppression
+from .suppression import bounces_in, hard_bounce_status, message_files, read_suppression_file, token_from_message
+from .tokens import InvalidToken, verify
+from .workspace import Workspace
+
+
+def suppression_target(ws: Workspace, value: str) -> tuple[str, str]:
+    """("domain", domain) for "@domain", ("address", keyed hash) for an address."""
+    value = value.strip()
+    if value.startswith("@"):
+        domain = value[1:].lower()
+        if not domain or "." not in domain or any(c.isspace() for c in domain):
+            raise InputError(f"{value!r} is not a domain", hint="write a domain as @example.com")
+        return "domain", domain
+    address = normalise(value)
+    if "@" not in address.key:
+        raise InputError(f"{value!r} is neither an address nor @domain")
+    return "address", ws.hash_address(address.key)
+
+
+@dataclass
+class Added:
+    read: int      # distinct entries given
+    added: int     # new on the list
+
+    @property
+    def known(self) -> int:
+        return self.read - self.added
+
+
+def suppress(ws: Workspace, values: Iterable[str], *, reason: str = "", origin: str = "manual") -> Added:
+    """Put addresses and @domains on the suppression list."""
+    targets = [suppression_target(ws, v) for v in values]
+    added = ws.store.suppressions.add_many(targets, origin=origin, reason=reason)
+    return Added(len(set(targets)), added)
+
+
+def import_suppressions(ws: Workspace, path: Path, *, reason: str = "") -> tuple[int, Added]:
+    """A file of addresses and @domains (one per line, or a CSV with an email column):
+    (entries read, what was added)."""
+    values = read_suppression_file(path)
+    return len(values), suppress(ws, values, reason=reason, origin="import")
+
+
+def unsuppress(ws: Workspace, value: str) -> bool:
+    """Remove an address or @domain from the list; False when it was not there."""
+    return ws.store.suppressions.remove(*suppression_target(ws, value))
+
+
+def suppressions(ws: Workspace) -> list[Suppression]:
+    return ws.store.suppressions.entries()
+
+
+@dataclass
+class InboundResult:
+    added: int = 0
+    known: int = 0
+    #: not permanent failures (bounces only): delays, full mailboxes, refused messages
+    passing: int = 0
+    #: one line per file or report that was not acted on, with the reason
+    rejected: list[str] = field(default_factory=list)
+    unmatched: int = 0     # bounces about a message mailer did not send to that address
+    not_reports: int = 0   # files that are not bounce reports
+
+
+def record_mailto_optouts(ws: Workspace, paths: Iterable[Path]) -> InboundResult:
+    """Opt-outs mailed to the List-Unsubscribe mailto address: each message whose Subject carries
+    a valid `unsubscribe-TOKEN` suppresses that address (origin `mailto`); the rest are listed."""
+    result = InboundResult()
+    for path in message_files(list(paths)):
+        raw = token_from_message(path.read_bytes())
+        try:
+            if raw is None:
+                raise InvalidToken("no unsubscribe-TOKEN in the subject")
+            token = verify(ws.keys, raw)
+        except InvalidToken as exc:
+            result.rejected.append(f"{path}: {exc}")
+            continue
+        if ws.store.suppressions.add(scope="address", value=token.address_hash, origin="mailto",
+                                     campaign_id=token.campaign_id):
+            result.added += 1
+        else:
+            result.known += 1
+    return result
+
+
+def record_bounce_reports(ws: Workspace, paths: Iterable[Path]) -> InboundResult:
+    """Hard bounces reported after the relay accepted a message (RFC 3464 reports): a recipient
+    that failed with 5.1.x or 5.2.1 is suppressed (origin `bounce`) if the bounced message is one
+    mailer sent to that address (its Message-ID is in the send log)."""
+    result = InboundResult()
+    reports = []
+    not_reports: list[str] = []
+    for path in message_files(list(paths)):
+        found = bounces_in(path.read_bytes())
+        if found is None:
+            not_reports.append(f"{path}: not a delivery status notification")
+        else:
+            reports.append((path, found))
+    sent = ws.store.sendlog.sent_messages(b.message_id for _, found in reports for b in found)
+    unmatched: list[str] = []
+    for path, found in reports:
+        for bounce in found:
+            if bounce.action != "failed" or not hard_bounce_status(bounce.status):
+                result.passing += 1
+                continue
+            key = normalise(bounce.recipient).key
+            digest = ws.hash_address(key)
+            campaign, logged_key = sent.get(bounce.message_id, ("", ""))
+            if logged_key not in (key, digest):
+                unmatched.append(f"{path}: {bounce.recipient} ({bounce.status}) is not about a message mailer "
+                                 "sent to that address")
+                continue
+            reason = f"{bounce.status} {bounce.diagnostic}".strip()[:200]
+            if ws.store.suppressions.add(scope="address", value=digest, origin="bounce", reason=reason,
+                                         campaign_id=campaign):
+                result.added += 1
+            else:
+                result.known += 1
+    result.unmatched, result.not_reports = len(unmatched), len(not_reports)
+    result.rejected = unmatched + not_reports
+    return result

@@ -1,0 +1,175 @@
+"""A campaign's plan: load and validate it, then the gate's decision for every candidate."""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from .addresses import parse_from_header
+from .config import Campaign, load_campaign
+from .contacts import ContactData
+from .dkim_signing import dkim_signer
+from .errors import ComplianceRefusal
+from .gate import FOOTER_MISSING, GateContext, RelevanceMatcher, campaign_problems, decide
+from .importer import ImportOutcome, Progress, data_lines, import_contacts, no_progress
+from .render import RenderedMessage, Renderer, Templates, load_templates
+from .states import DELIVERED_STATES, SendState
+from .store import DECIDABLE_STATES, utcnow
+from .transport import Transport
+from .workspace import Workspace
+
+
+@dataclass
+class PreparedCampaign:
+    campaign: Campaign
+    templates: Templates
+    renderer: Renderer
+
+
+def prepare_campaign(ws: Workspace, campaign_path: Path) -> PreparedCampaign:
+    """Load and validate a campaign; refuse it (exit 3) when the campaign as a whole may not go."""
+    campaign = load_campaign(campaign_path)
+    templates = load_templates(campaign)
+    problems = campaign_problems(ws.config, campaign, ws.transport_class)
+    if problems:
+        raise ComplianceRefusal(problems)
+    from_domain = parse_from_header(campaign.from_)[1].rpartition("@")[2]
+    signer = dkim_signer(ws.config, from_domain, ws.environ)
+    return PreparedCampaign(campaign, templates, Renderer(ws.config, campaign, ws.keys, templates, signer))
+
+
+@dataclass(slots=True)
+class PlannedRecipient:
+    key: str  # the normalised address
+    contact_id: int | None
+    blocked_by: str | None
+    detail: str
+
+
+@dataclass
+class Plan:
+    """The gate's decisions for one run: counts always, each recipient when kept."""
+
+    campaign: Campaign
+    counts: Counter[str]
+    recipients: list[PlannedRecipient] | None = None  # kept for check and preview, not for send
+    imported: ImportOutcome | None = None
+    uncertain_recovered: int = 0
+    confirmed_delivered: int = 0
+    run_id: int | None = None
+    first_allowed: ContactData | None = None
+
+    @property
+    def allowed_count(self) -> int:
+        return self.counts.get("allowed", 0)
+
+    @property
+    def allowed(self) -> list[PlannedRecipient]:
+        return [r for r in self.recipients or [] if r.blocked_by is None]
+
+
+def _candidates(ws: Workspace, campaign: Campaign, imported: ImportOutcome | None) -> Iterator[ContactData]:
+    """The list's members, streamed from the database, then the CSV's repeated rows
+    (which the gate blocks as `duplicate`)."""
+    yield from ws.store.contacts.members(campaign.list_name)
+    if imported is not None:
+        yield from imported.repeated
+
+
+def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | None = None,
+                  import_csv: bool = True, retry_uncertain: bool = False, render_check: bool = False,
+                  transport: Transport | None = None, persist: bool = True, run_id: int | None = None,
+                  keep_recipients: bool = True,
+                  on_rendered: Callable[[ContactData, RenderedMessage], None] | None = None,
+                  progress: Progress = no_progress) -> Plan:
+    """Import the campaign's CSV, recover a crashed run, and decide for every candidate.
+
+    Candidates are streamed and decisions written in batches tagged with
+    `run_id`, so a large list is never all in memory (unless keep_recipients,
+    for check and preview). render_check renders every allowed message so that
+    `footer-missing` (and any template error) is known now; `send` checks each
+    message as it renders it instead. on_rendered receives each message that
+    rendered with a visible footer (preview writes it, instead of rendering again).
+    """
+    campaign = prepared.campaign
+    now = utcnow()
+    today = today or now.date()
+    imported = None
+    if import_csv and campaign.csv is not None:
+        imported = import_contacts(ws, campaign.csv, campaign.list_name, now=now, progress=progress)
+    ws.store.contacts.list_id(campaign.list_name)  # a clear error when the list does not exist
+    advance = progress("Rendering and checking" if render_check else "Deciding",
+                       ws.store.contacts.list_size(campaign.list_name) + len(imported.repeated if imported else ()))
+    since = 0
+
+    recovered = confirmed = 0
+    if persist:
+        ws.store.campaigns.record(campaign.id, campaign.kind, campaign.locale, campaign.list_name)
+        confirmed, recovered = _recover_crashed(ws, campaign.id, transport)
+
+    delivered_states = set(DELIVERED_STATES) - ({SendState.UNCERTAIN} if retry_uncertain else set())
+    hashes, domains = ws.store.suppressions.sets()
+    relevance = campaign.relevance
+    ctx = GateContext(
+        today=today, retention_years=ws.config.compliance.retention_years, hash_address=ws.hash_address,
+        suppressed_hashes=hashes, suppressed_domains=domains,
+        delivered=ws.store.sendlog.keys(campaign.id, delivered_states),
+        generic_locals=frozenset(g.lower() for g in ws.config.compliance.generic_locals),
+        relevance=RelevanceMatcher.build(relevance.job_titles, relevance.industries) if relevance else None,
+    )
+    replaceable = DECIDABLE_STATES + ((SendState.UNCERTAIN,) if retry_uncertain else ())
+    plan = Plan(campaign, Counter(), [] if keep_recipients else None, imported, recovered, confirmed, run_id)
+    rows: list[dict[str, object]] = []
+    for contact in _candidates(ws, campaign, imported):
+        since += 1
+        if since == 500:
+            advance(since)
+            since = 0
+        decision = decide(contact, campaign, ctx)
+        blocked_by, detail = decision.blocked_by, decision.detail
+        if blocked_by is None and render_check:
+            rendered = prepared.renderer.render(contact)
+            if rendered.footer_problems:
+                blocked_by, detail = FOOTER_MISSING, "; ".join(rendered.footer_problems)
+            elif on_rendered is not None:
+                on_rendered(contact, rendered)
+        plan.counts[blocked_by or "allowed"] += 1
+        if blocked_by is None and plan.first_allowed is None:
+            plan.first_allowed = contact
+        if plan.recipients is not None:
+            plan.recipients.append(PlannedRecipient(contact.address.key, contact.id, blocked_by, detail))
+        if persist and blocked_by not in ("duplicate", "already-sent"):
+            rows.append({"address_key": contact.address.key, "contact_id": contact.id, "run_id": run_id,
+                         "state": SendState.BLOCKED.value if blocked_by else SendState.PLANNED.value, "rule": blocked_by or "",
+                         "detail": detail})
+            if len(rows) >= 1000:
+                ws.store.sendlog.write_decisions(campaign.id, rows, replaceable)
+                rows = []
+    if persist:
+        ws.store.sendlog.write_decisions(campaign.id, rows, replaceable)
+    advance(since)
+    return plan
+
+
+def _recover_crashed(ws: Workspace, campaign_id: str, transport: Transport | None) -> tuple[int, int]:
+    """Rows a dead process left in `sending`: sent if the transport can prove it, else uncertain."""
+    rows = ws.store.sendlog.rows(campaign_id, [SendState.SENDING])
+    if not rows:
+        return 0, 0
+    confirmed = []
+    if transport is not None:
+        for row in rows:
+            if transport.delivered(f"{campaign_id}.{row.id}"):
+                confirmed.append({"id": row.id, "state": SendState.SENT.value, "sent_at": row.updated_at,
+                                  "detail": "confirmed after a crash: the message is in the outbox"})
+    ws.store.sendlog.update(confirmed)
+    uncertain = ws.store.sendlog.mark_crashed_uncertain(campaign_id)
+    return len(confirmed), uncertain
+
+
+def expected_recipients(ws: Workspace, campaign: Campaign) -> int:
+    """A quick upper estimate of a campaign's recipients, before planning: the list plus the CSV's lines."""
+    lines = (data_lines(campaign.csv) or 0) if campaign.csv is not None else 0
+    return ws.store.contacts.list_size(campaign.list_name) + lines

@@ -1,0 +1,191 @@
+"""Render and deliver a plan: rendering in worker processes for large sends, delivery by the
+engine in `mailer.delivery`, every outcome in the send log."""
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import signal
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from .config import Campaign, Config
+from .contacts import ContactData
+from .delivery import DeliveryReport, Outgoing, RetryPolicy, deliver_all
+from .dkim_signing import DkimSigner
+from .errors import TemplateError
+from .gate import FOOTER_MISSING
+from .planning import Plan, PreparedCampaign
+from .render import Renderer
+from .states import SendState
+from .store import Store
+from .tokens import Keys
+from .transport.base import Envelope, Transport
+from .workspace import Workspace
+
+
+@dataclass
+class SendReport:
+    delivered: DeliveryReport
+    footer_blocked: int = 0
+    attempted: int = 0
+
+
+RENDER_CHUNK = 100
+LARGE_SEND = 1000  # from this many messages, rendering runs in worker processes
+
+
+def _forkserver() -> multiprocessing.context.ForkServerContext:
+    """forkserver, not fork: render workers start small instead of inheriting the plan's memory,
+    from a server that has imported mailer once."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["mailer.sending"])
+    return context  # type: ignore[return-value]
+
+
+def start_render_workers_early() -> None:
+    """Start the process that forks render workers now: it imports mailer while the plan runs,
+    instead of holding up the first messages of a large send (half a second here)."""
+    _forkserver()
+    multiprocessing.forkserver.ensure_running()
+
+
+async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan, transport: Transport, *,
+                           limit: int | None = None, on_result: Callable[[str], None] | None = None,
+                           stop: asyncio.Event | None = None, render_workers: int | None = None) -> SendReport:
+    """Render and deliver every allowed recipient of the plan (at most `limit`).
+
+    Rendering (Jinja, text part, footer check, MIME bytes) is CPU work: with
+    render_workers > 0 it runs in that many processes while this one talks to the
+    database and the transport. None picks one per core but one, for large sends.
+    """
+    campaign = prepared.campaign
+    renderer = prepared.renderer
+    bounce = ws.config.smtp.bounce_address or renderer.from_address
+    to_send = plan.allowed_count if limit is None else min(limit, plan.allowed_count)
+    report = SendReport(DeliveryReport(), attempted=to_send)
+    footer_blocked: list[dict[str, object]] = []
+    wire = getattr(transport, "wire_format", None)
+    if render_workers is None:
+        # This process is busy too (database, transport): leave it a core.
+        render_workers = max(1, (os.cpu_count() or 1) - 1) if to_send >= LARGE_SEND else 0
+
+    # This run's planned rows, read from the send log in chunks rather than held in memory.
+    chunks = ws.store.sendlog.pending_chunks(campaign.id, plan.run_id, RENDER_CHUNK, to_send)
+
+    async def rendered_chunks() -> AsyncIterator[list[Outgoing | Blocked]]:
+        if render_workers <= 0:
+            for chunk in chunks:
+                yield render_chunk(renderer, contacts_for(ws.store, chunk), campaign.id, bounce, wire)
+                await asyncio.sleep(0)
+            return
+        pool = ProcessPoolExecutor(render_workers, mp_context=_forkserver(), initializer=_init_worker,
+                                   initargs=(ws.config, campaign, ws.keys, bounce, renderer.dkim, wire))
+        # Workers read their chunk's contacts from the database themselves: this
+        # process, which also drives the transport, only hands out (log id, contact id).
+        try:
+            pending: deque[asyncio.Future[list[Outgoing | Blocked]]] = deque()
+            upcoming = iter(chunks)
+            for chunk in upcoming:
+                pending.append(asyncio.wrap_future(pool.submit(_render_in_worker, chunk)))
+                if len(pending) >= render_workers * 3:
+                    break
+            while pending:
+                try:
+                    done = await pending.popleft()
+                except _WorkerTemplateError as exc:
+                    raise TemplateError(exc.message, hint=exc.hint) from None
+                following = next(upcoming, None)
+                if following is not None:
+                    pending.append(asyncio.wrap_future(pool.submit(_render_in_worker, following)))
+                yield done
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def messages() -> AsyncIterator[Outgoing]:
+        async for results in rendered_chunks():
+            for result in results:
+                if isinstance(result, Blocked):
+                    footer_blocked.append({"id": result.log_id, "state": SendState.BLOCKED.value, "rule": FOOTER_MISSING,
+                                           "detail": result.detail})
+                    if on_result:
+                        on_result("blocked")
+                else:
+                    yield result
+
+    # Rate limits protect a remote relay's reputation; the maildir outbox has none.
+    rates = [r for r in (campaign.rate_per_second, ws.config.smtp.rate_per_second) if r > 0] \
+        if transport.leaves_host else []
+    try:
+        report.delivered = await deliver_all(
+            ws.store, transport, messages(), campaign_id=campaign.id, on_result=on_result, stop=stop,
+            rate_per_second=min(rates) if rates else 0,
+            retry=RetryPolicy(ws.config.smtp.max_attempts, ws.config.smtp.retry_base_seconds))
+    finally:
+        ws.store.sendlog.update(footer_blocked)
+    report.footer_blocked = len(footer_blocked)
+    return report
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """A message that rendered without a visible footer: blocked, never sent."""
+
+    log_id: int
+    detail: str
+
+
+def render_chunk(renderer: Renderer, items: list[tuple[int, ContactData]], campaign_id: str,
+                 bounce: str, wire: Callable[[bytes], bytes] | None = None) -> list[Outgoing | Blocked]:
+    """Render, check and build the bytes of each (log id, contact); in the transport's wire form if given."""
+    results: list[Outgoing | Blocked] = []
+    for log_id, contact in items:
+        rendered = renderer.render(contact)
+        if rendered.footer_problems:
+            results.append(Blocked(log_id, "; ".join(rendered.footer_problems)))
+            continue
+        message_id = renderer.message_id()
+        data = renderer.build_mime(rendered, message_id)
+        results.append(Outgoing(
+            log_id=log_id, address_hash=rendered.address_hash, domain=contact.address.domain,
+            subject=rendered.subject, message_id=message_id,
+            envelope=Envelope(key=f"{campaign_id}.{log_id}", mail_from=bounce, rcpt_to=contact.email,
+                              data=wire(data) if wire else data, wire=wire is not None)))
+    return results
+
+
+def contacts_for(store: Store, chunk: list[tuple[int, int]]) -> list[tuple[int, ContactData]]:
+    """(log id, contact) for each (log id, contact id) whose contact still exists (not erased meanwhile)."""
+    found = store.contacts.by_id(contact_id for _, contact_id in chunk)
+    return [(log_id, found[contact_id]) for log_id, contact_id in chunk if contact_id in found]
+
+
+_WORKER: tuple[Renderer, Store, str, str, Callable[[bytes], bytes] | None] | None = None
+
+
+def _init_worker(config: Config, campaign: Campaign, keys: Keys, bounce: str, dkim: DkimSigner | None,
+                 wire: Callable[[bytes], bytes] | None) -> None:
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how to stop
+    _WORKER = (Renderer(config, campaign, keys, dkim=dkim), Store.attach(config.database_url), campaign.id, bounce,
+               wire)
+
+
+def _render_in_worker(chunk: list[tuple[int, int]]) -> list[Outgoing | Blocked]:
+    assert _WORKER is not None
+    renderer, store, campaign_id, bounce, wire = _WORKER
+    try:
+        return render_chunk(renderer, contacts_for(store, chunk), campaign_id, bounce, wire)
+    except TemplateError as exc:  # re-raised in the parent with its message and hint
+        raise _WorkerTemplateError(exc.message, exc.hint) from None
+
+
+class _WorkerTemplateError(Exception):
+    """A TemplateError that survives pickling across the process boundary."""
+
+    def __init__(self, message: str, hint: str | None) -> None:
+        super().__init__(message, hint)
+        self.message, self.hint = message, hint

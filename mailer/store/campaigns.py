@@ -1,0 +1,78 @@
+"""Campaigns, their runs, and the lease that lets one process at a time send a campaign."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from .sql import insert_ignore
+from .tables import CampaignRecord, Run, utcnow
+
+
+class Campaigns:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    def record(self, campaign_id: str, kind: str, locale: str, list_name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert_ignore(self.dialect, CampaignRecord.__table__), [{
+                "id": campaign_id, "kind": kind, "locale": locale, "list_name": list_name,
+                "created_at": utcnow()}])
+
+    def take_lease(self, campaign_id: str, owner: str, seconds: float,
+                   owner_is_dead: Callable[[str], bool]) -> tuple[bool, str, datetime | None]:
+        """Become the one process sending this campaign, for `seconds` (renewable).
+
+        Succeeds when nobody holds the lease, it expired, it is ours, or its owner
+        is a dead process on this host. Returns (taken, current owner, until).
+        """
+        table = CampaignRecord.__table__
+        now = utcnow()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(table.c.lease_owner, table.c.lease_until)
+                               .where(table.c.id == campaign_id)).first()
+            if row is None:
+                return False, "", None
+            holder, until = row.lease_owner, row.lease_until
+            if until is not None and until.tzinfo is None:
+                until = until.replace(tzinfo=UTC)
+            free = not holder or holder == owner or until is None or until < now or owner_is_dead(holder)
+            if not free:
+                return False, holder, until
+            taken = conn.execute(update(table).where(
+                table.c.id == campaign_id,
+                table.c.lease_owner == holder).values(
+                lease_owner=owner, lease_until=now + timedelta(seconds=seconds))).rowcount
+        return taken == 1, holder, until
+
+    def release_lease(self, campaign_id: str, owner: str) -> None:
+        table = CampaignRecord.__table__
+        with self.engine.begin() as conn:
+            conn.execute(update(table).where(table.c.id == campaign_id, table.c.lease_owner == owner)
+                         .values(lease_owner="", lease_until=None))
+
+    def start_run(self, campaign_id: str) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(Run.__table__.insert().values(
+                campaign_id=campaign_id, started_at=utcnow(), outcome="running", counts={})
+            ).inserted_primary_key[0]
+
+    def finish_run(self, run_id: int, outcome: str, counts: dict[str, int]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(Run.__table__).where(Run.__table__.c.id == run_id).values(
+                finished_at=utcnow(), outcome=outcome, counts=counts))
+
+    def last_run(self, campaign_id: str) -> Run | None:
+        table = Run.__table__
+        with self.engine.connect() as conn:
+            row = conn.execute(select(table).where(table.c.campaign_id == campaign_id)
+                               .order_by(table.c.id.desc()).limit(1)).mappings().first()
+        return Run(**row) if row else None
+
+    def known(self, campaign_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(CampaignRecord.__table__.c.id).where(
+                CampaignRecord.__table__.c.id == campaign_id)).first() is not None

@@ -1,0 +1,197 @@
+"""Contacts and their lists."""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.engine import Engine
+
+from ..addresses import NormalisedAddress
+from ..contacts import ContactData
+from ..errors import NotFound
+from .sql import execute_many, insert_ignore, update_by_id
+from .tables import Contact, ContactList, ListMember, utcnow
+
+
+@dataclass
+class ImportResult:
+    inserted: int = 0
+    updated: int = 0
+    added_to_list: int = 0
+
+
+class Contacts:
+    """Contacts, matched on their normalised address, and the lists they belong to."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @functools.cached_property
+    def _member_insert(self) -> Any:
+        members = ListMember.__table__
+        return insert_ignore(self.dialect, members).values(list_id=bindparam("list_id"),
+                                                           contact_id=bindparam("contact_id"))
+
+    def list_size(self, name: str) -> int:
+        """How many contacts the list has (0 when there is no such list yet)."""
+        members, lists = ListMember.__table__, ContactList.__table__
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(members.join(lists, lists.c.id == members.c.list_id))
+                                .where(lists.c.name == name)).scalar_one()
+
+    def list_id(self, name: str) -> int:
+        with self.engine.connect() as conn:
+            found = conn.execute(select(ContactList.id).where(ContactList.name == name)).scalar()
+        if found is None:
+            raise NotFound(f"there is no contact list named {name!r}",
+                           hint=f"import contacts into it first: mailer contacts import FILE --list {name}")
+        return found
+
+    def upsert(self, records: Iterable[ContactData], list_name: str,
+                        present_columns: frozenset[str], *, now: datetime | None = None,
+                        chunk: int = 500, before_commit: Callable[[], None] | None = None) -> ImportResult:
+        """Insert or update contacts on their normalised address, and add them to a list.
+
+        Only the columns present in the file overwrite stored values; custom
+        attributes are merged; `collected_at` keeps its stored value unless the file
+        gives one (a re-import must not restart the retention clock). Records are
+        consumed in chunks, so a large file is never all in memory, but in one
+        transaction: `before_commit` may raise to roll everything back.
+        """
+        now = now or utcnow()
+        result = ImportResult()
+        table = Contact.__table__
+
+        def batches() -> Iterator[list[ContactData]]:
+            # A key repeated within a batch: the later row wins. Repeated across batches:
+            # upserted again, same result. The caller counts repetitions.
+            batch: dict[str, ContactData] = {}
+            for record in records:
+                batch[record.address.key] = record
+                if len(batch) >= chunk:
+                    yield list(batch.values())
+                    batch = {}
+            if batch:
+                yield list(batch.values())
+
+        with self.engine.begin() as conn:
+            conn.execute(insert_ignore(self.dialect, ContactList.__table__), [{"name": list_name, "created_at": now}])
+            list_id = conn.execute(select(ContactList.id).where(ContactList.name == list_name)).scalar_one()
+            for batch in batches():
+                keys = [r.address.key for r in batch]
+                existing = {
+                    row.email_key: row
+                    for row in conn.execute(
+                        select(table.c.id, table.c.email_key, table.c.attrs, table.c.last_interaction_at)
+                        .where(table.c.email_key.in_(keys)))
+                }
+                inserts, updates = [], []
+                for record in batch:
+                    row = _row_for(record, present_columns, now)
+                    found = existing.get(record.address.key)
+                    if found is None:
+                        row.setdefault("collected_at", now.date())
+                        if row["collected_at"] is None:
+                            row["collected_at"] = now.date()
+                        inserts.append({**_defaults(), **row, "created_at": now})
+                    else:
+                        # An empty date cell never erases what we know, and a contact from the
+                        # person cannot be undone by an older file.
+                        for name in ("collected_at", "consent_at", "last_interaction_at"):
+                            if row.get(name) is None:
+                                row.pop(name, None)
+                        if found.last_interaction_at and row.get("last_interaction_at"):
+                            row["last_interaction_at"] = max(row["last_interaction_at"], found.last_interaction_at)
+                        row["attrs"] = {**(found.attrs or {}), **row["attrs"]}
+                        row["id"] = found.id
+                        updates.append(row)
+                if inserts:
+                    execute_many(conn, _CONTACT_INSERT, inserts)
+                if updates:
+                    update_by_id(conn, table, updates)
+                result.inserted += len(inserts)
+                result.updated += len(updates)
+                ids = conn.execute(select(table.c.id).where(table.c.email_key.in_(keys))).scalars().all()
+                members = ListMember.__table__
+                already = conn.execute(select(func.count()).select_from(members).where(
+                    members.c.list_id == list_id, members.c.contact_id.in_(ids))).scalar_one()
+                execute_many(conn, self._member_insert, [{"list_id": list_id, "contact_id": i} for i in ids])
+                result.added_to_list += len(ids) - already
+            if before_commit is not None:
+                before_commit()
+        return result
+
+    def members(self, list_name: str) -> Iterator[ContactData]:
+        """Members of a list, in the order they were first imported."""
+        list_id = self.list_id(list_name)
+        table = Contact.__table__
+        members = ListMember.__table__
+        query = (select(table).join(members, members.c.contact_id == table.c.id)
+                 .where(members.c.list_id == list_id).order_by(table.c.id))
+        with self.engine.connect() as conn:
+            for row in conn.execute(query).mappings():
+                yield contact_from_row(row)
+
+    def by_id(self, ids: Iterable[int]) -> dict[int, ContactData]:
+        table = Contact.__table__
+        wanted = list(ids)
+        found: dict[int, ContactData] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                for row in conn.execute(select(table).where(table.c.id.in_(wanted[start:start + 500]))).mappings():
+                    found[row["id"]] = contact_from_row(row)
+        return found
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(Contact.__table__)).scalar_one()
+
+
+_contacts = Contact.__table__
+_CONTACT_INSERT = _contacts.insert().values({c.name: bindparam(c.name) for c in _contacts.c if c.name != "id"})
+
+
+def _defaults() -> dict[str, Any]:
+    return {"first_name": "", "last_name": "", "company": "", "job_title": "", "industry": "",
+            "country": "", "source": "", "source_type": "direct", "consent": "", "consent_at": None,
+            "consent_proof": "", "partner_consent": False, "last_interaction_at": None, "member": False}
+
+
+_OPTIONAL = ("first_name", "last_name", "company", "job_title", "industry", "country", "source",
+             "source_type", "collected_at", "consent", "consent_at", "consent_proof",
+             "partner_consent", "last_interaction_at", "member")
+
+
+def _row_for(record: ContactData, present: frozenset[str], now: datetime) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "email_key": record.address.key,
+        "email": record.address.send_to,
+        "email_valid": record.address.valid,
+        "email_problem": record.address.reason,
+        "kind": record.kind,
+        "attrs": dict(record.attrs),
+        "updated_at": now,
+    }
+    for name in _OPTIONAL:
+        if name in present:
+            row[name] = getattr(record, name)
+    return row
+
+
+def contact_from_row(row: Any) -> ContactData:
+    address = NormalisedAddress(key=row["email_key"], send_to=row["email"],
+                                valid=bool(row["email_valid"]), reason=row["email_problem"])
+    return ContactData(
+        address=address, kind=row["kind"], first_name=row["first_name"], last_name=row["last_name"],
+        company=row["company"], job_title=row["job_title"], industry=row["industry"],
+        country=row["country"], source=row["source"], source_type=row["source_type"],
+        collected_at=row["collected_at"], consent=row["consent"], consent_at=row["consent_at"],
+        consent_proof=row["consent_proof"], partner_consent=bool(row["partner_consent"]),
+        last_interaction_at=row["last_interaction_at"], member=bool(row["member"]),
+        attrs=dict(row["attrs"] or {}), id=row["id"],
+    )

@@ -1,0 +1,260 @@
+"""The send log: one row per (campaign, address), the gate's decision and the delivery.
+
+States and their allowed moves are in `mailer.states`; the statements here follow them.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, bindparam, func, literal_column, or_, select, update
+from sqlalchemy.engine import Engine
+
+from ..states import DELIVERED_STATES, PENDING_STATES, SendState, check_move
+from .sql import dialect_insert, execute_many, insert_ignore, update_by_id
+from .suppressions import suppressed_among_sql
+from .tables import SendLog, Suppression, utcnow
+
+S = SendState
+_log = SendLog.__table__
+
+#: The states a new decision of the gate may replace: nothing delivered, nothing in flight.
+DECIDABLE_STATES: tuple[SendState, ...] = tuple(s for s in SendState if s not in DELIVERED_STATES)
+
+
+class SendLogRows:
+    """Reads and writes of the send log outside the delivery engine's hot path."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    def mark_crashed_uncertain(self, campaign_id: str) -> int:
+        """Rows left in `sending` by a process that died: we cannot know if they left."""
+        table = _log
+        with self.engine.begin() as conn:
+            done = conn.execute(update(table).where(table.c.campaign_id == campaign_id,
+                                                    table.c.state == S.SENDING.value)
+                                .values(state=S.UNCERTAIN.value, updated_at=utcnow(),
+                                        detail="the sending process stopped during delivery"))
+        return done.rowcount
+
+    def sent_messages(self, message_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """Message-ID -> (campaign id, address key) of the send-log rows that carried these messages."""
+        ids = sorted({m for m in message_ids if m})
+        table = _log
+        found: dict[str, tuple[str, str]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                query = select(table.c.message_id, table.c.campaign_id, table.c.address_key).where(
+                    table.c.message_id.in_(ids[start:start + 500]))
+                found.update((mid, (campaign, key)) for mid, campaign, key in conn.execute(query))
+        return found
+
+    def keys(self, campaign_id: str, states: Iterable[str]) -> set[str]:
+        """Address keys of this campaign's rows in the given states."""
+        table = _log
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(table.c.address_key).where(
+                table.c.campaign_id == campaign_id, table.c.state.in_([str(s) for s in states]))).scalars())
+
+    def write_decisions(self, campaign_id: str, rows: Sequence[dict[str, Any]],
+                        replaceable: Sequence[str] = DECIDABLE_STATES) -> None:
+        """Upsert gate decisions (state blocked or planned), replacing only rows in `replaceable` states."""
+        if not rows:
+            return
+        now = utcnow()
+        statement = _decisions_statement(self.dialect, tuple(str(s) for s in replaceable))
+        payload = [{"campaign_id": campaign_id, "planned_at": now, "updated_at": now, "run_id": None,
+                    "attempts": 0, "subject": "", "message_id": "", "smtp_text": "", "smtp_code": None,
+                    "sent_at": None, "rule": "", "detail": "", **r} for r in rows]
+        with self.engine.begin() as conn:
+            for start in range(0, len(payload), 1000):
+                execute_many(conn, statement, payload[start:start + 1000])
+
+    def pending_chunks(self, campaign_id: str, run_id: int | None, size: int,
+                       limit: int | None = None) -> Iterator[list[tuple[int, int]]]:
+        """(log id, contact id) of the rows waiting to be delivered, in plan order, `size` at a time.
+
+        Only the rows planned by `run_id` (when given): a row planned by an earlier
+        run for a contact since removed from the list is not sent. Pages by id, so
+        rows changing state while the caller delivers them do not disturb it.
+        """
+        table = _log
+        after, left = 0, limit
+        while left is None or left > 0:
+            query = select(table.c.id, table.c.contact_id).where(
+                table.c.campaign_id == campaign_id, table.c.state.in_([s.value for s in PENDING_STATES]),
+                table.c.contact_id.is_not(None), table.c.id > after)
+            if run_id is not None:
+                query = query.where(table.c.run_id == run_id)
+            take = size if left is None else min(size, left)
+            with self.engine.connect() as conn:
+                rows = [(r.id, r.contact_id) for r in conn.execute(query.order_by(table.c.id).limit(take))]
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0]
+            if left is not None:
+                left -= len(rows)
+
+    def update(self, changes: Sequence[dict[str, Any]]) -> None:
+        """Apply per-row changes (each dict has `id`) in one transaction."""
+        if not changes:
+            return
+        now = utcnow()
+        with self.engine.begin() as conn:
+            update_by_id(conn, _log, [{"updated_at": now, **change} for change in changes])
+
+    def status_counts(self, campaign_id: str) -> tuple[dict[str, int], dict[str, int]]:
+        """({state: n}, {rule: n for blocked rows})."""
+        table = _log
+        with self.engine.connect() as conn:
+            states = dict(conn.execute(select(table.c.state, func.count()).where(
+                table.c.campaign_id == campaign_id).group_by(table.c.state)).all())
+            rules = dict(conn.execute(select(table.c.rule, func.count()).where(
+                table.c.campaign_id == campaign_id, table.c.state == S.BLOCKED.value).group_by(table.c.rule)).all())
+        return states, rules
+
+    def rows(self, campaign_id: str, states: Sequence[str] | None = None) -> list[SendLog]:
+        table = _log
+        query = select(table).where(table.c.campaign_id == campaign_id)
+        if states:
+            query = query.where(table.c.state.in_([str(s) for s in states]))
+        with self.engine.connect() as conn:
+            return [SendLog(**row) for row in conn.execute(query.order_by(table.c.id)).mappings()]
+
+    def writer(self) -> LogWriter:
+        """A connection held for one run's claims and outcomes (see `LogWriter`)."""
+        return LogWriter(self.engine)
+
+
+class Claimable(Protocol):
+    """What a claim needs to know of a message about to be delivered."""
+
+    log_id: int
+    address_hash: str
+    domain: str
+    message_id: str
+    subject: str
+    attempts: int
+
+
+def _state_is(*states: SendState) -> Any:
+    return or_(*(_log.c.state == literal_column(f"'{s.value}'") for s in states))
+
+
+# pending -> sending (the claim) and pending -> blocked (opted out while the campaign runs),
+# each conditional on the row still being pending.
+_CLAIM_PENDING = update(_log).where(_log.c.id == bindparam("_id"), _state_is(*PENDING_STATES)).values(
+    state=literal_column(f"'{S.SENDING.value}'"), attempts=bindparam("_attempts"),
+    message_id=bindparam("_message_id"), subject=bindparam("_subject"), updated_at=bindparam("_now"))
+_BLOCK_PENDING = update(_log).where(_log.c.id == bindparam("_id"), _state_is(*PENDING_STATES)).values(
+    state=literal_column(f"'{S.BLOCKED.value}'"), rule=literal_column("'suppressed'"), updated_at=bindparam("_now"),
+    detail=literal_column("'opted out while the campaign was running'"))
+
+
+@dataclass
+class CommitAnswer:
+    refused: dict[int, str]  # log id -> "suppressed" (opted out meanwhile) | "taken" (another process has it)
+    claimed: set[int]        # log ids now in `sending`, ours
+
+
+class LogWriter:
+    """The delivery engine's writes, batched: claims, outcomes and hard bounces of many
+    messages in one transaction (group commit), on one connection held for the run
+    (checking one out of the pool at every commit showed in profiles)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: Connection | None = None
+
+    def commit(self, claims: Sequence[Claimable], outcomes: Sequence[dict[str, Any]],
+               bounces: Sequence[tuple[str, str, str]]) -> CommitAnswer:
+        """One transaction: write `outcomes` (rows leaving `sending`: dicts with `id` and `state`),
+        put `bounces` (hash, reason, campaign) on the suppression list, then claim `claims`
+        (pending -> sending) unless their address or domain is suppressed by now."""
+        for change in outcomes:
+            check_move(S.SENDING, change["state"])
+        log, sup = _log, Suppression.__table__
+        now = utcnow()
+        blocked: set[int] = set()
+        answer = CommitAnswer({}, set())
+        conn = self._connection()
+        with conn.begin():
+            update_by_id(conn, log, [{"updated_at": now, **change} for change in outcomes])
+            if bounces:
+                conn.execute(insert_ignore(conn.dialect.name, sup), [
+                    {"scope": "address", "value": h, "origin": "bounce", "reason": reason,
+                     "campaign_id": campaign, "created_at": now} for h, reason, campaign in bounces])
+            if not claims:
+                return answer
+            hashes = list({m.address_hash for m in claims})
+            domains = list({m.domain for m in claims})
+            found = conn.exec_driver_sql(suppressed_among_sql(conn.dialect.paramstyle, len(hashes), len(domains)),
+                                         tuple(hashes + domains)).all()
+            stopped_hashes = {v for s, v in found if s == "address"}
+            stopped_domains = {v for s, v in found if s == "domain"}
+            stopped, going = [], []
+            for message in claims:
+                if message.address_hash in stopped_hashes or message.domain in stopped_domains:
+                    blocked.add(message.log_id)
+                    stopped.append({"_id": message.log_id, "_now": now})
+                else:
+                    going.append({"_id": message.log_id, "_now": now, "_attempts": message.attempts + 1,
+                                  "_message_id": message.message_id, "_subject": message.subject})
+            if stopped:
+                execute_many(conn, _BLOCK_PENDING, stopped)
+            if going:
+                # Conditional on the row still being pending: when another process sends the
+                # same campaign, only one of them gets each row (its Message-ID is on it).
+                claimed = execute_many(conn, _CLAIM_PENDING, going)
+                if claimed == len(going):
+                    mine = {(g["_id"], g["_message_id"]) for g in going}
+                else:
+                    ids = [g["_id"] for g in going]
+                    mine = {(row_id, message_id) for row_id, message_id in conn.execute(
+                        select(log.c.id, log.c.message_id).where(log.c.id.in_(ids)))}
+                for message in claims:
+                    if message.log_id in blocked:
+                        continue
+                    if (message.log_id, message.message_id) in mine:
+                        answer.claimed.add(message.log_id)
+                    else:
+                        answer.refused[message.log_id] = "taken"
+        answer.refused.update({i: "suppressed" for i in blocked})
+        return answer
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+_DECISION_STATEMENTS: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def _decisions_statement(dialect: str, replaceable: tuple[str, ...]) -> Any:
+    """INSERT … ON CONFLICT (campaign, address) DO UPDATE, only over rows in `replaceable` states."""
+    statement = _DECISION_STATEMENTS.get((dialect, replaceable))
+    if statement is not None:
+        return statement
+    table = _log
+    statement = dialect_insert(dialect, table).values({c.name: bindparam(c.name) for c in table.c if c.name != "id"})
+    statement = statement.on_conflict_do_update(
+        index_elements=["campaign_id", "address_key"],
+        set_={"state": statement.excluded.state, "rule": statement.excluded.rule,
+              "run_id": statement.excluded.run_id,
+              "detail": statement.excluded.detail, "contact_id": statement.excluded.contact_id,
+              "updated_at": statement.excluded.updated_at},
+        # OR of equalities, not IN: an expanding IN cannot be used with executemany.
+        where=or_(*(table.c.state == state for state in replaceable)),
+    )
+    _DECISION_STATEMENTS[(dialect, replaceable)] = statement
+    return statement

@@ -1,0 +1,56 @@
+"""Settings kept in the database: the unsubscribe secret (when the environment has none)."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets as _secrets
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from ..errors import StoreError
+from .sql import insert_ignore
+from .tables import Setting
+
+
+class Settings:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    def get(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(Setting.value).where(Setting.key == key)).scalar()
+
+    def put_if_absent(self, key: str, value: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert_ignore(self.dialect, Setting.__table__), [{"key": key, "value": value}])
+
+    def secret(self, from_environment: str | None, variable: str = "MAILER_SECRET") -> tuple[bytes, bool]:
+        """The HMAC secret: the environment's, else one generated once and kept here.
+
+        Returns (secret, created_now) so the caller can say that it made one. The
+        suppression list holds hashes keyed by this secret: with another secret,
+        every recorded opt-out would silently stop matching. So the database keeps
+        a fingerprint of the secret it was first used with and refuses another.
+        """
+        created = False
+        if from_environment:
+            secret = from_environment.encode("utf-8")
+        else:
+            existing = self.get("secret")
+            if existing is None:
+                generated = _secrets.token_urlsafe(32)
+                self.put_if_absent("secret", generated)
+                existing = self.get("secret") or generated
+                created = existing == generated
+            secret = existing.encode("ascii")
+        fingerprint = hmac.new(secret, b"mailer/secret-fingerprint/v1", hashlib.sha256).hexdigest()[:32]
+        self.put_if_absent("secret_fingerprint", fingerprint)
+        if self.get("secret_fingerprint") != fingerprint:
+            raise StoreError(
+                f"the unsubscribe secret (${variable}, or the one kept in the database) is not the one this "
+                "database was first used with: recorded opt-outs would no longer match",
+                hint=f"set ${variable} back to its previous value (or unset it if the database kept its own); "
+                     "to start over with a new secret, use a new database")
+        return secret, created

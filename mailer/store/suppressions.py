@@ -1,0 +1,84 @@
+"""The suppression list: objections to honour, whatever the campaign.
+
+It holds no personal data: an address is kept as its keyed hash, a domain as itself.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Engine
+
+from .sql import insert_ignore
+from .tables import Suppression, utcnow
+
+_table = Suppression.__table__
+
+
+class Suppressions:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    def add(self, *, scope: str, value: str, origin: str, reason: str = "",
+            campaign_id: str = "", at: datetime | None = None) -> bool:
+        """Add one entry; False when it was already there (idempotent)."""
+        return self.add_many([(scope, value)], origin=origin, reason=reason, campaign_id=campaign_id, at=at) == 1
+
+    def add_many(self, entries: Iterable[tuple[str, str]], *, origin: str, reason: str = "",
+                 campaign_id: str = "", at: datetime | None = None) -> int:
+        """Add (scope, value) entries; returns how many were new."""
+        at = at or utcnow()
+        rows = [{"scope": s, "value": v, "origin": origin, "reason": reason,
+                 "campaign_id": campaign_id, "created_at": at} for s, v in dict.fromkeys(entries)]
+        if not rows:
+            return 0
+        with self.engine.begin() as conn:
+            # The rows really added, as RETURNING gives them back: rowcount is not summed over
+            # SQLAlchemy's batched "insertmanyvalues" on PostgreSQL (it said 0 for one new row).
+            statement = insert_ignore(self.dialect, _table)
+            if conn.dialect.insert_executemany_returning:
+                return len(conn.execute(statement.returning(_table.c.id), rows).all())
+            return sum(max(conn.execute(statement, row).rowcount, 0) for row in rows)  # SQLite before 3.35
+
+    def remove(self, scope: str, value: str) -> bool:
+        with self.engine.begin() as conn:
+            done = conn.execute(delete(_table).where(_table.c.scope == scope, _table.c.value == value))
+        return done.rowcount > 0
+
+    def entries(self) -> list[Suppression]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_table).order_by(_table.c.created_at, _table.c.id)).mappings()
+            return [Suppression(**row) for row in rows]
+
+    def sets(self) -> tuple[set[str], set[str]]:
+        """(address hashes, domains) on the suppression list, for the gate."""
+        hashes: set[str] = set()
+        domains: set[str] = set()
+        with self.engine.connect() as conn:
+            for scope, value in conn.execute(select(_table.c.scope, _table.c.value)):
+                (hashes if scope == "address" else domains).add(value)
+        return hashes, domains
+
+    def has_hash(self, hash_value: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(_table.c.id).where(
+                _table.c.scope == "address", _table.c.value == hash_value).limit(1)).first() is not None
+
+    def bounces_recorded(self, campaign_id: str) -> int:
+        """Hard bounces put on the suppression list by this campaign (in the session or reported later)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(_table).where(
+                _table.c.campaign_id == campaign_id, _table.c.origin == "bounce")).scalar_one()
+
+
+@functools.lru_cache(maxsize=512)
+def suppressed_among_sql(paramstyle: str, hashes: int, domains: int) -> str:
+    """Which of these address hashes and domains are on the suppression list (driver SQL,
+    built once per pair of list lengths: the send path runs it at every group commit)."""
+    mark = "?" if paramstyle == "qmark" else "%s"
+    return (f"SELECT scope, value FROM {Suppression.__tablename__} WHERE "
+            f"(scope = 'address' AND value IN ({', '.join([mark] * hashes)})) OR "
+            f"(scope = 'domain' AND value IN ({', '.join([mark] * domains)}))")

@@ -1,0 +1,77 @@
+"""A workspace: an organisation's config, its database and its keys, opened together.
+
+    with mailer.open_workspace("config.toml") as ws:
+        summary = mailer.send_campaign(ws, "campaigns/cloud-audit.toml")
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from .addresses import address_hash
+from .config import Config, load_config
+from .store import Store
+from .tokens import Keys
+from .transport import Transport, open_transport, transport_class
+
+
+@dataclass
+class Workspace:
+    """What every operation works on. Open it with `open_workspace`; close it (or use `with`)."""
+
+    config: Config
+    store: Store
+    keys: Keys
+    #: True when no secret was in the environment and one was generated and kept in the database
+    secret_generated: bool = False
+    environ: Mapping[str, str] = field(default_factory=dict)
+    #: things the user should hear once (a schema upgrade, a generated secret), for the caller to show
+    notes: list[str] = field(default_factory=list)
+
+    def hash_address(self, key: str) -> str:
+        """The keyed hash under which an address is kept once its data is gone."""
+        return address_hash(self.keys.address, key)
+
+    @property
+    def transport_class(self) -> type[Transport]:
+        return transport_class(self.config)
+
+    def open_transport(self) -> Transport:
+        """The configured transport, not connected yet."""
+        return open_transport(self.config, self.environ)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+def open_workspace(config_path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Workspace:
+    """Load `config_path`, open its database and derive the keys.
+
+    `environ` (default: `os.environ`) supplies the secrets the config names: the
+    unsubscribe secret, the SMTP password, the DKIM key. Raises `ConfigError` for a bad
+    config file and `StoreError` when the database cannot be used.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    config = load_config(Path(config_path))
+    store = Store.open(config.database_url)
+    variable = config.unsubscribe.secret_env
+    try:
+        secret, generated = store.settings.secret(environ.get(variable) or None, variable)
+    except BaseException:
+        store.close()
+        raise
+    notes = list(getattr(store, "notes", []))
+    if generated:
+        notes.append(f"${variable} is not set; created a random secret for unsubscribe tokens and kept it in the "
+                     f"database. In production, set ${variable}.")
+    return Workspace(config, store, Keys.derive(secret), generated, environ, notes)
