@@ -275,7 +275,7 @@ def _validate(model: type[BaseModel], path: Path, data: dict[str, Any], text: st
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(path, text, err, model) for err in exc.errors()]
+        problems = [_describe(path, text, dict(err), model) for err in exc.errors()]
         raise ConfigError(problems) from None
 
 

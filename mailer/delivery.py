@@ -152,12 +152,12 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
     async def produce() -> None:
         try:
             if hasattr(messages, "__aiter__"):
-                async for message in messages:  # type: ignore[union-attr]
+                async for message in messages:
                     if stop.is_set():
                         break
                     await queue.put(message)
             else:
-                for message in messages:  # type: ignore[union-attr]
+                for message in messages:
                     if stop.is_set():
                         break
                     await queue.put(message)

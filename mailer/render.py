@@ -205,7 +205,7 @@ def _render_template(template: jinja2.Template, context: dict[str, Any]) -> str:
         merged = _GLOBALS[id(template)] = (template, dict(template.globals))
     ctx = template.new_context({**merged[1], **context}, shared=True)
     try:
-        return template.environment.concat(template.root_render_func(ctx))  # type: ignore[attr-defined]
+        return template.environment.concat(template.root_render_func(ctx))
     except Exception:
         return template.environment.handle_exception()
 

@@ -43,7 +43,7 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
     from a server that has imported mailer once."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["mailer.sending"])
-    return context  # type: ignore[return-value]
+    return context
 
 
 def start_render_workers_early() -> None:

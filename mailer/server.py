@@ -182,7 +182,7 @@ class AccessLog:
         async def record(message: Mapping[str, object]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                status = int(message["status"])  # type: ignore[arg-type]
+                status = int(message["status"])  # type: ignore[call-overload]
             await send(message)  # type: ignore[arg-type]
 
         try:

@@ -37,7 +37,8 @@ class Steps:
         self._bar = click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True,
                                       update_min_steps=max(1, total // 500))
         self._bar.__enter__()
-        return self._bar.update  # type: ignore[no-any-return]
+        update: Callable[[int], None] = self._bar.update
+        return update
 
     def _close(self) -> None:
         if self._bar is not None:
@@ -112,7 +113,7 @@ def readable(data: bytes) -> str:
     """A message as a reviewer reads it: decoded headers, then the decoded text part."""
     message = email.message_from_bytes(data, policy=policy.default)
     lines = [f"{name}: {value}" for name, value in message.items() if name.lower() != "dkim-signature"]
-    body = message.get_body(("plain",))  # type: ignore[attr-defined]
+    body = message.get_body(("plain",))
     text = body.get_content() if body is not None else ""
     return "\n".join(lines) + "\n\n" + text.replace("\r\n", "\n")
 

@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from .sql import insert_ignore
-from .tables import CampaignRecord, Run, utcnow
+from .tables import CAMPAIGNS, RUNS, Run, utcnow
 
 
 class Campaigns:
@@ -18,7 +18,7 @@ class Campaigns:
 
     def record(self, campaign_id: str, kind: str, locale: str, list_name: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert_ignore(self.dialect, CampaignRecord.__table__), [{
+            conn.execute(insert_ignore(self.dialect, CAMPAIGNS), [{
                 "id": campaign_id, "kind": kind, "locale": locale, "list_name": list_name,
                 "created_at": utcnow()}])
 
@@ -29,7 +29,7 @@ class Campaigns:
         Succeeds when nobody holds the lease, it expired, it is ours, or its owner
         is a dead process on this host. Returns (taken, current owner, until).
         """
-        table = CampaignRecord.__table__
+        table = CAMPAIGNS
         now = utcnow()
         with self.engine.begin() as conn:
             row = conn.execute(select(table.c.lease_owner, table.c.lease_until)
@@ -49,24 +49,25 @@ class Campaigns:
         return taken == 1, holder, until
 
     def release_lease(self, campaign_id: str, owner: str) -> None:
-        table = CampaignRecord.__table__
+        table = CAMPAIGNS
         with self.engine.begin() as conn:
             conn.execute(update(table).where(table.c.id == campaign_id, table.c.lease_owner == owner)
                          .values(lease_owner="", lease_until=None))
 
     def start_run(self, campaign_id: str) -> int:
         with self.engine.begin() as conn:
-            return conn.execute(Run.__table__.insert().values(
-                campaign_id=campaign_id, started_at=utcnow(), outcome="running", counts={})
-            ).inserted_primary_key[0]
+            key = conn.execute(RUNS.insert().values(
+                campaign_id=campaign_id, started_at=utcnow(), outcome="running", counts={})).inserted_primary_key
+            assert key is not None
+            return int(key[0])
 
     def finish_run(self, run_id: int, outcome: str, counts: dict[str, int]) -> None:
         with self.engine.begin() as conn:
-            conn.execute(update(Run.__table__).where(Run.__table__.c.id == run_id).values(
+            conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(
                 finished_at=utcnow(), outcome=outcome, counts=counts))
 
     def last_run(self, campaign_id: str) -> Run | None:
-        table = Run.__table__
+        table = RUNS
         with self.engine.connect() as conn:
             row = conn.execute(select(table).where(table.c.campaign_id == campaign_id)
                                .order_by(table.c.id.desc()).limit(1)).mappings().first()
@@ -74,5 +75,5 @@ class Campaigns:
 
     def known(self, campaign_id: str) -> bool:
         with self.engine.connect() as conn:
-            return conn.execute(select(CampaignRecord.__table__.c.id).where(
-                CampaignRecord.__table__.c.id == campaign_id)).first() is not None
+            return conn.execute(select(CAMPAIGNS.c.id).where(
+                CAMPAIGNS.c.id == campaign_id)).first() is not None

@@ -14,7 +14,7 @@ from ..addresses import NormalisedAddress
 from ..contacts import ContactData
 from ..errors import NotFound
 from .sql import execute_many, insert_ignore, update_by_id
-from .tables import Contact, ContactList, ListMember, utcnow
+from .tables import CONTACTS, LIST_MEMBERS, LISTS, utcnow
 
 
 @dataclass
@@ -33,20 +33,20 @@ class Contacts:
 
     @functools.cached_property
     def _member_insert(self) -> Any:
-        members = ListMember.__table__
+        members = LIST_MEMBERS
         return insert_ignore(self.dialect, members).values(list_id=bindparam("list_id"),
                                                            contact_id=bindparam("contact_id"))
 
     def list_size(self, name: str) -> int:
         """How many contacts the list has (0 when there is no such list yet)."""
-        members, lists = ListMember.__table__, ContactList.__table__
+        members, lists = LIST_MEMBERS, LISTS
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(members.join(lists, lists.c.id == members.c.list_id))
                                 .where(lists.c.name == name)).scalar_one()
 
     def list_id(self, name: str) -> int:
         with self.engine.connect() as conn:
-            found = conn.execute(select(ContactList.id).where(ContactList.name == name)).scalar()
+            found = conn.execute(select(LISTS.c.id).where(LISTS.c.name == name)).scalar()
         if found is None:
             raise NotFound(f"there is no contact list named {name!r}",
                            hint=f"import contacts into it first: mailer contacts import FILE --list {name}")
@@ -65,7 +65,7 @@ class Contacts:
         """
         now = now or utcnow()
         result = ImportResult()
-        table = Contact.__table__
+        table = CONTACTS
 
         def batches() -> Iterator[list[ContactData]]:
             # A key repeated within a batch: the later row wins. Repeated across batches:
@@ -80,8 +80,8 @@ class Contacts:
                 yield list(batch.values())
 
         with self.engine.begin() as conn:
-            conn.execute(insert_ignore(self.dialect, ContactList.__table__), [{"name": list_name, "created_at": now}])
-            list_id = conn.execute(select(ContactList.id).where(ContactList.name == list_name)).scalar_one()
+            conn.execute(insert_ignore(self.dialect, LISTS), [{"name": list_name, "created_at": now}])
+            list_id = conn.execute(select(LISTS.c.id).where(LISTS.c.name == list_name)).scalar_one()
             for batch in batches():
                 keys = [r.address.key for r in batch]
                 existing = {
@@ -117,7 +117,7 @@ class Contacts:
                 result.inserted += len(inserts)
                 result.updated += len(updates)
                 ids = conn.execute(select(table.c.id).where(table.c.email_key.in_(keys))).scalars().all()
-                members = ListMember.__table__
+                members = LIST_MEMBERS
                 already = conn.execute(select(func.count()).select_from(members).where(
                     members.c.list_id == list_id, members.c.contact_id.in_(ids))).scalar_one()
                 execute_many(conn, self._member_insert, [{"list_id": list_id, "contact_id": i} for i in ids])
@@ -129,8 +129,8 @@ class Contacts:
     def members(self, list_name: str) -> Iterator[ContactData]:
         """Members of a list, in the order they were first imported."""
         list_id = self.list_id(list_name)
-        table = Contact.__table__
-        members = ListMember.__table__
+        table = CONTACTS
+        members = LIST_MEMBERS
         query = (select(table).join(members, members.c.contact_id == table.c.id)
                  .where(members.c.list_id == list_id).order_by(table.c.id))
         with self.engine.connect() as conn:
@@ -138,7 +138,7 @@ class Contacts:
                 yield contact_from_row(row)
 
     def by_id(self, ids: Iterable[int]) -> dict[int, ContactData]:
-        table = Contact.__table__
+        table = CONTACTS
         wanted = list(ids)
         found: dict[int, ContactData] = {}
         with self.engine.connect() as conn:
@@ -149,10 +149,10 @@ class Contacts:
 
     def count(self) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(Contact.__table__)).scalar_one()
+            return conn.execute(select(func.count()).select_from(CONTACTS)).scalar_one()
 
 
-_contacts = Contact.__table__
+_contacts = CONTACTS
 _CONTACT_INSERT = _contacts.insert().values({c.name: bindparam(c.name) for c in _contacts.c if c.name != "id"})
 
 

@@ -12,7 +12,17 @@ from sqlalchemy.engine import Engine
 from ..contacts import ContactData
 from ..states import SendState
 from .contacts import contact_from_row
-from .tables import CampaignRecord, Contact, ContactList, Erasure, Interaction, ListMember, SendLog, Suppression, utcnow
+from .tables import (
+    CAMPAIGNS,
+    CONTACTS,
+    ERASURES,
+    INTERACTIONS,
+    LIST_MEMBERS,
+    LISTS,
+    SEND_LOG,
+    SUPPRESSIONS,
+    utcnow,
+)
 
 ERASED_PREFIX = "erased:"
 
@@ -60,9 +70,9 @@ class People:
 
     def lookup(self, key: str, digest: str, domain: str) -> PersonRecord:
         """What we hold about the address `key` (keyed hash `digest`)."""
-        contacts, members, lists = Contact.__table__, ListMember.__table__, ContactList.__table__
-        log, campaigns, sup = SendLog.__table__, CampaignRecord.__table__, Suppression.__table__
-        interactions = Interaction.__table__
+        contacts, members, lists = CONTACTS, LIST_MEMBERS, LISTS
+        log, campaigns, sup = SEND_LOG, CAMPAIGNS, SUPPRESSIONS
+        interactions = INTERACTIONS
         found = PersonRecord()
         with self.engine.connect() as conn:
             row = conn.execute(select(contacts).where(contacts.c.email_key == key)).mappings().first()
@@ -85,8 +95,8 @@ class People:
                 .order_by(sup.c.created_at).limit(1)).first()
             if entry is not None:
                 found.suppressed_since, found.suppression_origin = entry.created_at, entry.origin
-            found.erased_at = conn.execute(select(func.max(Erasure.__table__.c.erased_at)).where(
-                Erasure.__table__.c.address_hash == digest)).scalar()
+            found.erased_at = conn.execute(select(func.max(ERASURES.c.erased_at)).where(
+                ERASURES.c.address_hash == digest)).scalar()
         return found
 
     def erase(self, people: Sequence[tuple[str, str]], *, by: str, reason: str) -> list[Erased]:
@@ -94,8 +104,8 @@ class People:
         memberships and interactions; key their send-log rows by hash only, with the subject and
         server answers cleared (they can carry a name); clear free text typed with their opt-out;
         with reason "request", put the hash on the suppression list; record the erasure."""
-        contacts, members, log = Contact.__table__, ListMember.__table__, SendLog.__table__
-        interactions, sup, erasures = Interaction.__table__, Suppression.__table__, Erasure.__table__
+        contacts, members, log = CONTACTS, LIST_MEMBERS, SEND_LOG
+        interactions, sup, erasures = INTERACTIONS, SUPPRESSIONS, ERASURES
         now = utcnow()
         results = []
         with self.engine.begin() as conn:
@@ -126,14 +136,14 @@ class People:
 
     def all_contacts(self) -> Iterator[ContactData]:
         """Every stored contact, for the retention review."""
-        table = Contact.__table__
+        table = CONTACTS
         with self.engine.connect() as conn:
             for row in conn.execute(select(table).order_by(table.c.id)).mappings():
                 yield contact_from_row(row)
 
     def record_interaction(self, key: str, at: date, what: str) -> date | None:
         """Record a contact the person initiated; the new last_interaction_at, None when no such contact."""
-        contacts = Contact.__table__
+        contacts = CONTACTS
         with self.engine.begin() as conn:
             row = conn.execute(select(contacts.c.id, contacts.c.last_interaction_at)
                                .where(contacts.c.email_key == key)).first()
@@ -142,17 +152,17 @@ class People:
             latest: date = max(d for d in (row.last_interaction_at, at) if d is not None)
             conn.execute(update(contacts).where(contacts.c.id == row.id).values(last_interaction_at=latest,
                                                                                 updated_at=utcnow()))
-            conn.execute(insert(Interaction.__table__).values(contact_id=row.id, at=at, what=what,
+            conn.execute(insert(INTERACTIONS).values(contact_id=row.id, at=at, what=what,
                                                               recorded_at=utcnow()))
         return latest
 
     def has_erasures(self) -> bool:
         with self.engine.connect() as conn:
-            return conn.execute(select(Erasure.__table__.c.id).limit(1)).first() is not None
+            return conn.execute(select(ERASURES.c.id).limit(1)).first() is not None
 
     def erasures(self, digests: Sequence[str]) -> dict[str, tuple[str, datetime]]:
         """hash -> (reason, when) of the latest erasure, for those of `digests` that were erased."""
-        table = Erasure.__table__
+        table = ERASURES
         found: dict[str, tuple[str, datetime]] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(digests), 500):

@@ -14,10 +14,10 @@ from sqlalchemy.engine import Engine
 from ..states import DELIVERED_STATES, PENDING_STATES, SendState, check_move
 from .sql import dialect_insert, execute_many, insert_ignore, update_by_id
 from .suppressions import suppressed_among_sql
-from .tables import SendLog, Suppression, utcnow
+from .tables import SEND_LOG, SUPPRESSIONS, SendLog, utcnow
 
 S = SendState
-_log = SendLog.__table__
+_log = SEND_LOG
 
 #: The states a new decision of the gate may replace: nothing delivered, nothing in flight.
 DECIDABLE_STATES: tuple[SendState, ...] = tuple(s for s in SendState if s not in DELIVERED_STATES)
@@ -111,9 +111,9 @@ class SendLogRows:
         """({state: n}, {rule: n for blocked rows})."""
         table = _log
         with self.engine.connect() as conn:
-            states = dict(conn.execute(select(table.c.state, func.count()).where(
+            states: dict[str, int] = dict(conn.execute(select(table.c.state, func.count()).where(
                 table.c.campaign_id == campaign_id).group_by(table.c.state)).all())
-            rules = dict(conn.execute(select(table.c.rule, func.count()).where(
+            rules: dict[str, int] = dict(conn.execute(select(table.c.rule, func.count()).where(
                 table.c.campaign_id == campaign_id, table.c.state == S.BLOCKED.value).group_by(table.c.rule)).all())
         return states, rules
 
@@ -177,7 +177,7 @@ class LogWriter:
         (pending -> sending) unless their address or domain is suppressed by now."""
         for change in outcomes:
             check_move(S.SENDING, change["state"])
-        log, sup = _log, Suppression.__table__
+        log, sup = _log, SUPPRESSIONS
         now = utcnow()
         blocked: set[int] = set()
         answer = CommitAnswer({}, set())

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from ..errors import StoreError
 from .sql import insert_ignore
-from .tables import Setting
+from .tables import SETTINGS
 
 
 class Settings:
@@ -20,11 +20,11 @@ class Settings:
 
     def get(self, key: str) -> str | None:
         with self.engine.connect() as conn:
-            return conn.execute(select(Setting.value).where(Setting.key == key)).scalar()
+            return conn.execute(select(SETTINGS.c.value).where(SETTINGS.c.key == key)).scalar()
 
     def put_if_absent(self, key: str, value: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert_ignore(self.dialect, Setting.__table__), [{"key": key, "value": value}])
+            conn.execute(insert_ignore(self.dialect, SETTINGS), [{"key": key, "value": value}])
 
     def secret(self, from_environment: str | None, variable: str = "MAILER_SECRET") -> tuple[bytes, bool]:
         """The HMAC secret: the environment's, else one generated once and kept here.

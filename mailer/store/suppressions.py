@@ -12,9 +12,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 
 from .sql import insert_ignore
-from .tables import Suppression, utcnow
+from .tables import SUPPRESSIONS, Suppression, utcnow
 
-_table = Suppression.__table__
+_table = SUPPRESSIONS
 
 
 class Suppressions:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -152,3 +152,16 @@ class Setting(SQLModel, table=True):
     value: str
 
 
+
+
+# The tables as SQLAlchemy Core sees them (the aggregate modules use these).
+CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
+LISTS: Table = ContactList.__table__  # type: ignore[attr-defined]
+LIST_MEMBERS: Table = ListMember.__table__  # type: ignore[attr-defined]
+SUPPRESSIONS: Table = Suppression.__table__  # type: ignore[attr-defined]
+CAMPAIGNS: Table = CampaignRecord.__table__  # type: ignore[attr-defined]
+RUNS: Table = Run.__table__  # type: ignore[attr-defined]
+SEND_LOG: Table = SendLog.__table__  # type: ignore[attr-defined]
+INTERACTIONS: Table = Interaction.__table__  # type: ignore[attr-defined]
+ERASURES: Table = Erasure.__table__  # type: ignore[attr-defined]
+SETTINGS: Table = Setting.__table__  # type: ignore[attr-defined]
