@@ -167,18 +167,17 @@ def run_mailer(project: Path, rss: bool = False) -> tuple[float, PeakRss | None]
 def prebuilt_messages(project: Path) -> list[tuple[str, bytes]]:
     """The messages mailer would send, rendered once with the library (not timed)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from mailer.pipeline import open_workspace, prepare_campaign
-    ws = open_workspace(project / "config.toml", {"MAILER_SECRET": "bench"})
-    prepared = prepare_campaign(ws, project / "campaigns" / "bench.toml")
-    from datetime import date
+    import email.utils
 
-    from mailer.contacts import parse_contacts_csv
-    records = parse_contacts_csv(project / "contacts" / "bench.csv", today=date.today()).records
-    out = []
-    for contact in records:
-        rendered = prepared.renderer.render(contact)
-        out.append((contact.email, prepared.renderer.build_mime(rendered, prepared.renderer.message_id())))
-    ws.close()
+    import mailer
+    with tempfile.TemporaryDirectory() as folder, \
+            mailer.open_workspace(project / "config.toml", {"MAILER_SECRET": "bench"}) as ws:
+        written = mailer.preview_campaign(ws, project / "campaigns" / "bench.toml", folder).written
+        out = []
+        for path in written:
+            data = path.read_bytes()
+            to = next(line for line in data.split(b"\r\n\r\n", 1)[0].splitlines() if line.startswith(b"To: "))
+            out.append((email.utils.parseaddr(to[4:].decode())[1], data))
     return out
 
 
@@ -203,11 +202,11 @@ async def bare_loop(port: int, connections: int, messages: list[tuple[str, bytes
 async def bare_transport_loop(project: Path, connections: int, messages: list[tuple[str, bytes]]) -> float:
     """The same pre-built messages through mailer's own SMTP transport (pipelining when the server
     offers it), with nothing else of mailer around it: what the rest of mailer costs on top."""
-    from mailer.config import load_config
-    from mailer.transport.base import Envelope
-    from mailer.transport.smtp import SmtpTransport, wire_message
-    transport = SmtpTransport(load_config(project / "config.toml"), {})
-    envelopes = [Envelope(f"bench.{i}", "bounces@acme.example", rcpt, wire_message(data), wire=True)
+    import mailer
+    with mailer.open_workspace(project / "config.toml", {"MAILER_SECRET": "bench"}) as ws:
+        transport = ws.open_transport()
+    wire = transport.wire_format or (lambda data: data)
+    envelopes = [mailer.Envelope(f"bench.{i}", "bounces@acme.example", rcpt, wire(data), wire=True)
                  for i, (rcpt, data) in enumerate(messages)]
     start = time.perf_counter()
     await transport.open()

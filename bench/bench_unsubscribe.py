@@ -26,8 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mailer.pipeline import open_workspace  # noqa: E402
-from mailer.tokens import sign  # noqa: E402
+import mailer  # noqa: E402
 
 
 def free_port() -> int:
@@ -92,11 +91,11 @@ def main() -> None:
         root = Path(tmp) / "p"
         subprocess.run([sys.executable, "-m", "mailer", "init", str(root)], check=True, stdout=subprocess.DEVNULL)
         env = dict(os.environ, MAILER_SECRET="bench", MAILER_CONFIG=str(root / "config.toml"))
-        ws = open_workspace(root / "config.toml", env)
-        ws.store.campaigns.record("bench", "prospecting", "fr", "bench")
-        tokens = [sign(ws.keys, "bench", "fr", ws.hash_address(f"person{i}@company{i % 97}.example"))
-                  for i in range(args.requests)]
-        ws.close()
+        with mailer.open_workspace(root / "config.toml", env) as ws:
+            # A campaign the endpoint knows: the sample's, sent to the maildir outbox.
+            campaign = mailer.send_campaign(ws, root / "campaigns" / "cloud-audit.toml").campaign_id
+            tokens = [ws.unsubscribe_token(campaign, f"person{i}@company{i % 97}.example", "fr")
+                      for i in range(args.requests)]
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "mailer", "serve", "--port", str(port)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -44,6 +44,7 @@ from .optouts import suppress, unsuppress
 from .planning import Plan, PlannedRecipient
 from .privacy import Explanation, ForgetResult, RetentionItem, RetentionReport, explain, forget, retention
 from .states import SendState
+from .transport import Delivery, Envelope, Transport
 from .workspace import Workspace, open_workspace
 
 
@@ -55,7 +56,8 @@ def import_contacts(ws: Workspace, csv_path: str | os.PathLike[str], list_name: 
 
 
 __all__ = [
-    "CampaignStatus", "ComplianceRefusal", "ConfigError", "CsvError", "Explanation", "ForgetResult",
+    "CampaignStatus", "ComplianceRefusal", "ConfigError", "CsvError", "Delivery", "Envelope", "Explanation",
+    "ForgetResult", "Transport",
     "ImportOutcome", "InputError", "MailerError", "NotFound", "Plan", "PlannedRecipient", "PreviewResult",
     "RetentionItem", "RetentionReport", "RunSummary", "SendState", "StoreError", "TemplateError", "TransportError",
     "Workspace", "__version__", "campaign_status", "explain", "forget", "import_contacts", "open_workspace",

@@ -35,6 +35,13 @@ class Workspace:
         """The keyed hash under which an address is kept once its data is gone."""
         return address_hash(self.keys.address, key)
 
+    def unsubscribe_token(self, campaign_id: str, email: str, locale: str) -> str:
+        """The signed token of the one-click link (`[unsubscribe] base_url` + "/u/" + token) that
+        unsubscribes `email`, as it appears in that campaign's messages."""
+        from .addresses import normalise
+        from .tokens import sign
+        return sign(self.keys, campaign_id, locale, self.hash_address(normalise(email).key))
+
     @property
     def transport_class(self) -> type[Transport]:
         return transport_class(self.config)
