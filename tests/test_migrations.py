@@ -246,6 +246,7 @@ def test_a_new_database_is_built_by_the_migrations_and_matches_the_tables(projec
         differences = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
     engine.dispose()
     assert differences == []
+    command.check(migrate.alembic_config(url_of(project)))  # `alembic check`, as a developer runs it: no new operations
 
 
 def test_a_database_from_a_newer_mailer_is_refused(project: Project) -> None:
