@@ -32,6 +32,8 @@ from .errors import (
     ConfigError,
     CsvError,
     InputError,
+    InvalidRows,
+    ListNotFound,
     MailerError,
     NotFound,
     StoreError,
@@ -57,9 +59,9 @@ def import_contacts(ws: Workspace, csv_path: str | os.PathLike[str], list_name: 
 
 __all__ = [
     "CampaignStatus", "ComplianceRefusal", "ConfigError", "CsvError", "Delivery", "Envelope", "Explanation",
-    "ForgetResult", "Transport",
-    "ImportOutcome", "InputError", "MailerError", "NotFound", "Plan", "PlannedRecipient", "PreviewResult",
-    "RetentionItem", "RetentionReport", "RunSummary", "SendState", "StoreError", "TemplateError", "TransportError",
-    "Workspace", "__version__", "campaign_status", "explain", "forget", "import_contacts", "open_workspace",
-    "plan_campaign", "preview_campaign", "retention", "send_campaign", "suppress", "unsuppress",
+    "ForgetResult", "ImportOutcome", "InputError", "InvalidRows", "ListNotFound", "MailerError", "NotFound",
+    "Plan", "PlannedRecipient", "PreviewResult", "RetentionItem", "RetentionReport", "RunSummary",
+    "SendState", "StoreError", "TemplateError", "Transport", "TransportError", "Workspace", "__version__",
+    "campaign_status", "explain", "forget", "import_contacts", "open_workspace", "plan_campaign",
+    "preview_campaign", "retention", "send_campaign", "suppress", "unsuppress",
 ]

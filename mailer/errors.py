@@ -40,13 +40,21 @@ class ConfigError(InputError):
 class CsvError(InputError):
     """A contacts CSV has bad rows; nothing was imported."""
 
-    def __init__(self, problems: list[str], *, hint: str | None = None, good_rows: int = 0) -> None:
+    def __init__(self, problems: list[str], *, hint: str | None = None) -> None:
         self.problems = problems
-        self.good_rows = good_rows  # rows that would import if the bad ones were skipped
         shown = problems[:20]
         more = len(problems) - len(shown)
         message = "\n".join(shown) + (f"\n  … and {more} more" if more > 0 else "")
         super().__init__(message, hint=hint)
+
+
+class InvalidRows(CsvError):
+    """Some rows of a contacts CSV are invalid: nothing was imported (all or nothing)."""
+
+    def __init__(self, problems: list[str], *, good_rows: int) -> None:
+        self.good_rows = good_rows  # what would import if the bad rows were skipped
+        super().__init__(problems, hint=f"fix these rows (nothing was imported), or skip the invalid rows to "
+                                        f"import the {good_rows} good ones")
 
 
 class TemplateError(InputError):
@@ -75,3 +83,11 @@ class StoreError(MailerError):
 
 class NotFound(InputError):
     """A named thing (list, campaign, contact) does not exist."""
+
+
+class ListNotFound(NotFound):
+    """No contact list has this name."""
+
+    def __init__(self, list_name: str) -> None:
+        self.list_name = list_name
+        super().__init__(f"there is no contact list named {list_name!r}", hint="import contacts into it first")

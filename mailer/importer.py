@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .contacts import ContactData, ContactsCsv
-from .errors import CsvError
+from .errors import InvalidRows
 from .gate import retention_reference
 from .store import ImportResult, utcnow
 from .workspace import Workspace
@@ -70,9 +70,7 @@ def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: 
 
     def all_or_nothing() -> None:
         if reader.problems and not skip_invalid:
-            raise CsvError(reader.problems, good_rows=outcome.rows,
-                           hint=f"fix these rows (nothing was imported), or skip the invalid rows to import "
-                                f"the {outcome.rows} good ones")
+            raise InvalidRows(reader.problems, good_rows=outcome.rows)
 
     outcome.result = ws.store.contacts.upsert(records(), list_name, reader.present, now=now,
                                               before_commit=all_or_nothing)

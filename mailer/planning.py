@@ -60,6 +60,7 @@ class Plan:
     confirmed_delivered: int = 0
     run_id: int | None = None
     first_allowed: ContactData | None = None
+    from_domain: str = ""  # the From address's domain (what DNS must vouch for)
 
     @property
     def allowed_count(self) -> int:
@@ -120,7 +121,8 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
         relevance=RelevanceMatcher.build(relevance.job_titles, relevance.industries) if relevance else None,
     )
     replaceable = DECIDABLE_STATES + ((SendState.UNCERTAIN,) if retry_uncertain else ())
-    plan = Plan(campaign, Counter(), [] if keep_recipients else None, imported, recovered, confirmed, run_id)
+    plan = Plan(campaign, Counter(), [] if keep_recipients else None, imported, recovered, confirmed, run_id,
+                from_domain=prepared.renderer.from_domain)
     rows: list[dict[str, object]] = []
     for contact in _candidates(ws, campaign, imported):
         since += 1

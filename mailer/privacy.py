@@ -167,9 +167,9 @@ def apply_retention(ws: Workspace, items: list[RetentionItem], *, by: str) -> tu
 def touch_contact(ws: Workspace, email: str, at: date, what: str, today: date) -> date:
     """Record a contact initiated by the person; returns the new last_interaction_at."""
     if what not in INTERACTIONS:
-        raise InputError(f"--what must be one of {', '.join(INTERACTIONS)} (opens and our own sends do not count)")
+        raise InputError(f"what the person did must be one of {', '.join(INTERACTIONS)} (opens and our own sends do not count)")
     if at > today:
-        raise InputError(f"--at {at.isoformat()} is in the future")
+        raise InputError(f"the interaction date {at.isoformat()} is in the future")
     latest = ws.store.people.record_interaction(normalise(email).key, at, what)
     if latest is None:
         raise NotFound(f"no contact {email}", hint="import the contact first")

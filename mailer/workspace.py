@@ -77,7 +77,7 @@ def open_workspace(config_path: str | os.PathLike[str], environ: Mapping[str, st
     except BaseException:
         store.close()
         raise
-    notes = list(getattr(store, "notes", []))
+    notes = list(store.notes)
     if generated:
         notes.append(f"${variable} is not set; created a random secret for unsubscribe tokens and kept it in the "
                      f"database. In production, set ${variable}.")

@@ -101,3 +101,12 @@ def test_empty_or_older_dates_never_erase_a_recorded_contact_from_the_person(pro
     assert project.sql("select last_interaction_at, consent_at from contacts") == [("2026-03-01", "2026-01-01")]
     imp(project, "email,kind,last_interaction_at\nj@x.example,b2c,2025-01-01\n")
     assert project.sql("select last_interaction_at from contacts") == [("2026-03-01",)]
+
+
+def test_a_file_that_cannot_be_read_keeps_its_own_hint(project: Project) -> None:
+    """Only bad rows suggest skipping them; a file in the wrong encoding says how to save it."""
+    result, path = imp(project, "email,kind\nzo\xe9@x.example,b2b\n".encode("latin-1"))
+    assert result.exit_code == 2
+    assert f"{path}:2: not UTF-8" in result.output
+    assert "save the file as UTF-8" in result.output
+    assert "--skip-invalid" not in result.output

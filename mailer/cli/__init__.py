@@ -18,7 +18,7 @@ import click
 
 from .. import __version__
 from ..config import find_config_path
-from ..errors import MailerError
+from ..errors import InvalidRows, ListNotFound, MailerError
 from ..workspace import Workspace, open_workspace
 
 
@@ -33,8 +33,9 @@ class MailerGroup(click.Group):
             if debug:
                 traceback.print_exc()
             click.secho(f"Error: {exc.message}", fg="red", err=True)
-            if exc.hint:
-                click.echo(f"Hint: {exc.hint}", err=True)
+            hint = _hint(exc)
+            if hint:
+                click.echo(f"Hint: {hint}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -47,6 +48,16 @@ class MailerGroup(click.Group):
             click.secho(f"Error: unexpected {type(exc).__name__}: {exc}", fg="red", err=True)
             click.echo("Hint: rerun with --debug for the traceback, and report it.", err=True)
             ctx.exit(1)
+
+
+def _hint(exc: MailerError) -> str | None:
+    """The library's hint, or, where the next step is a command or an option, the CLI's."""
+    if isinstance(exc, InvalidRows):
+        return (f"fix these rows (nothing was imported), or rerun with --skip-invalid to import the "
+                f"{exc.good_rows} good rows")
+    if isinstance(exc, ListNotFound):
+        return f"import contacts into it first: mailer contacts import FILE --list {exc.list_name}"
+    return exc.hint
 
 
 class Env:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -13,7 +12,7 @@ from ..errors import InputError, TransportError
 from ..gate import RULE_IDS
 from ..planning import Plan
 from . import Env, cli, pass_env
-from .output import SendingBar, Steps, csv_hint, print_counts, print_summary, readable
+from .output import SendingBar, Steps, print_counts, print_summary, readable
 
 EXIT_FAILED_DELIVERIES = 4
 
@@ -33,15 +32,14 @@ def check(env: Env, campaign: str, no_dns: bool, no_smtp: bool) -> None:
     Example:  mailer check campaigns/cloud-audit.toml
     """
     ws = env.workspace()
-    with Steps() as steps, csv_hint():
+    with Steps() as steps:
         plan = plan_campaign(ws, campaign, progress=steps)
     click.echo(f"{env.config_path}: OK")
     click.echo(f"{campaign}: OK (templates compile, {len(plan.allowed)} messages render with a visible footer)")
     print_counts(plan)
     if not no_dns:
         from ..dns_check import preflight
-        from ..planning import prepare_campaign
-        for line in preflight(prepare_campaign(ws, Path(campaign)).renderer.from_domain, ws.config.dkim.selector):
+        for line in preflight(plan.from_domain, ws.config.dkim.selector):
             click.echo(line)
     if ws.transport_class.leaves_host and not no_smtp:
         found = asyncio.run(ws.open_transport().preflight())
@@ -66,7 +64,7 @@ def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None
     Example:  mailer preview campaigns/cloud-audit.toml --to jeanne@client.example
     """
     ws = env.workspace()
-    with Steps() as steps, csv_hint():
+    with Steps() as steps:
         result = preview_campaign(ws, campaign, out, to=to, limit=limit, progress=steps)
     if result.first is not None:
         click.echo(readable(result.first))
@@ -116,7 +114,7 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
     def stopping() -> None:
         click.echo("\nStopping after the messages in flight… (Ctrl-C again to force)", err=True)
 
-    with Steps() as steps, csv_hint(), bar.shown():
+    with Steps() as steps, bar.shown():
         summary = send_campaign(ws, campaign, dry_run=dry_run, retry_uncertain=retry_uncertain, limit=limit,
                                 confirm=confirm, progress=steps, on_result=bar, on_stopping=stopping)
     if summary.dry_run or summary.to_send == 0:

@@ -11,7 +11,7 @@ from ..importer import import_contacts
 from ..privacy import touch_contact
 from ..store import utcnow
 from . import Env, cli, pass_env
-from .output import Steps, csv_hint
+from .output import Steps
 
 
 @cli.group()
@@ -33,7 +33,7 @@ def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool) -> 
     \b
     Example:  mailer contacts import contacts/prospects.csv --list prospects-2026
     """
-    with Steps() as steps, csv_hint():
+    with Steps() as steps:
         outcome = import_contacts(env.workspace(), Path(file), list_name, skip_invalid=skip_invalid, progress=steps)
     r = outcome.result
     click.echo(f"{file}: {r.inserted} new, {r.updated} updated, {len(outcome.repeated)} repeated rows merged; "

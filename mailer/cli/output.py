@@ -14,7 +14,6 @@ from typing import Any
 import click
 
 from ..campaign import RunSummary
-from ..errors import CsvError
 from ..gate import RULE_IDS
 from ..planning import Plan
 
@@ -84,16 +83,6 @@ def _rate(results: Counter[str], started: float) -> str:
     done = sum(results.values())
     rate = done / max(time.monotonic() - started, 1e-6)
     return " ".join([*(f"{k}={v}" for k, v in sorted(results.items())), f"{rate:,.0f} msg/s"])
-
-
-@contextlib.contextmanager
-def csv_hint() -> Iterator[None]:
-    """A CSV with bad rows: the library says what to fix; the CLI names the option that skips them."""
-    try:
-        yield
-    except CsvError as exc:
-        raise CsvError(exc.problems, hint=f"fix these rows (nothing was imported), or rerun with --skip-invalid "
-                                          f"to import the {exc.good_rows} good rows") from None
 
 
 def print_counts(plan: Plan) -> None:

@@ -6,19 +6,10 @@ import sys
 
 import click
 
+from .. import privacy
 from ..errors import InputError
 from ..locales import available
-from ..privacy import apply_retention, as_json, explain_person, forget_person, render_explanation, retention_report
-from ..store import utcnow
 from . import Env, cli, pass_env
-
-
-def _who_runs_this() -> str:
-    import getpass
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 @cli.command()
@@ -41,11 +32,11 @@ def explain(env: Env, email: str, locale: str, fmt: str) -> None:
     import json
 
     ws = env.workspace()
-    explanation = explain_person(ws, email)
+    explanation = privacy.explain(ws, email)
     if fmt == "json":
-        click.echo(json.dumps(as_json(explanation), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(privacy.as_json(explanation), indent=2, ensure_ascii=False))
     else:
-        click.echo(render_explanation(explanation, locale, fmt, ws.config.compliance.retention_years), nl=False)
+        click.echo(privacy.render_explanation(explanation, locale, fmt, ws.config.compliance.retention_years), nl=False)
 
 
 @cli.command()
@@ -67,7 +58,7 @@ def forget(env: Env, email: str, yes: bool) -> None:
         if not sys.stdin.isatty() and not os.environ.get("MAILER_ASSUME_TTY"):
             raise InputError("not asking for confirmation without a terminal", hint="add --yes")
         click.confirm(f"Erase everything we hold about {email}?", abort=True)
-    result = forget_person(ws, email, by=_who_runs_this())
+    result = privacy.forget(ws, email)
     if result.had_contact or result.log_rows:
         click.echo(f"Erased {email}: contact {'deleted' if result.had_contact else 'not found'}, "
                    f"{result.log_rows} send-log rows now keyed by hash only.")
@@ -95,19 +86,17 @@ def retention(env: Env, apply_: bool, days: int) -> None:
     Example:  mailer retention            # then: mailer retention --apply
     """
     ws = env.workspace()
-    today = utcnow().date()
-    expired, soon = retention_report(ws, today, days)
-    years = ws.config.compliance.retention_years
-    click.echo(f"Retention: {years} years. Expired today ({today.isoformat()}): {len(expired)}")
-    for item in expired:
+    report = privacy.retention(ws, apply=apply_, horizon_days=days)
+    click.echo(f"Retention: {report.retention_years} years. Expired today ({report.today.isoformat()}): "
+               f"{len(report.expired)}")
+    for item in report.expired:
         click.echo(f"  {item.email:<40} {item.field} {item.reference.isoformat()} -> expired {item.expires_on.isoformat()}")
-    click.echo(f"Expiring within {days} days: {len(soon)}")
-    for item in soon:
+    click.echo(f"Expiring within {days} days: {len(report.expiring)}")
+    for item in report.expiring:
         click.echo(f"  {item.email:<40} {item.field} {item.reference.isoformat()} -> expires {item.expires_on.isoformat()}")
-    if apply_ and expired:
-        erased, files = apply_retention(ws, expired, by=_who_runs_this())
-        click.echo(f"Erased {erased} contacts past retention (suppression entries kept).")
-        if files:
-            click.echo(f"Removed {files} copies of messages sent to them from {ws.config.outbox}.")
-    elif expired:
+    if report.erased:
+        click.echo(f"Erased {report.erased} contacts past retention (suppression entries kept).")
+        if report.outbox_files:
+            click.echo(f"Removed {report.outbox_files} copies of messages sent to them from {ws.config.outbox}.")
+    elif report.expired:
         click.echo("Run with --apply to erase them.")

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from ..addresses import NormalisedAddress
 from ..contacts import ContactData
-from ..errors import NotFound
+from ..errors import ListNotFound
 from .sql import execute_many, insert_ignore, update_by_id
 from .tables import CONTACTS, LIST_MEMBERS, LISTS, utcnow
 
@@ -48,8 +48,7 @@ class Contacts:
         with self.engine.connect() as conn:
             found = conn.execute(select(LISTS.c.id).where(LISTS.c.name == name)).scalar()
         if found is None:
-            raise NotFound(f"there is no contact list named {name!r}",
-                           hint=f"import contacts into it first: mailer contacts import FILE --list {name}")
+            raise ListNotFound(name)
         return found
 
     def upsert(self, records: Iterable[ContactData], list_name: str,

@@ -11,13 +11,16 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, bindparam, func, literal_column, or_, select, update
 from sqlalchemy.engine import Engine
 
-from ..states import DELIVERED_STATES, PENDING_STATES, SendState, check_move
+from ..states import DELIVERED_STATES, PENDING_STATES, TRANSITIONS, SendState, check_move
 from .sql import dialect_insert, execute_many, insert_ignore, update_by_id
 from .suppressions import suppressed_among_sql
 from .tables import SEND_LOG, SUPPRESSIONS, SendLog, utcnow
 
 S = SendState
 _log = SEND_LOG
+
+#: What a claimed row may become (checked for every outcome the engine writes).
+_OUTCOMES = TRANSITIONS[S.SENDING]
 
 #: The states a new decision of the gate may replace: nothing delivered, nothing in flight.
 DECIDABLE_STATES: tuple[SendState, ...] = tuple(s for s in SendState if s not in DELIVERED_STATES)
@@ -176,7 +179,8 @@ class LogWriter:
         put `bounces` (hash, reason, campaign) on the suppression list, then claim `claims`
         (pending -> sending) unless their address or domain is suppressed by now."""
         for change in outcomes:
-            check_move(S.SENDING, change["state"])
+            if change["state"] not in _OUTCOMES:
+                check_move(S.SENDING, change["state"])  # raises, naming the move
         log, sup = _log, SUPPRESSIONS
         now = utcnow()
         blocked: set[int] = set()
