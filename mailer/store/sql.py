@@ -110,9 +110,15 @@ def update_by_id(conn: Any, table: Any, rows: Sequence[dict[str, Any]]) -> None:
 
     Statements are built once per (table, columns): on the send path this runs
     for every group commit, and building a statement costs more than running it.
+    Changes to one id are merged first, later values winning: grouped by columns,
+    a row's later change could otherwise run before its earlier one (a retry's
+    success written, then its 4xx answer over it).
     """
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    merged: dict[Any, dict[str, Any]] = {}
     for row in rows:
+        merged.setdefault(row["id"], {}).update(row)
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in merged.values():
         columns = tuple(sorted(k for k in row if k != "id"))
         groups.setdefault(columns, []).append({"_id": row["id"], **{f"_{k}": row[k] for k in columns}})
     for columns, params in groups.items():
