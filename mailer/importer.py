@@ -39,11 +39,38 @@ def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: 
     stays flat however long the file; a bad row anywhere rolls everything back.
     """
     now = now or utcnow()
-    progress = progress or no_progress
+    reader, outcome, records = _read(ws, path, now, progress or no_progress, f"Importing {path.name}")
+
+    def all_or_nothing() -> None:
+        if reader.problems and not skip_invalid:
+            raise InvalidRows(reader.problems, good_rows=outcome.rows)
+
+    outcome.result = ws.store.contacts.upsert(records, list_name, reader.present, now=now,
+                                              before_commit=all_or_nothing)
+    outcome.skipped = list(reader.problems)
+    return outcome
+
+
+def read_as_imported(ws: Workspace, path: Path, *, now: datetime | None = None,
+                     progress: Progress | None = None) -> tuple[ImportOutcome, list[ContactData]]:
+    """What `import_contacts` would make of the file's contacts, without writing anything: each
+    row merged with the stored contact of its address (all or nothing, as an import)."""
+    now = now or utcnow()
+    reader, outcome, records = _read(ws, path, now, progress or no_progress, f"Reading {path.name}")
+    merged = list(ws.store.contacts.as_upserted(records, reader.present, now=now))
+    if reader.problems:
+        raise InvalidRows(reader.problems, good_rows=outcome.rows)
+    return outcome, merged
+
+
+def _read(ws: Workspace, path: Path, now: datetime, progress: Progress, label: str
+          ) -> tuple[ContactsCsv, ImportOutcome, Iterator[ContactData]]:
+    """The file's valid rows, streamed, without the people erased (counted in the outcome, as
+    are the rows repeating an address)."""
     reader = ContactsCsv(path, today=now.date())
     outcome = ImportOutcome(path, ImportResult())
     seen: set[str] = set()
-    advance = progress(f"Importing {path.name}", data_lines(path))
+    advance = progress(label, data_lines(path))
 
     def records() -> Iterator[ContactData]:
         chunk: list[ContactData] = []
@@ -68,14 +95,7 @@ def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: 
             seen.add(record.address.key)
             yield record
 
-    def all_or_nothing() -> None:
-        if reader.problems and not skip_invalid:
-            raise InvalidRows(reader.problems, good_rows=outcome.rows)
-
-    outcome.result = ws.store.contacts.upsert(records(), list_name, reader.present, now=now,
-                                              before_commit=all_or_nothing)
-    outcome.skipped = list(reader.problems)
-    return outcome
+    return reader, outcome, records()
 
 
 def data_lines(path: Path) -> int | None:

@@ -13,7 +13,7 @@ from .contacts import ContactData
 from .dkim_signing import dkim_signer
 from .errors import ComplianceRefusal
 from .gate import FOOTER_MISSING, GateContext, RelevanceMatcher, campaign_problems, decide
-from .importer import ImportOutcome, Progress, data_lines, import_contacts, no_progress
+from .importer import ImportOutcome, Progress, data_lines, import_contacts, no_progress, read_as_imported
 from .render import RenderedMessage, Renderer, Templates, load_templates
 from .states import DELIVERED_STATES, SendState
 from .store import DECIDABLE_STATES, utcnow
@@ -71,12 +71,21 @@ class Plan:
         return [r for r in self.recipients or [] if r.blocked_by is None]
 
 
-def _candidates(ws: Workspace, campaign: Campaign, imported: ImportOutcome | None) -> Iterator[ContactData]:
-    """The list's members, streamed from the database, then the CSV's repeated rows
-    (which the gate blocks as `duplicate`)."""
-    yield from ws.store.contacts.members(campaign.list_name)
-    if imported is not None:
-        yield from imported.repeated
+def _candidates(ws: Workspace, campaign: Campaign, read: ImportOutcome | None,
+                from_csv: list[ContactData] | None) -> Iterator[ContactData]:
+    """The list's members, streamed from the database, then the CSV's repeated rows (which the
+    gate blocks as `duplicate`). With `from_csv` (the file's contacts as an import would make
+    them, not written), those stand in for the stored ones, and the new ones follow."""
+    if from_csv is None:
+        yield from ws.store.contacts.members(campaign.list_name)
+    else:
+        pending = {c.address.key: c for c in from_csv}
+        if ws.store.contacts.list_size(campaign.list_name):
+            for member in ws.store.contacts.members(campaign.list_name):
+                yield pending.pop(member.address.key, member)
+        yield from pending.values()
+    if read is not None:
+        yield from read.repeated
 
 
 def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | None = None,
@@ -86,6 +95,9 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
                   on_rendered: Callable[[ContactData, RenderedMessage], None] | None = None,
                   progress: Progress = no_progress) -> Plan:
     """Import the campaign's CSV, recover a crashed run, and decide for every candidate.
+
+    With persist=False nothing is written: the CSV is read and merged with the stored
+    contacts in memory, no decision is recorded and no crashed run is recovered.
 
     Candidates are streamed and decisions written in batches tagged with
     `run_id`, so a large list is never all in memory (unless keep_recipients,
@@ -97,12 +109,18 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
     campaign = prepared.campaign
     now = utcnow()
     today = today or now.date()
-    imported = None
+    imported = read = None
+    from_csv: list[ContactData] | None = None
     if import_csv and campaign.csv is not None:
-        imported = import_contacts(ws, campaign.csv, campaign.list_name, now=now, progress=progress)
-    ws.store.contacts.list_id(campaign.list_name)  # a clear error when the list does not exist
+        if persist:
+            imported = read = import_contacts(ws, campaign.csv, campaign.list_name, now=now, progress=progress)
+        else:
+            read, from_csv = read_as_imported(ws, campaign.csv, now=now, progress=progress)
+    if from_csv is None:
+        ws.store.contacts.list_id(campaign.list_name)  # a clear error when the list does not exist
     advance = progress("Rendering and checking" if render_check else "Deciding",
-                       ws.store.contacts.list_size(campaign.list_name) + len(imported.repeated if imported else ()))
+                       ws.store.contacts.list_size(campaign.list_name) + len(from_csv or ())
+                       + len(read.repeated if read else ()))
     since = 0
 
     recovered = confirmed = 0
@@ -124,7 +142,7 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
     plan = Plan(campaign, Counter(), [] if keep_recipients else None, imported, recovered, confirmed, run_id,
                 from_domain=prepared.renderer.from_domain)
     rows: list[dict[str, object]] = []
-    for contact in _candidates(ws, campaign, imported):
+    for contact in _candidates(ws, campaign, read, from_csv):
         since += 1
         if since == 500:
             advance(since)

@@ -158,9 +158,9 @@ def test_long_steps_before_sending_show_progress_in_a_terminal(project: Project)
         env=dict(os.environ, MAILER_SECRET=SECRET, COLUMNS="160"), stdout=terminal, stderr=terminal,
         stdin=subprocess.DEVNULL))
     assert code == 0, shown[-500:]
-    assert "Importing contacts.csv" in shown and "6000/6000" in shown
+    assert "Reading contacts.csv" in shown and "6000/6000" in shown
     assert "Rendering and checking" in shown
     assert "allowed" in shown and "6000" in shown
     # Piped (no terminal), the output stays the plain report.
     piped = project.run("check", str(project.campaign), "--no-dns")
-    assert "Importing" not in piped.output and "Rendering and checking" not in piped.output
+    assert "Reading" not in piped.output and "Rendering and checking" not in piped.output

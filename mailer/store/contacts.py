@@ -66,49 +66,22 @@ class Contacts:
         result = ImportResult()
         table = CONTACTS
 
-        def batches() -> Iterator[list[ContactData]]:
-            # A key repeated within a batch: the later row wins. Repeated across batches:
-            # upserted again, same result. The caller counts repetitions.
-            batch: dict[str, ContactData] = {}
-            for record in records:
-                batch[record.address.key] = record
-                if len(batch) >= chunk:
-                    yield list(batch.values())
-                    batch = {}
-            if batch:
-                yield list(batch.values())
-
         with self.engine.begin() as conn:
             conn.execute(insert_ignore(self.dialect, LISTS), [{"name": list_name, "created_at": now}])
             list_id = conn.execute(select(LISTS.c.id).where(LISTS.c.name == list_name)).scalar_one()
-            for batch in batches():
+            for batch in _batches(records, chunk):
                 keys = [r.address.key for r in batch]
                 existing = {
-                    row.email_key: row
+                    row["email_key"]: row
                     for row in conn.execute(
                         select(table.c.id, table.c.email_key, table.c.attrs, table.c.last_interaction_at)
-                        .where(table.c.email_key.in_(keys)))
+                        .where(table.c.email_key.in_(keys))).mappings()
                 }
-                inserts, updates = [], []
+                inserts: list[dict[str, Any]] = []
+                updates: list[dict[str, Any]] = []
                 for record in batch:
-                    row = _row_for(record, present_columns, now)
                     found = existing.get(record.address.key)
-                    if found is None:
-                        row.setdefault("collected_at", now.date())
-                        if row["collected_at"] is None:
-                            row["collected_at"] = now.date()
-                        inserts.append({**_defaults(), **row, "created_at": now})
-                    else:
-                        # An empty date cell never erases what we know, and a contact from the
-                        # person cannot be undone by an older file.
-                        for name in ("collected_at", "consent_at", "last_interaction_at"):
-                            if row.get(name) is None:
-                                row.pop(name, None)
-                        if found.last_interaction_at and row.get("last_interaction_at"):
-                            row["last_interaction_at"] = max(row["last_interaction_at"], found.last_interaction_at)
-                        row["attrs"] = {**(found.attrs or {}), **row["attrs"]}
-                        row["id"] = found.id
-                        updates.append(row)
+                    (inserts if found is None else updates).append(_changes(record, present_columns, now, found))
                 if inserts:
                     execute_many(conn, _CONTACT_INSERT, inserts)
                 if updates:
@@ -124,6 +97,20 @@ class Contacts:
             if before_commit is not None:
                 before_commit()
         return result
+
+    def as_upserted(self, records: Iterable[ContactData], present_columns: frozenset[str], *,
+                    now: datetime | None = None, chunk: int = 500) -> Iterator[ContactData]:
+        """What `upsert` would store for these records, without writing: each merged with the
+        stored contact of its address by the same rules (id None for a new contact)."""
+        now = now or utcnow()
+        with self.engine.connect() as conn:
+            for batch in _batches(records, chunk):
+                existing = {row["email_key"]: row for row in conn.execute(
+                    select(CONTACTS).where(CONTACTS.c.email_key.in_([r.address.key for r in batch]))).mappings()}
+                for record in batch:
+                    found = existing.get(record.address.key)
+                    changes = _changes(record, present_columns, now, found)
+                    yield contact_from_row({**found, **changes} if found is not None else {"id": None, **changes})
 
     def members(self, list_name: str) -> Iterator[ContactData]:
         """Members of a list, in the order they were first imported."""
@@ -153,6 +140,39 @@ class Contacts:
 
 _contacts = CONTACTS
 _CONTACT_INSERT = _contacts.insert().values({c.name: bindparam(c.name) for c in _contacts.c if c.name != "id"})
+
+
+def _batches(records: Iterable[ContactData], size: int) -> Iterator[list[ContactData]]:
+    """Records in batches of distinct addresses. A key repeated within a batch: the later row
+    wins. Repeated across batches: upserted again, same result. The caller counts repetitions."""
+    batch: dict[str, ContactData] = {}
+    for record in records:
+        batch[record.address.key] = record
+        if len(batch) >= size:
+            yield list(batch.values())
+            batch = {}
+    if batch:
+        yield list(batch.values())
+
+
+def _changes(record: ContactData, present: frozenset[str], now: datetime, found: Any) -> dict[str, Any]:
+    """The row to insert (found is None) or the changes to make to the stored row `found`
+    (which has at least id, attrs and last_interaction_at)."""
+    row = _row_for(record, present, now)
+    if found is None:
+        if row.get("collected_at") is None:
+            row["collected_at"] = now.date()
+        return {**_defaults(), **row, "created_at": now}
+    # An empty date cell never erases what we know, and a contact from the
+    # person cannot be undone by an older file.
+    for name in ("collected_at", "consent_at", "last_interaction_at"):
+        if row.get(name) is None:
+            row.pop(name, None)
+    if found["last_interaction_at"] and row.get("last_interaction_at"):
+        row["last_interaction_at"] = max(row["last_interaction_at"], found["last_interaction_at"])
+    row["attrs"] = {**(found["attrs"] or {}), **row["attrs"]}
+    row["id"] = found["id"]
+    return row
 
 
 def _defaults() -> dict[str, Any]:
