@@ -21,7 +21,7 @@ from .addresses import normalise
 from .config import load_campaign
 from .contacts import ContactData
 from .delivery import DeliveryReport
-from .errors import NotFound
+from .errors import ComplianceRefusal, NotFound
 from .gate import RULE_IDS
 from .importer import ImportOutcome, Progress, no_progress
 from .lease import keep_campaign, take_campaign, this_process
@@ -188,8 +188,10 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
                              uncertain_recovered=plan.uncertain_recovered,
                              blocked={rule: plan.counts[rule] for rule in RULE_IDS if plan.counts.get(rule)},
                              plan=plan)
-        if plan.first_allowed is not None:  # a misspelt variable stops here, before anything is sent
-            prepared.renderer.render(plan.first_allowed)
+        if plan.first_allowed is not None:  # a misspelt variable or a template defect stops here
+            first = prepared.renderer.render(plan.first_allowed)
+            if first.footer_problems:
+                raise ComplianceRefusal([*first.footer_problems][:20] + ["nothing was sent"])
         if dry_run:
             return summary
         if to_send == 0:

@@ -211,7 +211,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("no-partner-consent", no_partner_consent),
     ("not-relevant", not_relevant),
 )
-# Applied after rendering, by the renderer's visibility check.
+# Applied after rendering: what the template cannot be rebuilt around (mailer.isolation).
 FOOTER_MISSING = "footer-missing"
 RULE_IDS: tuple[str, ...] = tuple(rule_id for rule_id, _ in RULES) + (FOOTER_MISSING,)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -61,6 +61,8 @@ class Plan:
     run_id: int | None = None
     first_allowed: ContactData | None = None
     from_domain: str = ""  # the From address's domain (what DNS must vouch for)
+    #: what rendering left out without harm (web font stylesheets), once each
+    notes: dict[str, None] = field(default_factory=dict)
 
     @property
     def allowed_count(self) -> int:
@@ -142,6 +144,7 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
     plan = Plan(campaign, Counter(), [] if keep_recipients else None, imported, recovered, confirmed, run_id,
                 from_domain=prepared.renderer.from_domain)
     rows: list[dict[str, object]] = []
+    footer_problems: dict[str, None] = {}
     for contact in _candidates(ws, campaign, read, from_csv):
         since += 1
         if since == 500:
@@ -151,8 +154,10 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
         blocked_by, detail = decision.blocked_by, decision.detail
         if blocked_by is None and render_check:
             rendered = prepared.renderer.render(contact)
+            plan.notes.update(dict.fromkeys(rendered.notes))
             if rendered.footer_problems:
                 blocked_by, detail = FOOTER_MISSING, "; ".join(rendered.footer_problems)
+                footer_problems.update(dict.fromkeys(rendered.footer_problems))
             elif on_rendered is not None:
                 on_rendered(contact, rendered)
         plan.counts[blocked_by or "allowed"] += 1
@@ -170,6 +175,10 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
     if persist:
         ws.store.sendlog.write_decisions(campaign.id, rows, replaceable)
     advance(since)
+    if footer_problems:
+        # A template defect, not a recipient's: the campaign as a whole may not go.
+        raise ComplianceRefusal([*footer_problems][:20] + [
+            f"{plan.counts[FOOTER_MISSING]} messages would not show the footer as written; nothing was sent"])
     return plan
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -32,14 +31,12 @@ from .config import Campaign, Config
 from .contacts import ContactData
 from .dkim_signing import DkimSigner
 from .errors import TemplateError
+from .isolation import check_footer_text, collapse_blank_lines, isolate, size_problem, text_problems
 from .locales import strings
 from .mime import Fixed, build_message, encode_words, mailbox
 from .tokens import Keys, sign
-from .visibility import FooterVerdicts, check_footer_text, text_safe
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
-_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
-_HTML_END = re.compile(r"</html\s*>", re.IGNORECASE)
 _TEXT_CONFIG = ParserConfig(display_links=True)
 _SENTENCE, _URL = "\ue000source\ue001", "\ue000unsubscribe\ue001"
 
@@ -249,6 +246,8 @@ class RenderedMessage:
     unsubscribe_mailto: str | None
     address_hash: str
     footer_problems: tuple[str, ...]
+    #: what was left out of the template without harm (a web font stylesheet), said once per run
+    notes: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -295,7 +294,6 @@ class Renderer:
                   "source_sentence": _SENTENCE, "locale": campaign.locale}
         self._html_footer = _split_markers(self.footer.html.render(marked))
         self._text_footer = _split_markers(self.footer.text.render(marked).strip("\n") + "\n")
-        self.footer_verdicts = FooterVerdicts(lambda body, footer: _insert(body, (footer,))[1])
         self.from_header = mailbox(one_line(self.from_name), self.from_address)
         self.reply_to_header = ""
         if campaign.reply_to:
@@ -359,27 +357,29 @@ class Renderer:
                                      "text part derived from the HTML template")
         else:
             text_body = inscriptis.get_text(html_body or "", _TEXT_CONFIG).strip("\n") + "\n"
+        text_body = collapse_blank_lines(text_body.strip("\n"))
         text_pieces = (text_body.rstrip() + "\n\n", *_fill(self._text_footer, sentence, url))
         text = "".join(text_pieces)
         html_pieces: tuple[str, ...] = ()
         required = [self.organization.name, self.organization.postal_address, sentence]
-        problems = check_footer_text(text, required, url)
+        where = self.templates.text_path or self.templates.html_path or "the text part"
+        problems = [*check_footer_text(text, required, url), *(f"{where}: {p}" for p in text_problems(text_body, url))]
+        notes: tuple[str, ...] = ()
         if html_body is not None:
-            escaped_sentence = str(escape(sentence))
-            footer_pieces = _fill(self._html_footer, escaped_sentence, str(escape(url)))
-            footer = "".join(footer_pieces)
-            html_pieces, html = _insert(html_body, footer_pieces)
-            # The recipient's values, as they appear in the HTML: a message that differs from an
-            # already checked one only by these, as text, gets its verdict (FooterVerdicts).
-            values = [str(escape(v)) for v in (contact.email, contact.first_name, contact.last_name, contact.company,
-                                               contact.job_title, contact.industry, contact.country, contact.source,
-                                               *(v for v in contact.attrs.values() if isinstance(v, str))) if v]
-            problems += self.footer_verdicts.problems(html_body, footer, html, required, url, values,
-                                                      reuse=text_safe(escaped_sentence))
+            # The template's markup rebuilt so that nothing in it can reach the footer, which
+            # follows it as the last child of <body> (mailer.isolation).
+            isolated = isolate(html_body, url)
+            before, after = isolated.around_footer(self.campaign.locale)
+            html_pieces = (before, *_fill(self._html_footer, str(escape(sentence)), str(escape(url))), after)
+            problems += [f"{self.templates.html_path}: {p}" for p in isolated.problems]
+            too_big = size_problem("".join(html_pieces))
+            if too_big:
+                problems.append(f"{self.templates.html_path}: {too_big}")
+            notes = tuple(f"{self.templates.html_path}: {n}" for n in isolated.notes)
         name = one_line(" ".join(p for p in (contact.first_name, contact.last_name) if p))
         return RenderedMessage(to_address=contact.email, to_name=name, subject=subject, text_pieces=text_pieces,
                                html_pieces=html_pieces, unsubscribe_url=url, unsubscribe_mailto=mailto,
-                               address_hash=digest, footer_problems=tuple(problems))
+                               address_hash=digest, footer_problems=tuple(problems), notes=notes)
 
     def message_id(self) -> str:
         return f"<{uuid.uuid4().hex}.{self.campaign.id}@{self.from_domain}>"
@@ -417,15 +417,3 @@ def _split_markers(marked: str) -> list[str]:
 
 def _fill(pieces: list[str], sentence: str, url: str) -> list[str]:
     return [sentence if p == _SENTENCE else url if p == _URL else p for p in pieces]
-
-
-def _insert(html: str, footer: Sequence[str]) -> tuple[tuple[str, ...], str]:
-    """Put the footer just before the last </body> (or </html>), else at the end: (pieces, whole)."""
-    at = len(html)
-    for pattern in (_BODY_END, _HTML_END):
-        matches = list(pattern.finditer(html))
-        if matches:
-            at = matches[-1].start()
-            break
-    pieces = (html[:at], *footer, html[at:])
-    return pieces, "".join(pieces)

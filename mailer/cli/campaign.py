@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..campaign import campaign_status, plan_campaign, preview_campaign, send_campaign
-from ..errors import InputError, TransportError
+from ..errors import ComplianceRefusal, InputError, TransportError
 from ..gate import RULE_IDS
 from ..planning import Plan
 from . import Env, cli, pass_env
@@ -32,11 +32,17 @@ def check(env: Env, campaign: str, no_dns: bool, no_smtp: bool) -> None:
     Example:  mailer check campaigns/cloud-audit.toml
     """
     ws = env.workspace()
-    with Steps() as steps:
-        plan = plan_campaign(ws, campaign, progress=steps)
+    try:
+        with Steps() as steps:
+            plan = plan_campaign(ws, campaign, progress=steps)
+    except ComplianceRefusal:
+        click.secho(f"{campaign}: NOT OK", fg="red")
+        raise
     click.echo(f"{env.config_path}: OK")
     click.echo(f"{campaign}: OK (templates compile, {len(plan.allowed)} messages render with a visible footer)")
     print_counts(plan)
+    for note in plan.notes:
+        click.echo(f"Note: {note}")
     if not no_dns:
         from ..dns_check import preflight
         for line in preflight(plan.from_domain, ws.config.dkim.selector):
@@ -131,6 +137,9 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
     if summary.aborted:
         raise TransportError(f"sending stopped: {summary.aborted}",
                              hint="nothing is lost: check the server, then rerun the same command to resume")
+    if summary.footer_blocked:
+        raise ComplianceRefusal([f"{summary.footer_blocked} messages would not have shown the footer as written and "
+                                 "were not sent (mailer status CAMPAIGN --show blocked says why); fix the template"])
     if summary.stopped:
         click.echo("Stopped. Rerun the same command to resume.")
     if summary.failed:

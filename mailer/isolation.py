@@ -1,0 +1,480 @@
+"""The template's HTML, rebuilt so that nothing in it can reach the footer.
+
+Detecting every way CSS can hide something is an arms race; instead the message is
+built so the template has no way to touch the footer:
+
+- the rendered HTML is parsed by an HTML5 parser (lexbor) and serialised again, so
+  every element is closed and no comment, raw-text element or stray `</body>` can
+  swallow what follows;
+- the template's content goes into `<div id="mailer-content">`, and the footer is the
+  last child of `<body>`, after it, never inside it;
+- every selector of the template's stylesheets is scoped inside `#mailer-content`
+  (`body` and `html` stand for the wrapper), so no rule can select the footer, and
+  `body`'s own attributes and styles go to the wrapper;
+- declarations are kept from an allowlist of what email clients render; what can
+  paint outside its own box or move it (positioning, offsets, transforms, negative
+  margins, shadows, outlines, filters, masks, blending, generated content, pseudo-
+  elements, at-rules other than @media/@supports/@font-face) is left out, as Gmail
+  does, and said in a note; and the wrapper clips its painting (`contain: paint`), so
+  nothing in it can cover the footer in a browser that honours it;
+- elements that pull content out of the document or the parser's normal rules
+  (frames, svg, dialogs, popovers, templates, plaintext, scripts), an id of mailer's,
+  a link offering to unsubscribe elsewhere, and a part Gmail would clip are refused.
+
+`isolate()` returns the rebuilt document's parts, the problems that make the template
+unusable (each naming the element or link and the fix) and the notes.
+"""
+from __future__ import annotations
+
+import html as html_lib
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+import tinycss2
+from selectolax.lexbor import LexborHTMLParser, LexborNode
+
+CONTENT_ID = "mailer-content"
+FOOTER_ID = "mailer-footer"
+#: Gmail clips a message's HTML past about 102 KB: the footer, last, would be cut off.
+HTML_SIZE_LIMIT = 100 * 1024
+
+# --------------------------------------------------------------------------- elements
+
+#: What email clients render and what stays in its own box.
+ALLOWED_ELEMENTS = frozenset("""
+a abbr address article aside b bdi bdo big blockquote br caption center cite code col colgroup dd del dfn
+div dl dt em figcaption figure font footer h1 h2 h3 h4 h5 h6 header hr i img ins kbd li main mark nav ol
+p picture pre q s samp section small source span strike strong sub summary sup table tbody td tfoot th
+thead time tr tt u ul var wbr details
+""".split())
+#: Dropped with their content: they never show in the body (the head's own parts).
+DROPPED_ELEMENTS = frozenset({"title", "meta", "base"})
+#: Where a template's stylesheets are (collected, then rebuilt).
+STYLE = "style"
+#: Refused, with the reason said to the author.
+REFUSED_ELEMENTS = {
+    "script": "scripts do not run in email", "noscript": "scripts do not run in email",
+    "iframe": "frames can cover the message", "frame": "frames can cover the message",
+    "frameset": "frames replace the message", "noframes": "frames replace the message",
+    "object": "embedded objects can cover the message", "embed": "embedded objects can cover the message",
+    "svg": "svg can draw over the message", "math": "MathML is not rendered by email clients",
+    "canvas": "canvas is not rendered by email clients", "video": "video is not rendered by email clients",
+    "audio": "audio is not rendered by email clients", "dialog": "dialogs show above the message",
+    "template": "template contents (and shadow roots) are not part of the message",
+    "slot": "shadow DOM is not part of the message", "plaintext": "it turns the rest of the message into text",
+    "xmp": "it is not parsed like the rest of the message", "listing": "it is not parsed like the rest",
+    "noembed": "it is not parsed like the rest of the message", "textarea": "form controls are not for email",
+    "form": "forms are not for email", "input": "form controls are not for email",
+    "button": "form controls are not for email", "select": "form controls are not for email",
+    "portal": "it shows another page", "marquee": "it moves content around",
+}
+#: Links to these font services may stay: they only bring web fonts.
+FONT_SERVICES = ("fonts.googleapis.com", "fonts.bunny.net", "use.typekit.net", "fonts.cdnfonts.com",
+                 "use.fontawesome.com", "fast.fonts.net", "cloud.typography.com", "rsms.me")
+
+#: Attributes that take the element out of the page (top layer) or hide it from the parser.
+REFUSED_ATTRIBUTES = {"popover": "a popover shows above the message",
+                      "shadowrootmode": "a shadow root is not part of the message",
+                      "shadowroot": "a shadow root is not part of the message"}
+
+# --------------------------------------------------------------------------- CSS
+
+#: Properties kept: what Gmail and Outlook keep, for a layout inside its own box.
+ALLOWED_PROPERTIES = frozenset("""
+background background-color background-image background-position background-repeat background-size
+border border-top border-right border-bottom border-left border-color border-style border-width
+border-top-color border-right-color border-bottom-color border-left-color border-top-style
+border-right-style border-bottom-style border-left-style border-top-width border-right-width
+border-bottom-width border-left-width border-radius border-top-left-radius border-top-right-radius
+border-bottom-left-radius border-bottom-right-radius border-collapse border-spacing
+color direction display float clear font font-family font-size font-style font-variant font-weight
+height max-height min-height width max-width min-width line-height letter-spacing list-style
+list-style-type list-style-position margin margin-top margin-right margin-bottom margin-left
+padding padding-top padding-right padding-bottom padding-left table-layout text-align
+text-decoration text-decoration-color text-decoration-line text-decoration-style text-indent
+text-transform vertical-align white-space word-break word-spacing word-wrap overflow-wrap
+overflow overflow-x overflow-y opacity visibility caption-side empty-cells hyphens box-sizing
+object-fit font-feature-settings text-underline-offset text-rendering
+-webkit-text-size-adjust -ms-text-size-adjust -webkit-font-smoothing -moz-osx-font-smoothing
+-ms-interpolation-mode
+""".split())
+#: Refused: they paint outside the element's box, or move it, or reach other elements.
+REFUSED_PROPERTIES = {
+    "position": "positioning takes an element out of its place", "top": "offsets move an element",
+    "right": "offsets move an element", "bottom": "offsets move an element", "left": "offsets move an element",
+    "inset": "offsets move an element", "transform": "transforms move and shrink", "translate": "it moves",
+    "rotate": "it moves", "scale": "it shrinks", "zoom": "it shrinks", "filter": "filters change what shows",
+    "backdrop-filter": "it changes what shows behind", "mix-blend-mode": "blending changes what shows behind",
+    "mask": "masks hide", "mask-image": "masks hide", "-webkit-mask": "masks hide",
+    "-webkit-mask-image": "masks hide", "clip-path": "it clips", "clip": "it clips",
+    "box-shadow": "a shadow paints outside the box", "text-shadow": "a shadow paints outside the box",
+    "outline": "an outline paints outside the box", "outline-offset": "an outline paints outside the box",
+    "outline-width": "an outline paints outside the box", "content": "generated content",
+    "z-index": "stacking order", "contain": "containment", "content-visibility": "it hides",
+    "animation": "animations", "transition": "transitions", "will-change": "it changes stacking",
+    "isolation": "it changes blending", "perspective": "3D transforms", "offset-path": "it moves",
+    "anchor-name": "anchors move elements", "position-anchor": "anchors move elements",
+}
+#: Ignored (dropped with a note): vendor extensions email tools write, harmless in a box.
+_IGNORED_PREFIXES = ("mso-", "-moz-", "-webkit-", "-ms-", "-o-")
+
+_NEGATIVE = re.compile(r"(?<![\w.])-\s*(?:\d|\.\d)")
+#: Pseudo-elements select what the footer's inline styles cannot protect; refused.
+_PSEUDO_ELEMENT = re.compile(r"::|:(before|after|first-line|first-letter|selection|marker|backdrop)\b",
+                             re.IGNORECASE)
+_ROOTS = re.compile(r"^\s*(html|body|:root)\b", re.IGNORECASE)
+_ROOTS_ANYWHERE = re.compile(r"(?<![\w-])(html|body|:root)(?![\w-])", re.IGNORECASE)
+
+# --------------------------------------------------------------------------- unsubscribe links
+
+_UNSUBSCRIBE_WORDS = re.compile(
+    r"unsubscri|opt[\s-]?out|desabonn|desinscri|se desabonner|abmelden|darse de baja|cancella", re.IGNORECASE)
+
+
+def says_unsubscribe(text: str) -> bool:
+    """Does this link text offer to unsubscribe (accents and case ignored)?"""
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return bool(_UNSUBSCRIBE_WORDS.search(folded))
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class Isolated:
+    """The template's part of the message, rebuilt."""
+
+    style: str = ""          # its stylesheets, scoped inside #mailer-content
+    wrapper_attributes: str = ""  # body's attributes, for the wrapper (already escaped)
+    content: str = ""        # the body's content, re-serialised
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def around_footer(self, lang: str) -> tuple[str, str]:
+        """The document before the footer and after it: the footer goes between, last in <body>."""
+        head = f"<style>{self.style}</style>" if self.style else ""
+        return ("<!DOCTYPE html>\n"
+                f'<html lang="{html_lib.escape(lang)}"><head><meta charset="utf-8">'
+                '<meta name="viewport" content="width=device-width, initial-scale=1">'
+                f"{head}</head>"
+                '<body style="margin:0;padding:0;background-color:#ffffff;">'
+                f'<div id="{CONTENT_ID}"{self.wrapper_attributes}>{self.content}</div>',
+                "</body></html>\n")
+
+
+def isolate(html: str, unsubscribe_url: str) -> Isolated:
+    """Parse the template's output and rebuild it: see the module's docstring."""
+    result = Isolated()
+    tree = LexborHTMLParser(html)
+    styles: list[str] = []
+    body = tree.body
+    for node in list(tree.root.traverse(include_text=False)) if tree.root is not None else []:
+        if not node.is_element_node:
+            continue
+        tag = (node.tag or "").lower()
+        if tag in ("html", "head", "body"):
+            continue
+        if tag == STYLE:
+            styles.append(node.text(deep=True))
+            node.decompose()
+            continue
+        if tag == "link":
+            _link(node, result)
+            node.decompose()
+            continue
+        if tag in DROPPED_ELEMENTS:
+            node.decompose()
+            continue
+        if tag in REFUSED_ELEMENTS:
+            result.problems.append(f"<{tag}> is not allowed: {REFUSED_ELEMENTS[tag]}; remove it")
+            continue
+        if tag not in ALLOWED_ELEMENTS:
+            result.problems.append(f"<{tag}> is not an element email clients show; use a table, div, p or span")
+            continue
+        _attributes(node, tag, unsubscribe_url, result)
+        if tag == "pre" and node.first_child is not None:
+            # The parser drops one line break right after <pre>; the serialiser does not put it back,
+            # so a first line beginning with one would lose it. One more is always dropped again.
+            node.first_child.insert_before("\n")
+    for css in styles:
+        result.style += _stylesheet(css, result)
+    if body is not None:
+        _body_to_wrapper(body, result)
+        result.content = body.inner_html or ""
+    return result
+
+
+def _link(node: LexborNode, result: Isolated) -> None:
+    href = node.attributes.get("href") or ""
+    rel = (node.attributes.get("rel") or "").lower()
+    if "stylesheet" in rel and _font_service(href):
+        result.notes.append(f"web font stylesheet {href} is left out (the text falls back to its other fonts)")
+    elif "stylesheet" in rel:
+        result.notes.append(f"<link rel=stylesheet href={href!r}> was left out: only web font services are "
+                            "linked; put the styles in a <style> block")
+
+
+def _font_service(url: str) -> bool:
+    host = (urlsplit(url.strip().strip("'\"")).hostname or "").lower()
+    return any(host == s or host.endswith("." + s) for s in FONT_SERVICES)
+
+
+def _attributes(node: LexborNode, tag: str, unsubscribe_url: str, result: Isolated) -> None:
+    attributes = node.attributes
+    for name, value in list(attributes.items()):
+        lowered = name.lower()
+        if lowered in REFUSED_ATTRIBUTES:
+            result.problems.append(f"<{tag} {name}> is not allowed: {REFUSED_ATTRIBUTES[lowered]}")
+        elif lowered.startswith("on"):
+            del node.attrs[name]  # event handlers: no script runs in email
+        elif lowered == "id" and (value or "").strip().lower().startswith("mailer-"):
+            result.problems.append(f"<{tag} id={value!r}>: ids starting with mailer- belong to mailer's footer; "
+                                   "rename it")
+        elif lowered == "style" and value:
+            kept = _declarations(value, f"<{tag} style>", result)
+            if kept:
+                node.attrs[name] = kept
+            else:
+                del node.attrs[name]
+    if tag == "a" and says_unsubscribe(node.text(deep=True)):
+        href = html_lib.unescape(attributes.get("href") or "").strip()
+        if href != unsubscribe_url:
+            result.problems.append(f"a link offering to unsubscribe ({node.text(deep=True).strip()[:40]!r}) goes to "
+                                   f"{href[:80] or 'nowhere'}: only the footer's link unsubscribes; "
+                                   "use href=\"{{ unsubscribe_url }}\" or remove the link")
+
+
+#: The wrapper's own style, last so that it wins: a block that contains its floats and clips
+#: whatever its content paints, so nothing of the template can cover the footer after it.
+_WRAPPER_STYLE = ("display:flow-root !important;contain:paint !important;isolation:isolate !important;"
+                  "position:relative !important;margin:0 !important")
+_BODY_ATTRIBUTES = ("bgcolor", "background", "class", "dir", "lang", "text", "link", "vlink", "alink")
+
+
+def _body_to_wrapper(body: LexborNode, result: Isolated) -> None:
+    """body's presentational attributes and style apply to the template's box, not the footer's."""
+    attributes = body.attributes
+    style = _declarations(attributes.get("style") or "", "<body style>", result)
+    parts = [f' {name.lower()}="{html_lib.escape(value, quote=True)}"' for name, value in attributes.items()
+             if name.lower() in _BODY_ATTRIBUTES and value]
+    parts.append(f' style="{html_lib.escape(";".join(p for p in (style, _WRAPPER_STYLE) if p), quote=True)}"')
+    result.wrapper_attributes = "".join(parts)
+
+
+# --------------------------------------------------------------------------- CSS
+
+
+def _declarations(text: str, where: str, result: Isolated) -> str:
+    kept, stripped = _clean_declarations(text, where)
+    result.notes.extend(stripped)
+    return kept
+
+
+@lru_cache(maxsize=4096)
+def _clean_declarations(text: str, where: str) -> tuple[str, tuple[str, ...]]:
+    """(the allowed declarations, re-serialised; what was left out, said). Cached: a campaign's
+    messages repeat the same style attributes. Like Gmail, what is not allowed is dropped, not
+    refused: the layout keeps working, and nothing it keeps can leave its own box."""
+    kept: list[str] = []
+    problems: list[str] = []
+    for item in tinycss2.parse_blocks_contents(text, skip_comments=True, skip_whitespace=True):
+        if item.type == "declaration":
+            name = item.lower_name
+            value = tinycss2.serialize(item.value).strip()
+            problem = _declaration_problem(name, value)
+            if problem:
+                problems.append(f"{where}: {name}: {value} was left out: {problem}")
+            elif name in ALLOWED_PROPERTIES:
+                kept.append(f"{name}:{value}{' !important' if item.important else ''}")
+        elif item.type == "qualified-rule" or item.type == "at-rule":
+            problems.append(f"{where}: a nested rule was left out; write each rule at the top level")
+        elif item.type == "error":
+            continue
+    return ";".join(kept), tuple(problems)
+
+
+def _declaration_problem(name: str, value: str) -> str | None:
+    if name == "position" and value.lower().strip() in ("static", "relative"):
+        return None
+    if name in ("top", "right", "bottom", "left", "inset") and value.strip().lower() in ("0", "0px", "auto"):
+        return None
+    if name in REFUSED_PROPERTIES:
+        return f"not allowed ({REFUSED_PROPERTIES[name]})"
+    if name.startswith("--"):
+        return "custom properties are not used; write the value itself"
+    lowered = value.lower()
+    if "var(" in lowered or "env(" in lowered or "attr(" in lowered:
+        return "var(), env() and attr() are not used; write the value itself"
+    if name.startswith(("margin", "padding", "text-indent", "letter-spacing", "word-spacing")) and \
+            _NEGATIVE.search(value):
+        return "negative values move content over its neighbours"
+    if name == "display" and lowered.split()[:1] and lowered.split()[0] in ("contents",):
+        return "display: contents is not allowed"
+    if "expression(" in lowered or "javascript:" in lowered or "url(" in lowered and name not in (
+            "background", "background-image"):
+        return "not allowed here"
+    return None
+
+
+def _stylesheet(css: str, result: Isolated) -> str:
+    """The stylesheet scoped inside the wrapper; what cannot be kept is left out, said in notes."""
+    text, stripped, notes = _clean_stylesheet(css)
+    result.notes.extend(stripped)
+    result.notes.extend(notes)
+    return text.replace("<", "\\3c ")  # a string holding </style> must not end the element
+
+
+@lru_cache(maxsize=256)
+def _clean_stylesheet(css: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    problems: list[str] = []
+    notes: list[str] = []
+    text = _rules(tinycss2.parse_stylesheet(css, skip_comments=True, skip_whitespace=True), problems, notes)
+    return text, tuple(problems), tuple(notes)
+
+
+def _rules(rules: list[Any], problems: list[str], notes: list[str]) -> str:
+    out: list[str] = []
+    for rule in rules:
+        if rule.type == "qualified-rule":
+            selectors = _scoped_selectors(tinycss2.serialize(rule.prelude).strip(), problems)
+            declarations = _declarations_of_rule(rule, selectors, problems)
+            if selectors and declarations:
+                out.append(f"{', '.join(selectors)}{{{declarations}}}")
+        elif rule.type == "at-rule":
+            name = rule.lower_at_keyword
+            prelude = tinycss2.serialize(rule.prelude).strip()
+            if name in ("media", "supports"):
+                inner = _rules(tinycss2.parse_rule_list(rule.content or [], skip_comments=True,
+                                                        skip_whitespace=True), problems, notes)
+                if inner:
+                    out.append(f"@{name} {prelude}{{{inner}}}")
+            elif name == "import":
+                if _font_service(_import_url(rule)):
+                    notes.append(f"web font stylesheet {_import_url(rule)} is left out (the text falls back to "
+                                 "its other fonts)")
+                else:
+                    problems.append(f"@import {prelude} was left out: only web font services are imported; put the "
+                                    "styles in the <style> block")
+            elif name == "font-face":
+                family = _font_face_family(rule)
+                if family.strip("'\" ").lower() in ("serif", "sans-serif", "monospace", "cursive", "fantasy",
+                                                    "system-ui", "ui-sans-serif", "ui-serif"):
+                    problems.append(f"@font-face for the generic family {family} was left out; name the web font")
+                else:
+                    out.append(f"@font-face{{{tinycss2.serialize(rule.content or []).strip()}}}")
+            elif name in ("charset", "keyframes", "-webkit-keyframes", "page", "viewport", "-ms-viewport"):
+                continue
+            else:
+                problems.append(f"@{name} was left out: use plain rules and @media")
+    return "".join(out)
+
+
+def _import_url(rule: object) -> str:
+    for token in getattr(rule, "prelude", []):
+        if token.type in ("url", "string"):
+            return str(token.value)
+        if token.type == "function" and token.lower_name == "url":
+            return "".join(str(getattr(a, "value", "")) for a in token.arguments)
+    return ""
+
+
+def _font_face_family(rule: object) -> str:
+    for item in tinycss2.parse_blocks_contents(getattr(rule, "content", None) or [], skip_comments=True,
+                                               skip_whitespace=True):
+        if item.type == "declaration" and item.lower_name == "font-family":
+            return tinycss2.serialize(item.value).strip()
+    return ""
+
+
+def _declarations_of_rule(rule: object, selectors: list[str], problems: list[str]) -> str:
+    where = ", ".join(selectors) or tinycss2.serialize(getattr(rule, "prelude", [])).strip()
+    kept, found = _clean_declarations(tinycss2.serialize(getattr(rule, "content", None) or []), f"rule {where}")
+    problems.extend(found)
+    return kept
+
+
+def _scoped_selectors(prelude: str, problems: list[str]) -> list[str]:
+    """Each selector of the list, inside #mailer-content; html/body/:root stand for the wrapper."""
+    scoped = []
+    for selector in _split_selectors(prelude):
+        if not selector:
+            continue
+        if _PSEUDO_ELEMENT.search(selector):
+            problems.append(f"selector {selector!r} was left out: pseudo-elements are not used; style the element")
+            continue
+        if selector[0] in ">+~|&" or "&" in selector:
+            problems.append(f"selector {selector!r} was left out: it must start with an element, class or id")
+            continue
+        if _ROOTS.match(selector):
+            rest = _ROOTS.sub("", selector, count=1)
+            rest = _ROOTS_ANYWHERE.sub("", rest) if _ROOTS_ANYWHERE.search(rest) else rest
+            if rest.strip()[:1] in ("+", "~"):
+                problems.append(f"selector {selector!r} was left out: it selects beside the message")
+                continue
+            scoped.append(f"#{CONTENT_ID}{rest}" if rest[:1] in (".", "#", "[", ":") else f"#{CONTENT_ID} {rest}".rstrip())
+            continue
+        if _ROOTS_ANYWHERE.search(selector):
+            problems.append(f"selector {selector!r} was left out: html and body may only start a selector")
+            continue
+        scoped.append(f"#{CONTENT_ID} {selector}")
+    return scoped
+
+
+def _split_selectors(prelude: str) -> list[str]:
+    """Split a selector list on its top-level commas (not those inside :is(), :not(), ...)."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(prelude):
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(prelude[start:index].strip())
+            start = index + 1
+    parts.append(prelude[start:].strip())
+    return parts
+
+
+def size_problem(document: str) -> str | None:
+    size = len(document.encode("utf-8"))
+    if size > HTML_SIZE_LIMIT:
+        return (f"the HTML part is {size / 1024:.0f} KB: Gmail clips messages past {HTML_SIZE_LIMIT // 1024} KB, "
+                "and the footer, last, would be cut off; make the template smaller (images instead of inline "
+                "data, fewer nested tables)")
+    return None
+
+
+_BLANK_RUNS = re.compile(r"\n[ \t]*(?:\n[ \t]*){2,}")
+
+
+def collapse_blank_lines(text: str) -> str:
+    """Runs of blank lines become one blank line: a template cannot push the footer out of sight."""
+    return _BLANK_RUNS.sub("\n\n", text)
+
+
+_URL_IN_TEXT = re.compile(r"https?://\S+|mailto:\S+", re.IGNORECASE)
+
+
+def text_problems(text: str, unsubscribe_url: str) -> list[str]:
+    """A line of the template's text offering to unsubscribe may only point to the footer's URL."""
+    problems = []
+    for line in text.splitlines():
+        if says_unsubscribe(line):
+            for url in (u.rstrip(".,;:)>]") for u in _URL_IN_TEXT.findall(line)):
+                if url != unsubscribe_url:
+                    problems.append(f"the text offers to unsubscribe at {url[:80]}: only the footer's link "
+                                    "unsubscribes; use {{ unsubscribe_url }} or remove the line")
+    return problems
+
+
+def check_footer_text(text: str, required_texts: list[str], unsubscribe_url: str) -> list[str]:
+    """The text part shows each required sentence and the unsubscribe URL."""
+    flat = " ".join(text.split())
+    problems = [f"the text part does not show {t!r}" for t in required_texts if " ".join(t.split()) not in flat]
+    if unsubscribe_url not in text:
+        problems.append("the text part has no unsubscribe URL")
+    return problems
