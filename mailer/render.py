@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -126,6 +130,19 @@ class Sandbox(SandboxedEnvironment):
     check. Everything else, a View's "_" names included, goes through the sandbox.
     """
 
+    # Repetition is checked: "x" * 10**9 would exhaust memory before any budget could tell.
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise BudgetExceeded("an exponent above 64")
+        if operator == "*":
+            count, sequence = (right, left) if isinstance(right, int) else (left, right)
+            if isinstance(count, int) and isinstance(sequence, (str, list, tuple)) and \
+                    len(sequence) * count > OUTPUT_LIMIT:
+                raise BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
+        return super().call_binop(context, operator, left, right)
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         if type(obj) is View and not attribute.startswith("_"):
             try:
@@ -190,6 +207,35 @@ def _template_line(exc: BaseException, path: Path | None) -> int | None:
     return line
 
 
+#: What one message's template may take: beyond either, the run stops before sending.
+TIME_LIMIT = 2.0          # seconds
+OUTPUT_LIMIT = 1_000_000  # characters
+
+
+class BudgetExceeded(Exception):
+    """A template took more than its time or output budget for one message."""
+
+
+def _out_of_time(signum: int, frame: Any) -> None:
+    raise BudgetExceeded(f"more than {TIME_LIMIT:g} s")
+
+
+@contextmanager
+def _time_budget() -> Iterator[None]:
+    """SIGALRM after TIME_LIMIT, where signals can be used (the main thread of a process: the
+    CLI, render workers); a loop nested in a loop is then stopped wherever it is."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _out_of_time)
+    signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _render_template(template: jinja2.Template, context: dict[str, Any]) -> str:
     """template.render(context), without merging the environment's globals into each context.
 
@@ -202,7 +248,16 @@ def _render_template(template: jinja2.Template, context: dict[str, Any]) -> str:
         merged = _GLOBALS[id(template)] = (template, dict(template.globals))
     ctx = template.new_context({**merged[1], **context}, shared=True)
     try:
-        return template.environment.concat(template.root_render_func(ctx))
+        with _time_budget():
+            pieces, size = [], 0
+            for piece in template.root_render_func(ctx):
+                size += len(piece)
+                if size > OUTPUT_LIMIT:
+                    raise BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
+                pieces.append(piece)
+        return "".join(pieces)
+    except BudgetExceeded:
+        raise
     except Exception:
         return template.environment.handle_exception()
 
@@ -324,6 +379,12 @@ class Renderer:
                 contact: ContactData, what: str) -> str:
         try:
             return _render_template(template, context)
+        except BudgetExceeded as exc:
+            line = _template_line(exc, path)
+            where = f"{path}:{line}" if path and line else (str(path) if path else what)
+            raise TemplateError(f"{where}: the template took {exc} for one message (rendering for {contact.email})",
+                                hint="look for a loop inside a loop, or a repeated string; one message may take "
+                                     f"{TIME_LIMIT:g} s and {OUTPUT_LIMIT:,} characters") from None
         except jinja2.UndefinedError as exc:
             line = _template_line(exc, path)
             where = f"{path}:{line}" if path and line else (str(path) if path else what)
