@@ -200,12 +200,36 @@ def isolate(html: str, unsubscribe_url: str) -> Isolated:
             # The parser drops one line break right after <pre>; the serialiser does not put it back,
             # so a first line beginning with one would lose it. One more is always dropped again.
             node.first_child.insert_before("\n")
+    _shorten_line_break_runs(tree, result)
     for css in styles:
         result.style += _stylesheet(css, result)
     if body is not None:
         _body_to_wrapper(body, result)
         result.content = body.inner_html or ""
     return result
+
+
+#: More line breaks in a row than this only make a blank stretch above the footer.
+LINE_BREAK_RUN = 4
+
+
+def _shorten_line_break_runs(tree: LexborHTMLParser, result: Isolated) -> None:
+    removed = 0
+    for br in tree.css("br"):
+        run, before = 1, br.prev
+        while before is not None and run <= LINE_BREAK_RUN:
+            if before.is_text_node and not (before.text_content or "").strip():
+                before = before.prev
+            elif before.tag == "br":
+                run, before = run + 1, before.prev
+            else:
+                break
+        if run > LINE_BREAK_RUN:
+            br.decompose()
+            removed += 1
+    if removed:
+        result.notes.append(f"{removed} line breaks past {LINE_BREAK_RUN} in a row were left out: they would push "
+                            "the footer out of sight")
 
 
 def _link(node: LexborNode, result: Isolated) -> None:
@@ -234,16 +258,21 @@ def _attributes(node: LexborNode, tag: str, unsubscribe_url: str, result: Isolat
         elif lowered == "id" and (value or "").strip().lower().startswith("mailer-"):
             result.problems.append(f"<{tag} id={value!r}>: ids starting with mailer- belong to mailer's footer; "
                                    "rename it")
+        elif lowered in ("height", "width", "cellpadding", "cellspacing", "vspace", "hspace", "border") and \
+                value and _attribute_length(value) > LENGTH_LIMIT:
+            del node.attrs[name]
+            result.notes.append(f"<{tag} {name}={value!r}> was left out: over {LENGTH_LIMIT}px, it would push the "
+                                "footer out of sight")
         elif lowered == "style" and value:
             kept = _declarations(value, f"<{tag} style>", result)
             if kept:
                 node.attrs[name] = kept
             else:
                 del node.attrs[name]
-    if tag == "a" and says_unsubscribe(node.text(deep=True)):
+    if tag == "a" and says_unsubscribe(_link_words(node)):
         href = html_lib.unescape(attributes.get("href") or "").strip()
         if href != unsubscribe_url:
-            result.problems.append(f"a link offering to unsubscribe ({node.text(deep=True).strip()[:40]!r}) goes to "
+            result.problems.append(f"a link offering to unsubscribe ({_link_words(node).strip()[:40]!r}) goes to "
                                    f"{href[:80] or 'nowhere'}: only the footer's link unsubscribes; "
                                    "use href=\"{{ unsubscribe_url }}\" or remove the link")
 
@@ -253,6 +282,19 @@ def _attributes(node: LexborNode, tag: str, unsubscribe_url: str, result: Isolat
 _WRAPPER_STYLE = ("display:flow-root !important;contain:paint !important;isolation:isolate !important;"
                   "position:relative !important;margin:0 !important")
 _BODY_ATTRIBUTES = ("bgcolor", "background", "class", "dir", "lang", "text", "link", "vlink", "alink")
+
+
+def _attribute_length(value: str) -> float:
+    match = re.match(r"\s*(\d+(?:\.\d+)?)", value)
+    return float(match.group(1)) if match and not value.strip().endswith("%") else 0.0
+
+
+def _link_words(node: LexborNode) -> str:
+    """What a link says to a reader: its text, title and aria-label, and its images' alt and title."""
+    words = [node.text(deep=True), node.attributes.get("title") or "", node.attributes.get("aria-label") or ""]
+    for image in node.css("img"):
+        words += [image.attributes.get("alt") or "", image.attributes.get("title") or ""]
+    return " ".join(words)
 
 
 def _body_to_wrapper(body: LexborNode, result: Isolated) -> None:
@@ -285,7 +327,7 @@ def _clean_declarations(text: str, where: str) -> tuple[str, tuple[str, ...]]:
         if item.type == "declaration":
             name = item.lower_name
             value = tinycss2.serialize(item.value).strip()
-            problem = _declaration_problem(name, value)
+            problem = _declaration_problem(name, value) or _length_problem(name, item.value)
             if problem:
                 problems.append(f"{where}: {name}: {value} was left out: {problem}")
             elif name in ALLOWED_PROPERTIES:
@@ -295,6 +337,35 @@ def _clean_declarations(text: str, where: str) -> tuple[str, tuple[str, ...]]:
         elif item.type == "error":
             continue
     return ";".join(kept), tuple(problems)
+
+
+#: Lengths past this (in px) push the footer out of sight below a blank stretch.
+LENGTH_LIMIT = 1500
+_PX_PER_UNIT = {"px": 1, "pt": 4 / 3, "pc": 16, "in": 96, "cm": 37.8, "mm": 3.78, "q": 0.945, "em": 16, "rem": 16,
+                "ex": 8, "ch": 8, "lh": 24, "rlh": 24, "vh": 9, "svh": 9, "lvh": 9, "dvh": 9, "vmax": 9,
+                "vw": 6, "svw": 6, "lvw": 6, "dvw": 6, "vmin": 6, "vb": 9, "vi": 6, "cqh": 9, "cqw": 6}
+_SPACING = ("height", "min-height", "max-height", "padding", "margin", "line-height", "font-size", "border",
+            "border-width", "letter-spacing", "word-spacing", "text-indent", "width", "min-width")
+
+
+def _length_problem(name: str, tokens: list[Any]) -> str | None:
+    """A length so large it makes a blank stretch between the message and the footer."""
+    if not name.startswith(_SPACING):
+        return None
+    for token in tokens:
+        if token.type == "function" and token.lower_name not in ("rgb", "rgba", "hsl", "hsla"):
+            return f"{token.lower_name}() is not used for sizes; write the length itself"
+        if token.type == "dimension":
+            px = float(token.value) * _PX_PER_UNIT.get(token.lower_unit, 16)
+        elif token.type == "number" and name in ("line-height",):
+            px = float(token.value) * 16
+        elif token.type == "number" and token.value:
+            px = float(token.value)
+        else:
+            continue
+        if abs(px) > LENGTH_LIMIT:
+            return f"over {LENGTH_LIMIT}px, it would push the footer out of sight"
+    return None
 
 
 def _declaration_problem(name: str, value: str) -> str | None:
@@ -448,12 +519,16 @@ def size_problem(document: str) -> str | None:
     return None
 
 
-_BLANK_RUNS = re.compile(r"\n[ \t]*(?:\n[ \t]*){2,}")
-
-
 def collapse_blank_lines(text: str) -> str:
-    """Runs of blank lines become one blank line: a template cannot push the footer out of sight."""
-    return _BLANK_RUNS.sub("\n\n", text)
+    """Runs of blank lines (whitespace only, non-breaking spaces included) become one blank line:
+    a template cannot push the footer out of sight."""
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.strip():
+            lines.append(line)
+        elif lines and lines[-1]:
+            lines.append("")
+    return "\n".join(lines)
 
 
 _URL_IN_TEXT = re.compile(r"https?://\S+|mailto:\S+", re.IGNORECASE)
