@@ -216,24 +216,39 @@ class BudgetExceeded(Exception):
     """A template took more than its time or output budget for one message."""
 
 
+_timing = threading.local()
+_timing_installed = False
+
+
+def _install_timing() -> None:
+    global _timing_installed
+    signal.signal(signal.SIGALRM, _out_of_time)
+    _timing_installed = True
+
+
 def _out_of_time(signum: int, frame: Any) -> None:
-    raise BudgetExceeded(f"more than {TIME_LIMIT:g} s")
+    if getattr(_timing, "armed", False):
+        raise BudgetExceeded(f"more than {TIME_LIMIT:g} s")
 
 
 @contextmanager
 def _time_budget() -> Iterator[None]:
     """SIGALRM after TIME_LIMIT, where signals can be used (the main thread of a process: the
-    CLI, render workers); a loop nested in a loop is then stopped wherever it is."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+    CLI, render workers); a loop nested in a loop is then stopped wherever it is. The handler is
+    installed once per process (installing it costs more than rendering a small template)."""
+    if getattr(_timing, "armed", False) or threading.current_thread() is not threading.main_thread() \
+            or not hasattr(signal, "setitimer"):
         yield
         return
-    previous = signal.signal(signal.SIGALRM, _out_of_time)
+    if not _timing_installed:
+        _install_timing()
+    _timing.armed = True
     signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        _timing.armed = False
 
 
 def _render_template(template: jinja2.Template, context: dict[str, Any]) -> str:
@@ -248,13 +263,12 @@ def _render_template(template: jinja2.Template, context: dict[str, Any]) -> str:
         merged = _GLOBALS[id(template)] = (template, dict(template.globals))
     ctx = template.new_context({**merged[1], **context}, shared=True)
     try:
-        with _time_budget():
-            pieces, size = [], 0
-            for piece in template.root_render_func(ctx):
-                size += len(piece)
-                if size > OUTPUT_LIMIT:
-                    raise BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
-                pieces.append(piece)
+        pieces, size = [], 0
+        for piece in template.root_render_func(ctx):
+            size += len(piece)
+            if size > OUTPUT_LIMIT:
+                raise BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
+            pieces.append(piece)
         return "".join(pieces)
     except BudgetExceeded:
         raise
@@ -403,6 +417,11 @@ class Renderer:
     # ------------------------------------------------------------------ the message
 
     def render(self, contact: ContactData) -> RenderedMessage:
+        """One recipient's message, within the time budget (TIME_LIMIT for the whole message)."""
+        with _time_budget():
+            return self._render_message(contact)
+
+    def _render_message(self, contact: ContactData) -> RenderedMessage:
         digest, url, mailto = self.unsubscribe_for(contact)
         context = {"contact": contact_context(contact), "campaign": self.campaign_view,
                    "organization": self.organization, "unsubscribe_url": url}
