@@ -222,7 +222,7 @@ _timing_installed = False
 
 def _install_timing() -> None:
     global _timing_installed
-    signal.signal(signal.SIGALRM, _out_of_time)
+    signal.signal(signal.SIGVTALRM, _out_of_time)
     _timing_installed = True
 
 
@@ -233,8 +233,10 @@ def _out_of_time(signum: int, frame: Any) -> None:
 
 @contextmanager
 def _time_budget() -> Iterator[None]:
-    """SIGALRM after TIME_LIMIT, where signals can be used (the main thread of a process: the
-    CLI, render workers); a loop nested in a loop is then stopped wherever it is. The handler is
+    """SIGVTALRM after TIME_LIMIT seconds of CPU, where signals can be used (the main thread of a
+    process: the CLI, render workers); a loop nested in a loop is then stopped wherever it is.
+    CPU time (ITIMER_VIRTUAL), not the wall clock: the real-time timer belongs to alarm() users
+    such as pytest-timeout, and a runaway template is one that computes. The handler is
     installed once per process (installing it costs more than rendering a small template)."""
     if getattr(_timing, "armed", False) or threading.current_thread() is not threading.main_thread() \
             or not hasattr(signal, "setitimer"):
@@ -243,11 +245,11 @@ def _time_budget() -> Iterator[None]:
     if not _timing_installed:
         _install_timing()
     _timing.armed = True
-    signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT)
+    signal.setitimer(signal.ITIMER_VIRTUAL, TIME_LIMIT)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
         _timing.armed = False
 
 
