@@ -216,19 +216,21 @@ _LINE_BREAK = re.compile(r"<br\b", re.IGNORECASE)
 
 
 def _shorten_line_break_runs(tree: LexborHTMLParser, result: Isolated) -> None:
-    removed = 0
+    # Runs are measured on the tree as parsed (each <br> looks back past blank text to the one
+    # before it: a step or two), and only then are the extra ones removed.
+    runs: dict[int, int] = {}
+    extra = []
     for br in tree.css("br"):
-        run, before = 1, br.prev
-        while before is not None and run <= LINE_BREAK_RUN:
-            if before.is_text_node and not (before.text_content or "").strip():
-                before = before.prev
-            elif before.tag == "br":
-                run, before = run + 1, before.prev
-            else:
-                break
+        before = br.prev
+        while before is not None and before.is_text_node and not (before.text_content or "").strip():
+            before = before.prev
+        run = runs.get(before.mem_id, 0) + 1 if before is not None and before.tag == "br" else 1
+        runs[br.mem_id] = run
         if run > LINE_BREAK_RUN:
-            br.decompose()
-            removed += 1
+            extra.append(br)
+    for br in extra:
+        br.decompose()
+    removed = len(extra)
     if removed:
         result.notes.append(f"{removed} line breaks past {LINE_BREAK_RUN} in a row were left out: they would push "
                             "the footer out of sight")

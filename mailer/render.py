@@ -421,7 +421,13 @@ class Renderer:
     def render(self, contact: ContactData) -> RenderedMessage:
         """One recipient's message, within the time budget (TIME_LIMIT for the whole message)."""
         with _time_budget():
-            return self._render_message(contact)
+            try:
+                return self._render_message(contact)
+            except BudgetExceeded as exc:  # outside the template itself: the text part, the rebuild
+                where = self.templates.html_path or self.templates.text_path
+                raise TemplateError(f"{where}: building one message took {exc} (for {contact.email})",
+                                    hint="the template's output is too large or too deeply nested; make it "
+                                         "smaller") from None
 
     def _render_message(self, contact: ContactData) -> RenderedMessage:
         digest, url, mailto = self.unsubscribe_for(contact)
