@@ -8,6 +8,7 @@ in the campaign's locale, and `check_footer` verifies that a reader would see it
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -459,15 +460,30 @@ class Renderer:
             isolated = isolate(html_body, url)
             before, after = isolated.around_footer(self.campaign.locale)
             html_pieces = (before, *_fill(self._html_footer, str(escape(sentence)), str(escape(url))), after)
-            problems += [f"{self.templates.html_path}: {p}" for p in isolated.problems]
+            problems += [self._where_in_html(p) for p in isolated.problems]
             too_big = size_problem("".join(html_pieces))
             if too_big:
                 problems.append(f"{self.templates.html_path}: {too_big}")
-            notes = tuple(f"{self.templates.html_path}: {n}" for n in isolated.notes)
+            notes = tuple(self._where_in_html(n) for n in isolated.notes)
         name = one_line(" ".join(p for p in (contact.first_name, contact.last_name) if p))
         return RenderedMessage(to_address=contact.email, to_name=name, subject=subject, text_pieces=text_pieces,
                                html_pieces=html_pieces, unsubscribe_url=url, unsubscribe_mailto=mailto,
                                address_hash=digest, footer_problems=tuple(problems), notes=notes)
+
+    def _where_in_html(self, said: str) -> str:
+        """FILE:LINE: what isolation said, the line being where the element, rule, declaration or
+        link it names first appears in the template's source (none when the template computes it)."""
+        path = self.templates.html_path
+        line = _line_of(self._html_source, said)
+        return f"{path}:{line}: {said}" if line else f"{path}: {said}"
+
+    @functools.cached_property
+    def _html_source(self) -> str:
+        path = self.templates.html_path
+        try:
+            return path.read_text("utf-8") if path is not None else ""
+        except (OSError, UnicodeDecodeError):
+            return ""
 
     def message_id(self) -> str:
         return f"<{uuid.uuid4().hex}.{self.campaign.id}@{self.from_domain}>"
@@ -505,3 +521,27 @@ def _split_markers(marked: str) -> list[str]:
 
 def _fill(pieces: list[str], sentence: str, url: str) -> list[str]:
     return [sentence if p == _SENTENCE else url if p == _URL else p for p in pieces]
+
+
+# What a problem or note names, as it may be written in the template's source.
+_NAMED = (
+    re.compile(r"^<([a-zA-Z][\w-]*)"),                                  # an element
+    re.compile(r"^selector '([^']+)'"),                                 # a selector
+    re.compile(r"^<\w+ style>: ([\w-]+): "),                            # an inline declaration
+    re.compile(r"^rule [^:]*: ([\w-]+): "),                              # a stylesheet declaration
+    re.compile(r"^(@[\w-]+)"),                                           # an at-rule
+    re.compile(r"goes to (\S+): only"),                                  # a link's target
+)
+
+
+def _line_of(source: str, said: str) -> int | None:
+    for pattern in _NAMED:
+        match = pattern.search(said)
+        if match:
+            needle = match.group(1)
+            if pattern is _NAMED[0]:
+                needle = "<" + needle
+            at = source.lower().find(needle.lower())
+            return source.count("\n", 0, at) + 1 if at >= 0 else None
+    return None
+

@@ -111,11 +111,11 @@ def test_a_refusal_names_the_template_and_the_element(project: Project) -> None:
     project.write("templates/offer.html.j2", "<p>Hi</p>\n<iframe src='https://x.example'></iframe>")
     result = project.run("preview", str(project.campaign), "--out", str(project.root / "p"))
     assert result.exit_code == 3
-    assert "offer.html.j2" in result.output and "<iframe> is not allowed" in result.output
+    assert "offer.html.j2:2: <iframe> is not allowed" in result.output
 
 
 def test_what_is_left_out_is_said(project: Project) -> None:
-    project.write("templates/offer.html.j2", "<div style='position:absolute;bottom:0;color:#333'>Hi</div>")
+    project.write("templates/offer.html.j2", "<p>Hi</p>\n\n<div style='position:absolute;bottom:0;color:#333'>Hi</div>")
     result = project.run("check", str(project.campaign), "--no-dns")
     assert result.exit_code == 0, result.output
-    assert "position: absolute was left out" in result.output
+    assert "offer.html.j2:3: <div style>: position: absolute was left out" in result.output
