@@ -148,6 +148,8 @@ def says_unsubscribe(text: str) -> bool:
 class Isolated:
     """The template's part of the message, rebuilt."""
 
+    #: blank space (px) the elements that show nothing have taken so far (see BLANK_HEIGHT_LIMIT)
+    blank_height: float = 0.0
     style: str = ""          # its stylesheets, scoped inside #mailer-content
     wrapper_attributes: str = ""  # body's attributes, for the wrapper (already escaped)
     content: str = ""        # the body's content, re-serialised
@@ -202,6 +204,10 @@ def isolate(html: str, unsubscribe_url: str) -> Isolated:
             node.first_child.insert_before("\n")
     if len(_LINE_BREAK.findall(html)) > LINE_BREAK_RUN:
         _shorten_line_break_runs(tree, result)
+    if len(_BLOCK_START.findall(html)) > LINE_BREAK_RUN:
+        _shorten_blank_block_runs(tree, result)
+    if _NEWLINES.search(html) or "&#" in html:
+        _shorten_newline_runs(tree, result)
     for css in styles:
         result.style += _stylesheet(css, result)
     if body is not None:
@@ -234,6 +240,55 @@ def _shorten_line_break_runs(tree: LexborHTMLParser, result: Isolated) -> None:
     if removed:
         result.notes.append(f"{removed} line breaks past {LINE_BREAK_RUN} in a row were left out: they would push "
                             "the footer out of sight")
+
+
+_BLOCKS = "p, div, table, center, h1, h2, h3, h4, h5, h6, section, blockquote, pre, ul, ol, li, hr"
+_BLOCK_START = re.compile(r"<(?:p|div|table|center|h[1-6]|section|blockquote|pre|ul|ol|li|hr)\b", re.IGNORECASE)
+_NEWLINES = re.compile(r"(?:\n[^\S\n]*){5,}")
+_BLANK_CHARACTERS = " \t\n\r\f\xa0" + "\u200b\u200c\u200d\u2060\ufeff\u3000\u2002\u2003\u2009"
+
+
+def _blank(node: LexborNode) -> bool:
+    return not node.text(deep=True).strip(_BLANK_CHARACTERS) and node.css_first("img, picture") is None \
+        and node.tag != "img"
+
+
+def _shorten_blank_block_runs(tree: LexborHTMLParser, result: Isolated) -> None:
+    """Blocks showing nothing (empty paragraphs, spacer divs and tables) stacked one after the other
+    only make a blank stretch above the footer: more than LINE_BREAK_RUN in a row are left out."""
+    runs: dict[int, int] = {}
+    extra = []
+    for block in tree.css(_BLOCKS):
+        if not _blank(block):
+            continue
+        before = block.prev
+        while before is not None and before.is_text_node and not (before.text_content or "").strip(
+                _BLANK_CHARACTERS):
+            before = before.prev
+        run = runs.get(before.mem_id, 0) + 1 if before is not None and before.mem_id in runs else 1
+        runs[block.mem_id] = run
+        if run > LINE_BREAK_RUN:
+            extra.append(block)
+    for block in extra:
+        block.decompose()
+    if extra:
+        result.notes.append(f"{len(extra)} empty blocks past {LINE_BREAK_RUN} in a row were left out: they would "
+                            "push the footer out of sight")
+
+
+def _shorten_newline_runs(tree: LexborHTMLParser, result: Isolated) -> None:
+    """More than LINE_BREAK_RUN line breaks in a row in text (shown as such in <pre> or with
+    white-space: pre) are shortened."""
+    shortened = 0
+    for node in list(tree.root.traverse(include_text=True)) if tree.root is not None else []:
+        if node.is_text_node:
+            text = node.text_content or ""
+            if _NEWLINES.search(text):
+                node.replace_with(_NEWLINES.sub("\n" * LINE_BREAK_RUN, text))
+                shortened += 1
+    if shortened:
+        result.notes.append(f"runs of more than {LINE_BREAK_RUN} line breaks in text were shortened: they would "
+                            "push the footer out of sight")
 
 
 def _link(node: LexborNode, result: Isolated) -> None:
@@ -273,6 +328,7 @@ def _attributes(node: LexborNode, tag: str, unsubscribe_url: str, result: Isolat
                 node.attrs[name] = kept
             else:
                 del node.attrs[name]
+    _spend_blank_height(node, tag, result)
     if tag == "a" and says_unsubscribe(_link_words(node)):
         href = html_lib.unescape(attributes.get("href") or "").strip()
         if href != unsubscribe_url:
@@ -291,6 +347,54 @@ _BODY_ATTRIBUTES = ("bgcolor", "background", "class", "dir", "lang", "text", "li
 def _attribute_length(value: str) -> float:
     match = re.match(r"\s*(\d+(?:\.\d+)?)", value)
     return float(match.group(1)) if match and not value.strip().endswith("%") else 0.0
+
+
+#: The height all elements that show nothing (spacers) may take in one message, together.
+BLANK_HEIGHT_LIMIT = 2000
+_VERTICAL = re.compile(r"(?:^|;)\s*(height|min-height|padding(?:-top|-bottom)?|margin(?:-top|-bottom)?|"
+                       r"line-height|border(?:-top|-bottom)?(?:-width)?)\s*:\s*([^;]*)", re.IGNORECASE)
+
+
+def _vertical_px(style: str) -> float:
+    """The vertical space (px, roughly) an inline style gives an element."""
+    total = 0.0
+    for name, value in _VERTICAL.findall(style):
+        lengths = [float(v) * (FONT_SIZE_LIMIT if u.lower() in _FONT_RELATIVE else _PX_PER_UNIT.get(u.lower(), 1))
+                   for v, u in re.findall(r"(\d+(?:\.\d+)?)([a-zA-Z]*)", value)]
+        if not lengths:
+            continue
+        if name.lower() in ("padding", "margin", "border", "border-width") and len(lengths) in (2, 3, 4):
+            total += lengths[0] + lengths[2 if len(lengths) > 2 else 0]
+        else:
+            total += lengths[0] * (2 if name.lower() in ("padding", "margin", "border", "border-width") else 1)
+    return total
+
+
+def _spend_blank_height(node: LexborNode, tag: str, result: Isolated) -> None:
+    """One element's inline heights and vertical spacing together stay within LENGTH_LIMIT, and
+    elements that show nothing (spacers) within BLANK_HEIGHT_LIMIT in all; past either, they are
+    left out (lengths each under the limit, summed on one element or stacked as spacers)."""
+    attributes = node.attributes
+    style, height = attributes.get("style") or "", attributes.get("height") or ""
+    if not (style or height) or tag in ("img", "tr", "tbody", "thead", "tfoot"):
+        return
+    spent = _vertical_px(style) + _attribute_length(height)
+    if spent <= LENGTH_LIMIT and not _blank(node):
+        return  # an element with content, its spacing within one length's limit
+    if spent <= LENGTH_LIMIT and result.blank_height + spent <= BLANK_HEIGHT_LIMIT:
+        result.blank_height += spent
+        return
+    if height:
+        del node.attrs["height"]
+    if style:
+        kept = ";".join(d for d in style.split(";") if not _VERTICAL.match(";" + d))
+        if kept:
+            node.attrs["style"] = kept
+        else:
+            del node.attrs["style"]
+    result.notes.append(f"<{tag}>: its height and vertical spacing were left out: over {LENGTH_LIMIT}px for one "
+                        f"element, or past {BLANK_HEIGHT_LIMIT}px of empty elements in the message, they would push "
+                        "the footer out of sight")
 
 
 def _link_words(node: LexborNode) -> str:
@@ -348,27 +452,40 @@ LENGTH_LIMIT = 1500
 _PX_PER_UNIT = {"px": 1, "pt": 4 / 3, "pc": 16, "in": 96, "cm": 37.8, "mm": 3.78, "q": 0.945, "em": 16, "rem": 16,
                 "ex": 8, "ch": 8, "lh": 24, "rlh": 24, "vh": 9, "svh": 9, "lvh": 9, "dvh": 9, "vmax": 9,
                 "vw": 6, "svw": 6, "lvw": 6, "dvw": 6, "vmin": 6, "vb": 9, "vi": 6, "cqh": 9, "cqw": 6}
-_SPACING = ("height", "min-height", "max-height", "padding", "margin", "line-height", "font-size", "border",
-            "border-width", "letter-spacing", "word-spacing", "text-indent", "width", "min-width")
+_SPACING = ("height", "min-height", "max-height", "padding", "margin", "line-height", "font", "border",
+            "letter-spacing", "word-spacing", "text-indent", "width", "min-width", "vertical-align")
+#: The largest font size kept; lengths relative to the font are counted at this size, so that
+#: no font-relative length can grow past LENGTH_LIMIT whatever the font size.
+FONT_SIZE_LIMIT = 200
+_FONT_RELATIVE = frozenset({"em", "ex", "ch", "lh", "rlh", "cap", "ic", "rem", "rex", "rch", "ric", "rcap"})
 
 
 def _length_problem(name: str, tokens: list[Any]) -> str | None:
     """A length so large it makes a blank stretch between the message and the footer."""
-    if not name.startswith(_SPACING):
+    if not name.startswith(_SPACING) or name == "font-family":
         return None
+    limit = FONT_SIZE_LIMIT if name in ("font-size", "font") else LENGTH_LIMIT
     for token in tokens:
         if token.type == "function" and token.lower_name not in ("rgb", "rgba", "hsl", "hsla"):
             return f"{token.lower_name}() is not used for sizes; write the length itself"
+        if name == "vertical-align" and token.type in ("dimension", "number", "percentage"):
+            return "only keywords (top, middle, bottom, baseline) are used"
+        if token.type == "percentage" and name != "font" and not name.startswith(("width", "min-width",
+                                                                                   "max-width", "height")):
+            if abs(float(token.value)) > 100:
+                return "over 100%, it would push the footer out of sight"
+            continue
         if token.type == "dimension":
-            px = float(token.value) * _PX_PER_UNIT.get(token.lower_unit, 16)
-        elif token.type == "number" and name in ("line-height",):
-            px = float(token.value) * 16
-        elif token.type == "number" and token.value:
+            unit = token.lower_unit
+            px = float(token.value) * (FONT_SIZE_LIMIT if unit in _FONT_RELATIVE else _PX_PER_UNIT.get(unit, 16))
+        elif token.type == "number" and name in ("line-height", "font"):
+            px = float(token.value) * FONT_SIZE_LIMIT if name == "line-height" else 0
+        elif token.type == "number" and token.value and name != "font-weight":
             px = float(token.value)
         else:
             continue
-        if abs(px) > LENGTH_LIMIT:
-            return f"over {LENGTH_LIMIT}px, it would push the footer out of sight"
+        if abs(px) > limit:
+            return f"over {limit}px, it would push the footer out of sight"
     return None
 
 
@@ -415,7 +532,7 @@ def _rules(rules: list[Any], problems: list[str], notes: list[str]) -> str:
     out: list[str] = []
     for rule in rules:
         if rule.type == "qualified-rule":
-            selectors = _scoped_selectors(tinycss2.serialize(rule.prelude).strip(), problems)
+            selectors = _scoped_selectors(rule.prelude, problems)
             declarations = _declarations_of_rule(rule, selectors, problems)
             if selectors and declarations:
                 out.append(f"{', '.join(selectors)}{{{declarations}}}")
@@ -472,7 +589,7 @@ def _declarations_of_rule(rule: object, selectors: list[str], problems: list[str
     return kept
 
 
-def _scoped_selectors(prelude: str, problems: list[str]) -> list[str]:
+def _scoped_selectors(prelude: list[Any], problems: list[str]) -> list[str]:
     """Each selector of the list, inside #mailer-content; html/body/:root stand for the wrapper."""
     scoped = []
     for selector in _split_selectors(prelude):
@@ -487,7 +604,7 @@ def _scoped_selectors(prelude: str, problems: list[str]) -> list[str]:
         if _ROOTS.match(selector):
             rest = _ROOTS.sub("", selector, count=1)
             rest = _ROOTS_ANYWHERE.sub("", rest) if _ROOTS_ANYWHERE.search(rest) else rest
-            if rest.strip()[:1] in ("+", "~"):
+            if "+" in rest or "~" in rest:  # from the wrapper, a sibling combinator reaches the footer
                 problems.append(f"selector {selector!r} was left out: it selects beside the message")
                 continue
             scoped.append(f"#{CONTENT_ID}{rest}" if rest[:1] in (".", "#", "[", ":") else f"#{CONTENT_ID} {rest}".rstrip())
@@ -499,19 +616,16 @@ def _scoped_selectors(prelude: str, problems: list[str]) -> list[str]:
     return scoped
 
 
-def _split_selectors(prelude: str) -> list[str]:
-    """Split a selector list on its top-level commas (not those inside :is(), :not(), ...)."""
-    parts, depth, start = [], 0, 0
-    for index, char in enumerate(prelude):
-        if char in "([":
-            depth += 1
-        elif char in ")]":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append(prelude[start:index].strip())
-            start = index + 1
-    parts.append(prelude[start:].strip())
-    return parts
+def _split_selectors(prelude: list[Any]) -> list[str]:
+    """Split a selector list on its top-level comma tokens (tinycss2 has already put strings,
+    escapes, comments and the insides of (), [] and functions in tokens of their own)."""
+    parts: list[list[Any]] = [[]]
+    for token in prelude:
+        if token.type == "literal" and token.value == ",":
+            parts.append([])
+        elif token.type != "comment":
+            parts[-1].append(token)
+    return [tinycss2.serialize(part).strip() for part in parts]
 
 
 def size_problem(document: str) -> str | None:
@@ -523,27 +637,35 @@ def size_problem(document: str) -> str | None:
     return None
 
 
+#: Characters some readers break lines at (made line breaks for all), and characters that show
+#: nothing (a line of them is blank).
+_LINE_BREAKING = str.maketrans({c: "\n" for c in "\u2028\u2029\x0b\x0c\x1c\x1d\x1e\x85\r"})
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e\u2061\u2062\u2063\u2064"
+
+
 def collapse_blank_lines(text: str) -> str:
-    """Runs of blank lines (whitespace only, non-breaking spaces included) become one blank line:
-    a template cannot push the footer out of sight."""
+    """Runs of blank lines (whitespace or invisible characters only) become one blank line, and
+    every character some reader breaks lines at is a line break: a template cannot push the
+    footer out of sight, nor show a reader lines the checks did not see."""
     lines: list[str] = []
-    for line in text.splitlines():
-        if line.strip():
+    for line in text.translate(_LINE_BREAKING).split("\n"):
+        if line.strip().strip(_INVISIBLE).strip():
             lines.append(line)
         elif lines and lines[-1]:
             lines.append("")
     return "\n".join(lines)
 
 
-_URL_IN_TEXT = re.compile(r"https?://\S+|mailto:\S+", re.IGNORECASE)
+_URL_IN_TEXT = re.compile(r"https?://\S+|mailto:\S+|www\.\S+|\b[\w-]+(?:\.[\w-]+)+/\S*", re.IGNORECASE)
 
 
 def text_problems(text: str, unsubscribe_url: str) -> list[str]:
-    """A line of the template's text offering to unsubscribe may only point to the footer's URL."""
+    """A paragraph of the template's text offering to unsubscribe may only point to the footer's
+    URL (a paragraph: the words and the address are often on two lines)."""
     problems = []
-    for line in text.splitlines():
-        if ("://" in line or "mailto:" in line.lower()) and says_unsubscribe(line):
-            for url in (u.rstrip(".,;:)>]") for u in _URL_IN_TEXT.findall(line)):
+    for paragraph in re.split(r"\n\s*\n", text):
+        if ("." in paragraph or "mailto:" in paragraph.lower()) and says_unsubscribe(paragraph):
+            for url in (u.rstrip(".,;:)>]") for u in _URL_IN_TEXT.findall(paragraph)):
                 if url != unsubscribe_url:
                     problems.append(f"the text offers to unsubscribe at {url[:80]}: only the footer's link "
                                     "unsubscribes; use {{ unsubscribe_url }} or remove the line")
