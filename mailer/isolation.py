@@ -173,8 +173,15 @@ def isolate(html: str, unsubscribe_url: str) -> Isolated:
     result = Isolated()
     tree = LexborHTMLParser(html.encode("utf-8"))  # bytes: half the parser's fixed cost of a str
     styles: list[str] = []
+    conditional = False
     body = tree.body
     for node in list(tree.root.traverse(include_text=False)) if tree.root is not None else []:
+        if node.is_comment_node:
+            # Outlook renders what a conditional comment holds, unchecked: nothing of it stays.
+            if "[if" in (node.comment_content or ""):
+                conditional = True
+            node.decompose()
+            continue
         if not node.is_element_node:
             continue
         tag = (node.tag or "").lower()
@@ -202,6 +209,9 @@ def isolate(html: str, unsubscribe_url: str) -> Isolated:
             # The parser drops one line break right after <pre>; the serialiser does not put it back,
             # so a first line beginning with one would lose it. One more is always dropped again.
             node.first_child.insert_before("\n")
+    if conditional:
+        result.notes.append("Outlook conditional comments (<!--[if mso]>) were left out: what they hold is shown "
+                            "by Outlook alone, unchecked; the layout falls back to what other clients show")
     if len(_LINE_BREAK.findall(html)) > LINE_BREAK_RUN:
         _shorten_line_break_runs(tree, result)
     if len(_BLOCK_START.findall(html)) > LINE_BREAK_RUN:
@@ -317,7 +327,7 @@ def _attributes(node: LexborNode, tag: str, unsubscribe_url: str, result: Isolat
         elif lowered == "id" and (value or "").strip().lower().startswith("mailer-"):
             result.problems.append(f"<{tag} id={value!r}>: ids starting with mailer- belong to mailer's footer; "
                                    "rename it")
-        elif lowered in ("height", "width", "cellpadding", "cellspacing", "vspace", "hspace", "border") and \
+        elif lowered in ("height", "width", "cellpadding", "cellspacing", "vspace", "hspace", "border", "size") and \
                 value and _attribute_length(value) > LENGTH_LIMIT:
             del node.attrs[name]
             result.notes.append(f"<{tag} {name}={value!r}> was left out: over {LENGTH_LIMIT}px, it would push the "

@@ -131,10 +131,22 @@ class Sandbox(SandboxedEnvironment):
     check. Everything else, a View's "_" names included, goes through the sandbox.
     """
 
-    # Repetition is checked: "x" * 10**9 would exhaust memory before any budget could tell.
-    intercepted_binops = frozenset({"*", "**"})
+    # Repetition and formatting widths are checked: "x" * 10**9 or "%0999999999d" would exhaust
+    # memory in one C call, which no timer can interrupt.
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No constant folding: it would evaluate {{ 'x'|center(10**9) }} while compiling, outside
+        # any budget.
+        super().__init__(*args, optimized=False, **kwargs)
+        for name in ("center", "indent", "wordwrap", "truncate"):
+            self.filters[name] = _bounded_width(self.filters[name])
+        self.filters["format"] = _bounded_format(self.filters["format"])
+        self.filters["sum"] = _bounded_sum
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "%" and isinstance(left, str):
+            _check_format(left)
         if operator == "**" and isinstance(right, int) and abs(right) > 64:
             raise BudgetExceeded("an exponent above 64")
         if operator == "*":
@@ -151,6 +163,50 @@ class Sandbox(SandboxedEnvironment):
             except KeyError:
                 pass
         return super().getattr(obj, attribute)
+
+
+_WIDTH = re.compile(r"%[-#0 +]*(\d+)|\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
+
+
+def _check_format(text: str) -> None:
+    """A format string asking for a field wider than the output budget."""
+    for match in _WIDTH.finditer(text):
+        width = match.group(1) or match.group(2)
+        if width and len(width) > 6:
+            raise BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
+
+
+def _bounded_width(filter_: Any) -> Any:
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        widths = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, int) and not isinstance(a, bool)]
+        if any(abs(w) > OUTPUT_LIMIT for w in widths):
+            raise BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
+        return filter_(*args, **kwargs)
+    for attribute in ("jinja_pass_arg",):
+        if hasattr(filter_, attribute):
+            setattr(bounded, attribute, getattr(filter_, attribute))
+    return bounded
+
+
+def _bounded_format(filter_: Any) -> Any:
+    def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            _check_format(value)
+        return filter_(value, *args, **kwargs)
+    return bounded
+
+
+@jinja2.pass_environment
+def _bounded_sum(environment: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+    """Jinja's sum, one step at a time: adding lists in one C call could not be stopped."""
+    from jinja2.filters import make_attrgetter
+    get = make_attrgetter(environment, attribute) if attribute is not None else (lambda item: item)
+    total = start
+    for item in iterable:
+        total = total + get(item)
+        if isinstance(total, (list, tuple, str)) and len(total) > OUTPUT_LIMIT:
+            raise BudgetExceeded(f"more than {OUTPUT_LIMIT:,} items")
+    return total
 
 
 def _environment(folder: Path | None, autoescape: bool) -> SandboxedEnvironment:

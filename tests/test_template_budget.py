@@ -31,3 +31,32 @@ def test_an_ordinary_loop_is_well_within_the_budget(project: Project) -> None:
                                              "{% endfor %}")
     assert project.send().exit_code == 0
     assert len(project.messages()) == 2
+
+
+FOLDED_OR_IN_ONE_CALL = {
+    "constant centred": "<p>{{ 'x'|center(999999999) }}</p>",
+    "format width": "<p>{{ '%0999999999d' % 1 }}</p>",
+    "format filter": "<p>{{ '%999999999s'|format(contact.first_name) }}</p>",
+    "indent": "<p>{{ contact.first_name|indent(999999999) }}</p>",
+    "list sum": "<p>{{ ([[0] * 1000] * 3000)|sum(start=[]) }}</p>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOLDED_OR_IN_ONE_CALL))
+def test_work_no_timer_could_stop_is_refused_before_it_starts(project: Project, name: str) -> None:
+    """Constant folding while compiling and single C calls run outside any timer: they are bounded
+    by what they are asked to produce."""
+    project.write("templates/offer.html.j2", FOLDED_OR_IN_ONE_CALL[name])
+    started = time.monotonic()
+    result = project.send()
+    assert time.monotonic() - started < 30, "the send hung"
+    assert result.exit_code == 2, result.output
+    assert "offer.html.j2" in result.output
+    assert project.messages() == []
+
+
+def test_ordinary_filters_still_work(project: Project) -> None:
+    project.write("templates/offer.html.j2", "<p>{{ contact.first_name|center(20) }} {{ '%05d'|format(42) }} "
+                                             "{{ [1, 2, 3]|sum }} {{ 'ab'|indent(2) }}</p>")
+    assert project.send().exit_code == 0
+    assert b"00042" in project.messages()[0]
