@@ -13,6 +13,7 @@ database. Nobody outside this package writes SQL.
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import event
@@ -48,10 +49,12 @@ from .tables import (
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # The busy timeout first: switching to WAL takes a lock another process may hold (a second
+    # process opening a new database while the first creates its tables was told "locked").
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
@@ -101,13 +104,25 @@ class Store:
         """Run the migrations this database lacks (all of them when it is empty; a 0.1.0
         database is recognised); one at a revision this code does not know is refused."""
         try:
-            before, after = migrate.upgrade(self.engine)
+            before, after = self._upgrade_when_free()
         except (OperationalError, ProgrammingError) as exc:
             url = self.engine.url.render_as_string(hide_password=True)
             raise StoreError(f"cannot open database {url!r}: {exc.orig}",
                              hint="check [database] url in config.toml and that its folder exists") from None
         note = migrate.upgrade_note(before, after)
         return [note] if note else []
+
+    def _upgrade_when_free(self, patience: float = 30.0) -> tuple[str | None, str]:
+        """migrate.upgrade, again while SQLite says "locked": to avoid a deadlock it answers so at
+        once, without waiting, to one of two processes opening a new database together."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return migrate.upgrade(self.engine)
+            except OperationalError as exc:
+                if self.dialect != "sqlite" or "locked" not in str(exc.orig) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def scrub(self) -> None:
         """After an erasure: no copy of deleted rows may stay in the files.
