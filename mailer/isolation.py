@@ -219,7 +219,7 @@ def isolate(html: str, unsubscribe_url: str) -> Isolated:
     if _NEWLINES.search(html) or "&#" in html:
         _shorten_newline_runs(tree, result)
     for css in styles:
-        result.style += _stylesheet(css, result)
+        result.style += _stylesheet(css, tree, result)
     if body is not None:
         _body_to_wrapper(body, result)
         result.content = body.inner_html or ""
@@ -522,23 +522,57 @@ def _declaration_problem(name: str, value: str) -> str | None:
     return None
 
 
-def _stylesheet(css: str, result: Isolated) -> str:
-    """The stylesheet scoped inside the wrapper; what cannot be kept is left out, said in notes."""
-    text, stripped, notes = _clean_stylesheet(css)
+def _stylesheet(css: str, tree: LexborHTMLParser, result: Isolated) -> str:
+    """The stylesheet scoped inside the wrapper; what cannot be kept is left out, said in notes.
+    Its rules that make elements tall are charged, on the elements they apply to, to the same
+    budget as inline styles (a class sizing empty blocks)."""
+    text, stripped, notes, tall = _clean_stylesheet(css)
     result.notes.extend(stripped)
     result.notes.extend(notes)
+    for selector, px in tall:
+        _charge_rule(tree, selector, px, result)
     return text.replace("<", "\\3c ")  # a string holding </style> must not end the element
 
 
+#: A rule giving an element this much vertical space or more is charged to the blank-space budget.
+TALL_RULE = 200
+_FLATTENED = ("height:auto !important;min-height:0 !important;padding-top:0 !important;padding-bottom:0 !important;"
+              "margin-top:0 !important;margin-bottom:0 !important;line-height:normal !important;"
+              "border-top-width:0 !important;border-bottom-width:0 !important")
+
+
+def _charge_rule(tree: LexborHTMLParser, selector: str, px: float, result: Isolated) -> None:
+    if tree.body is None or selector == f"#{CONTENT_ID}":
+        return
+    try:
+        matched = tree.body.css(selector.replace(f"#{CONTENT_ID}", "body", 1))
+    except Exception:  # a selector lexbor does not know applies in no browser we judge by either
+        return
+    flattened = 0
+    for node in matched:
+        if node.tag in ("img", "body") or not _blank(node):
+            continue
+        if result.blank_height + px <= BLANK_HEIGHT_LIMIT:
+            result.blank_height += px
+            continue
+        node.attrs["style"] = ";".join(p for p in ((node.attributes.get("style") or ""), _FLATTENED) if p)
+        flattened += 1
+    if flattened:
+        result.notes.append(f"{flattened} empty elements sized by {selector!r} were flattened: past "
+                            f"{BLANK_HEIGHT_LIMIT}px of empty elements in the message, they would push the footer "
+                            "out of sight")
+
+
 @lru_cache(maxsize=256)
-def _clean_stylesheet(css: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+def _clean_stylesheet(css: str) -> tuple[str, tuple[str, ...], tuple[str, ...], tuple[tuple[str, float], ...]]:
     problems: list[str] = []
     notes: list[str] = []
-    text = _rules(tinycss2.parse_stylesheet(css, skip_comments=True, skip_whitespace=True), problems, notes)
-    return text, tuple(problems), tuple(notes)
+    tall: list[tuple[str, float]] = []
+    text = _rules(tinycss2.parse_stylesheet(css, skip_comments=True, skip_whitespace=True), problems, notes, tall)
+    return text, tuple(problems), tuple(notes), tuple(tall)
 
 
-def _rules(rules: list[Any], problems: list[str], notes: list[str]) -> str:
+def _rules(rules: list[Any], problems: list[str], notes: list[str], tall: list[tuple[str, float]]) -> str:
     out: list[str] = []
     for rule in rules:
         if rule.type == "qualified-rule":
@@ -546,12 +580,15 @@ def _rules(rules: list[Any], problems: list[str], notes: list[str]) -> str:
             declarations = _declarations_of_rule(rule, selectors, problems)
             if selectors and declarations:
                 out.append(f"{', '.join(selectors)}{{{declarations}}}")
+                px = _vertical_px(declarations)
+                if px >= TALL_RULE:
+                    tall.extend((selector, px) for selector in selectors)
         elif rule.type == "at-rule":
             name = rule.lower_at_keyword
             prelude = tinycss2.serialize(rule.prelude).strip()
             if name in ("media", "supports"):
                 inner = _rules(tinycss2.parse_rule_list(rule.content or [], skip_comments=True,
-                                                        skip_whitespace=True), problems, notes)
+                                                        skip_whitespace=True), problems, notes, tall)
                 if inner:
                     out.append(f"@{name} {prelude}{{{inner}}}")
             elif name == "import":
