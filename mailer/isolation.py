@@ -135,10 +135,19 @@ _UNSUBSCRIBE_WORDS = re.compile(
     r"unsubscri|opt[\s-]?out|desabonn|desinscri|se desabonner|abmelden|darse de baja|cancella", re.IGNORECASE)
 
 
+#: Letters of other scripts that read as Latin ones, and characters that reorder or hide text.
+_LOOKALIKES = str.maketrans({
+    **dict(zip("аеорсухіјѕԁԛԝһӏАВЕКМНОРСТХІЈЅ", "aeopcyxijsdqwhlABEKMHOPCTXIJS", strict=True)),
+    **dict(zip("αοτυνεικρχΑΒΕΖΗΙΚΜΝΟΡΤΥΧ", "aotuveikpxABEZHIKMNOPTYX", strict=True)),
+    **{c: None for c in "\u200b\u200c\u200d\u2060\ufeff\u00ad\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"},
+})
+
+
 def says_unsubscribe(text: str) -> bool:
-    """Does this link text offer to unsubscribe (accents and case ignored)?"""
-    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return bool(_UNSUBSCRIBE_WORDS.search(folded))
+    """Does this text offer to unsubscribe, as a person reads it: accents, case, lookalike letters of
+    other scripts, invisible characters and right-to-left reversal (bdo, U+202E) ignored?"""
+    folded = unicodedata.normalize("NFKD", text.translate(_LOOKALIKES)).encode("ascii", "ignore").decode()
+    return bool(_UNSUBSCRIBE_WORDS.search(folded) or _UNSUBSCRIBE_WORDS.search(folded[::-1]))
 
 
 # --------------------------------------------------------------------------- result
