@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import parseaddr
 from functools import lru_cache
@@ -98,19 +99,149 @@ def _dot_atom_at_known_domain(address: str) -> str | None:
     return f"{local}@{normalised}"
 
 
-def is_generic(key: str, extra_locals: frozenset[str] = frozenset()) -> bool:
-    """True for role addresses such as contact@ or sales@ (never firstname.lastname@)."""
-    local = key.rpartition("@")[0].split("+", 1)[0]
-    return local in GENERIC_LOCALS or local in extra_locals
+# Mailbox providers for consumers: an address there belongs to a person, whatever its local
+# part (info@gmail.com is someone's mailbox, not an organisation's reception desk).
+# `[compliance] consumer_domains` extends the list.
+CONSUMER_DOMAINS: frozenset[str] = frozenset({
+    # international
+    "gmail.com", "googlemail.com", "outlook.com", "outlook.fr", "hotmail.com", "hotmail.fr", "hotmail.co.uk",
+    "hotmail.de", "hotmail.it", "hotmail.es", "hotmail.be", "live.com", "live.fr", "live.co.uk", "live.be",
+    "live.de", "msn.com", "windowslive.com", "yahoo.com", "yahoo.fr", "yahoo.co.uk", "yahoo.de", "yahoo.es",
+    "yahoo.it", "ymail.com", "rocketmail.com", "icloud.com", "me.com", "mac.com", "aol.com", "aol.fr",
+    "protonmail.com", "proton.me", "pm.me", "tutanota.com", "tuta.io", "zoho.com", "mail.com", "gmx.com",
+    "gmx.net", "gmx.de", "gmx.fr", "gmx.at", "gmx.ch", "web.de", "t-online.de", "freenet.de", "posteo.de",
+    "mailbox.org", "yandex.com", "yandex.ru", "mail.ru", "qq.com", "163.com", "126.com", "fastmail.com",
+    "hey.com", "duck.com",
+    # France, Belgium, Switzerland
+    "orange.fr", "wanadoo.fr", "free.fr", "sfr.fr", "neuf.fr", "cegetel.net", "club-internet.fr",
+    "laposte.net", "bbox.fr", "numericable.fr", "noos.fr", "aliceadsl.fr", "voila.fr", "skynet.be",
+    "telenet.be", "bluewin.ch", "sunrise.ch",
+    # elsewhere in Europe
+    "libero.it", "virgilio.it", "tiscali.it", "alice.it", "tin.it", "telefonica.net", "terra.es",
+    "btinternet.com", "sky.com", "virginmedia.com", "ziggo.nl", "kpnmail.nl", "planet.nl", "seznam.cz",
+    "wp.pl", "o2.pl", "onet.pl", "interia.pl", "sapo.pt",
+})
+
+
+@dataclass(frozen=True)
+class RoleAddresses:
+    """Which addresses are an organisation's role addresses (contact@, sales@...), outside the
+    consent, source, retention and relevance rules.
+
+    Only for `b2b` contacts, only at an organisation's own domain (never at a consumer
+    mailbox provider), and only when the local part is the role word itself: `info+x@` or
+    `contact.jane@` may reach a person.
+    """
+
+    extra_locals: frozenset[str] = frozenset()
+    extra_consumer_domains: frozenset[str] = frozenset()
+
+    @classmethod
+    def build(cls, locals_: Iterable[str] = (), consumer_domains: Iterable[str] = ()) -> RoleAddresses:
+        return cls(frozenset(v.strip().lower() for v in locals_ if v.strip()),
+                   frozenset(d for d in map(normalise_domain, consumer_domains) if d))
+
+    def is_role_word(self, key: str) -> bool:
+        local = key.rpartition("@")[0]
+        return local in GENERIC_LOCALS or local in self.extra_locals
+
+    def consumer_provider(self, domain: str) -> bool:
+        return any(d in CONSUMER_DOMAINS or d in self.extra_consumer_domains for d in domain_and_parents(domain))
+
+    def exempt(self, key: str, kind: str) -> bool:
+        """True when the address is an organisation's role address (see the class)."""
+        return kind == "b2b" and self.is_role_word(key) and not self.consumer_provider(key.rpartition("@")[2])
+
+
+# --------------------------------------------------------------------------- domains and mailboxes
+
+def normalise_domain(value: str) -> str:
+    """A domain as compared everywhere: IDNA (A-label) form, lower case, no trailing dot, no "@".
+
+    "@Bücher.Example." -> "xn--bcher-kva.example". A value that is not a valid domain is
+    returned lower-cased and stripped, so that it still compares equal to itself.
+    """
+    domain = value.strip().lstrip("@").rstrip(".").lower()
+    if not domain:
+        return ""
+    return _domain(domain) or domain
+
+
+def domain_and_parents(domain: str) -> list[str]:
+    """"a.b.example.com" -> ["a.b.example.com", "b.example.com", "example.com", "com"]."""
+    labels = domain.split(".")
+    return [".".join(labels[i:]) for i in range(len(labels))]
+
+
+GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+
+def canonical_mailbox(key: str) -> str:
+    """The mailbox an address reaches, whatever its spelling: what an address suppression covers.
+
+    The `+tag` is dropped on every domain (the tag is the person's own sub-address),
+    and at gmail.com/googlemail.com the dots too, with the domain made gmail.com.
+    `key` is a normalised key (lower case, IDNA domain).
+    """
+    local, at, domain = key.rpartition("@")
+    if not at:
+        return key
+    local = local.split("+", 1)[0] or local
+    if domain in GMAIL_DOMAINS:
+        local, domain = local.replace(".", "") or local, "gmail.com"
+    return f"{local}@{domain}"
 
 
 def address_hash(secret: bytes, key: str) -> str:
-    """Keyed hash of a normalised address: what the suppression list and erasures keep.
+    """Keyed hash of an address's text: what the suppression list and erasures keep.
 
     Keyed (HMAC) rather than a plain hash, so that the list cannot be reversed by
     hashing a directory of known addresses without the organisation's secret.
+    What is hashed is the canonical mailbox (`mailbox_hash`); entries made before 0.2
+    hold the hash of the normalised key, which `lookup_hashes` still matches.
     """
     return hmac.new(secret, b"address:" + key.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def mailbox_hash(secret: bytes, key: str) -> str:
+    """The keyed hash an address is suppressed and erased under: its canonical mailbox's."""
+    return address_hash(secret, canonical_mailbox(key))
+
+
+def lookup_hashes(secret: bytes, key: str) -> tuple[str, ...]:
+    """Every hash an entry about this address may have been stored under: the canonical
+    mailbox's, and the normalised key's (entries made before the mailbox was canonical)."""
+    canonical = canonical_mailbox(key)
+    if canonical == key:
+        return (address_hash(secret, key),)
+    return (address_hash(secret, canonical), address_hash(secret, key))
+
+
+# Names that never reach the public internet (RFC 6761, RFC 6762, RFC 8375, common practice).
+_PRIVATE_SUFFIXES = ("localhost", "local", "internal", "intranet", "lan", "home", "corp", "home.arpa",
+                     "localdomain", "invalid", "test")
+
+
+def public_host_problem(host: str) -> str | None:
+    """Why a recipient on the internet could not reach `host`, or None when it is a public name.
+
+    Refused: localhost and other reserved or private names, names without a dot, and
+    IP addresses that are loopback, private, link-local or otherwise not global.
+    """
+    host = host.strip("[]").rstrip(".").lower()
+    if not host:
+        return "no host name"
+    try:
+        ip = ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return None if ip.is_global else f"{host} is a loopback or private address"
+    if "." not in host:
+        return f"{host} is not a public name"
+    if any(host == s or host.endswith("." + s) for s in _PRIVATE_SUFFIXES):
+        return f"{host} is a local or reserved name"
+    return None
 
 
 def is_loopback(host: str) -> bool:

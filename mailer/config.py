@@ -10,11 +10,13 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .addresses import RoleAddresses
 from .errors import ConfigError
 from .locales import available
 
@@ -65,6 +67,7 @@ class Processor(_Section):
 
 class Unsubscribe(_Section):
     base_url: str = "http://localhost:8080"
+    allow_local_url: bool = False   # test setups: let smtp runs carry a link recipients cannot reach
     mailto: str = ""
     secret_env: str = "MAILER_SECRET"
 
@@ -72,6 +75,10 @@ class Unsubscribe(_Section):
 class Compliance(_Section):
     retention_years: int = Field(3, ge=1, le=10)
     generic_locals: list[str] = []
+    consumer_domains: list[str] = []   # extends mailer's list of consumer mailbox providers
+
+    def role_addresses(self) -> RoleAddresses:
+        return RoleAddresses.build(self.generic_locals, self.consumer_domains)
 
 
 class Dkim(_Section):
@@ -146,6 +153,7 @@ class CampaignSection(_Section):
 class Recipients(_Section):
     list: str = Field(min_length=1)
     csv: str = ""
+    collected_at: date | None = None   # the collection date of the CSV's rows that give none
 
 
 class Relevance(_Section):
@@ -183,6 +191,7 @@ class Campaign:
     text_template: Path | None
     relevance: Relevance | None
     rate_per_second: float
+    collected_at: date | None = None   # the collection date of the CSV's rows that give none
 
 
 # --------------------------------------------------------------------------- loading
@@ -375,6 +384,7 @@ def load_campaign(path: Path) -> Campaign:
         soft_opt_in=model.campaign.soft_opt_in,
         list_name=model.recipients.list,
         csv=csv_path,
+        collected_at=model.recipients.collected_at,
         html_template=html_path,
         text_template=txt_path,
         relevance=model.relevance,

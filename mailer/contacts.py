@@ -140,14 +140,18 @@ class ContactsCsv:
     """A contacts CSV read row by row: iterate for the good records; `problems` fills as you go.
 
     The header is checked on opening (a missing `email` or `kind` column is one
-    error at once). `today` is the default for `collected_at`. An address with
+    error at once). `collected_at`, when given, is the collection date of the rows
+    that have none (the operator's statement for the whole file). An address with
     bad syntax is *not* a problem here: the gate blocks it, so the marketer sees
     it in `check` and `preview`.
     """
 
-    def __init__(self, path: Path, *, today: date) -> None:
+    def __init__(self, path: Path, *, today: date, collected_at: date | None = None) -> None:
         self.path = path
         self.today = today
+        if collected_at is not None and collected_at > today:
+            raise CsvError([f"{path}: the collection date {collected_at.isoformat()} given for the file is in the future"])
+        self.collected_at = collected_at
         self.problems: list[str] = []
         lines = _lines(path)
         first = next(lines, "")
@@ -176,6 +180,8 @@ class ContactsCsv:
 
     @property
     def present(self) -> frozenset[str]:
+        if self.collected_at is not None:
+            return frozenset(self.columns) | {"collected_at"}
         return frozenset(self.columns)
 
     def __iter__(self) -> Iterator[ContactData]:
@@ -188,7 +194,8 @@ class ContactsCsv:
                     self.problems.append(f"{path}:{line}: {len(row)} fields, but the header has {len(columns)}"
                                          f" (is a value with a '{self.delimiter}' missing its quotes?)")
                     continue
-                record = _record(path, line, dict(zip(columns, row, strict=True)), self.today, self.problems)
+                record = _record(path, line, dict(zip(columns, row, strict=True)), self.today, self.problems,
+                                 self.collected_at)
                 if record is not None:
                     yield record
         except _CsvSyntax as exc:
@@ -207,7 +214,8 @@ def parse_contacts_csv(path: Path, *, today: date) -> ParsedCsv:
     return ParsedCsv(path=path, columns=reader.columns, records=records, problems=reader.problems)
 
 
-def _record(path: Path, line: int, row: dict[str, str], today: date, problems: list[str]) -> ContactData | None:
+def _record(path: Path, line: int, row: dict[str, str], today: date, problems: list[str],
+            collected_at: date | None = None) -> ContactData | None:
     where = f"{path}:{line}"
     before = len(problems)
     email = row["email"].strip()
@@ -248,6 +256,6 @@ def _record(path: Path, line: int, row: dict[str, str], today: date, problems: l
                 problems.append(f"{where}: {name}: {exc}")
     if len(problems) > before:
         return None
-    values.setdefault("collected_at", None)
+    values.setdefault("collected_at", collected_at)
     attrs = {k: v.strip() for k, v in row.items() if k not in KNOWN_COLUMNS}
     return ContactData(address=normalise(email), kind=kind, attrs=attrs, line=line, **values)

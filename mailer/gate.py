@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from .addresses import is_generic, is_loopback, parse_from_header
+from .addresses import RoleAddresses, domain_and_parents, parse_from_header, public_host_problem
 from .config import Campaign, Config
 from .contacts import ContactData
 
@@ -68,12 +68,12 @@ class GateContext:
 
     today: date
     retention_years: int
-    hash_address: Callable[[str], str]
+    lookup_hashes: Callable[[str], tuple[str, ...]]
     suppressed_hashes: set[str] = field(default_factory=set)
     suppressed_domains: set[str] = field(default_factory=set)
     delivered: set[str] = field(default_factory=set)
     seen: set[str] = field(default_factory=set)
-    generic_locals: frozenset[str] = frozenset()
+    roles: RoleAddresses = RoleAddresses()
     relevance: RelevanceMatcher | None = None
 
 
@@ -89,7 +89,7 @@ class Decision:
 
 
 def _generic(contact: ContactData, ctx: GateContext) -> bool:
-    return is_generic(contact.address.key, ctx.generic_locals)
+    return ctx.roles.exempt(contact.address.key, contact.kind)
 
 
 def add_years(day: date, years: int) -> date:
@@ -119,9 +119,11 @@ def invalid_address(contact: ContactData, campaign: Campaign, ctx: GateContext) 
 
 
 def suppressed(contact: ContactData, campaign: Campaign, ctx: GateContext) -> str | None:
-    if contact.address.domain in ctx.suppressed_domains:
-        return f"the domain {contact.address.domain} is on the suppression list"
-    if ctx.hash_address(contact.address.key) in ctx.suppressed_hashes:
+    if ctx.suppressed_domains:
+        for domain in domain_and_parents(contact.address.domain):
+            if domain in ctx.suppressed_domains:
+                return f"the domain {domain} is on the suppression list"
+    if ctx.suppressed_hashes and not ctx.suppressed_hashes.isdisjoint(ctx.lookup_hashes(contact.address.key)):
         return "the address is on the suppression list"
     return None
 
@@ -153,9 +155,11 @@ def missing_source(contact: ContactData, campaign: Campaign, ctx: GateContext) -
 def retention_expired(contact: ContactData, campaign: Campaign, ctx: GateContext) -> str | None:
     if _generic(contact, ctx):
         return None
+    if contact.collected_at is None:
+        return ("no collection date: give collected_at in the file, or the date of the whole file "
+                "(contacts import --collected-at, [recipients] collected_at)")
     reference, which = retention_reference(contact)
-    if reference is None:
-        return None
+    assert reference is not None
     expiry = add_years(reference, ctx.retention_years)
     if ctx.today > expiry:
         return f"{which} {reference.isoformat()} is more than {ctx.retention_years} years ago (expired {expiry.isoformat()})"
@@ -173,6 +177,10 @@ def no_consent(contact: ContactData, campaign: Campaign, ctx: GateContext) -> st
     if contact.kind != "b2c" or campaign.kind == "members" or _generic(contact, ctx):
         return None
     if contact.consent == "opt-in":
+        missing = [name for name, value in (("consent_at", contact.consent_at),
+                                            ("consent_proof", contact.consent_proof)) if not value]
+        if missing:
+            return f"opt-in without {' and '.join(missing)}: consent counts only with its date and proof"
         return None
     if contact.consent == "customer":
         if campaign.soft_opt_in:
@@ -237,6 +245,27 @@ class TransportFacts(Protocol):
     needs_processor: bool
 
 
+def unreachable_unsubscribe_url(url: str) -> str | None:
+    """Why a recipient could not use this one-click unsubscribe URL from the internet, or None."""
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        return "not https (mailbox providers require an https one-click link)"
+    problem = public_host_problem(parts.hostname or "")
+    return f"{problem}, not a public name" if problem else None
+
+
+def campaign_notes(config: Config, transport: TransportFacts) -> list[str]:
+    """What the run must say although it may go on (a test setup's explicit exceptions)."""
+    notes = []
+    if transport.leaves_host and config.unsubscribe.allow_local_url:
+        unreachable = unreachable_unsubscribe_url(config.unsubscribe.base_url)
+        if unreachable:
+            notes.append(f"[unsubscribe] allow_local_url = true: messages carry an unsubscribe link "
+                         f"({config.unsubscribe.base_url}) that recipients cannot reach ({unreachable}); "
+                         "for test setups only")
+    return notes
+
+
 def campaign_problems(config: Config, campaign: Campaign, transport: TransportFacts) -> list[str]:
     """Reasons to refuse the whole campaign before anything is sent (exit 3)."""
     problems: list[str] = []
@@ -256,9 +285,12 @@ def campaign_problems(config: Config, campaign: Campaign, transport: TransportFa
     if base.scheme not in ("http", "https") or not base.hostname:
         problems.append(f"{config.path}: [unsubscribe] base_url {config.unsubscribe.base_url!r} is not an http(s) URL; "
                         "the one-click unsubscribe link needs it")
-    elif transport.leaves_host and base.scheme != "https" and not is_loopback(base.hostname):
-        problems.append(f"{config.path}: [unsubscribe] base_url must use https when mail really leaves "
-                        "(mailbox providers require an https one-click link)")
+    elif transport.leaves_host and not config.unsubscribe.allow_local_url:
+        unreachable = unreachable_unsubscribe_url(config.unsubscribe.base_url)
+        if unreachable:
+            problems.append(f"{config.path}: [unsubscribe] base_url {config.unsubscribe.base_url!r}: {unreachable}; "
+                            "messages leave this machine, so recipients must be able to open the link: give the "
+                            "https address at which `mailer serve` is reachable")
 
     if campaign.kind == "prospecting" and "b2b" in campaign.audiences:
         relevance = campaign.relevance

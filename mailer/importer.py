@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 from .contacts import ContactData, ContactsCsv
 from .errors import InvalidRows
-from .gate import retention_reference
 from .store import ImportResult, utcnow
 from .workspace import Workspace
 
@@ -29,17 +28,22 @@ class ImportOutcome:
     skipped: list[str] = field(default_factory=list)
     repeated: list[ContactData] = field(default_factory=list)  # rows whose address came earlier in the file
     erased_skipped: int = 0
+    undated: int = 0   # rows kept with no collection date (the gate blocks them: retention-expired)
 
 
 def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: bool = False,
-                    now: datetime | None = None, progress: Progress | None = None) -> ImportOutcome:
+                    now: datetime | None = None, progress: Progress | None = None,
+                    collected_at: date | None = None) -> ImportOutcome:
     """Validate a contacts CSV and upsert it into a list: all or nothing, unless skip_invalid.
+
+    `collected_at` is the collection date of the rows that give none; without it such
+    rows have no known date, and the gate treats them as past retention.
 
     The file is read and written in chunks inside one transaction, so memory
     stays flat however long the file; a bad row anywhere rolls everything back.
     """
     now = now or utcnow()
-    reader, outcome, records = _read(ws, path, now, progress or no_progress, f"Importing {path.name}")
+    reader, outcome, records = _read(ws, path, now, progress or no_progress, f"Importing {path.name}", collected_at)
 
     def all_or_nothing() -> None:
         if reader.problems and not skip_invalid:
@@ -52,22 +56,23 @@ def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: 
 
 
 def read_as_imported(ws: Workspace, path: Path, *, now: datetime | None = None,
-                     progress: Progress | None = None) -> tuple[ImportOutcome, list[ContactData]]:
+                     progress: Progress | None = None, collected_at: date | None = None
+                     ) -> tuple[ImportOutcome, list[ContactData]]:
     """What `import_contacts` would make of the file's contacts, without writing anything: each
     row merged with the stored contact of its address (all or nothing, as an import)."""
     now = now or utcnow()
-    reader, outcome, records = _read(ws, path, now, progress or no_progress, f"Reading {path.name}")
+    reader, outcome, records = _read(ws, path, now, progress or no_progress, f"Reading {path.name}", collected_at)
     merged = list(ws.store.contacts.as_upserted(records, reader.present, now=now))
     if reader.problems:
         raise InvalidRows(reader.problems, good_rows=outcome.rows)
     return outcome, merged
 
 
-def _read(ws: Workspace, path: Path, now: datetime, progress: Progress, label: str
-          ) -> tuple[ContactsCsv, ImportOutcome, Iterator[ContactData]]:
+def _read(ws: Workspace, path: Path, now: datetime, progress: Progress, label: str,
+          collected_at: date | None = None) -> tuple[ContactsCsv, ImportOutcome, Iterator[ContactData]]:
     """The file's valid rows, streamed, without the people erased (counted in the outcome, as
     are the rows repeating an address)."""
-    reader = ContactsCsv(path, today=now.date())
+    reader = ContactsCsv(path, today=now.date(), collected_at=collected_at)
     outcome = ImportOutcome(path, ImportResult())
     seen: set[str] = set()
     advance = progress(label, data_lines(path))
@@ -90,6 +95,8 @@ def _read(ws: Workspace, path: Path, now: datetime, progress: Progress, label: s
         outcome.erased_skipped += erased
         for record in kept:
             outcome.rows += 1
+            if record.collected_at is None:
+                outcome.undated += 1
             if record.address.key in seen:
                 outcome.repeated.append(record)
             seen.add(record.address.key)
@@ -113,17 +120,19 @@ def _without_erased(ws: Workspace, records: list[ContactData], now: datetime) ->
     A retention erasure does not stop a *new* collection: a row whose dates are
     more recent than the erasure comes back.
     """
-    hashes = {r.address.key: ws.hash_address(r.address.key) for r in records}
-    erased = ws.store.people.erasures(list(set(hashes.values())))
+    hashes = {r.address.key: ws.lookup_hashes(r.address.key) for r in records}
+    erased = ws.store.people.erasures(list({h for found in hashes.values() for h in found}))
     if not erased:
         return records, 0
     kept = []
     for record in records:
-        found = erased.get(hashes[record.address.key])
-        if found is not None:
-            reason, when = found
-            reference = retention_reference(record)[0] or now.date()
-            if reason == "request" or reference <= when.date():
+        found = [erased[h] for h in hashes[record.address.key] if h in erased]
+        if found:
+            if any(reason == "request" for reason, _ in found):
+                continue
+            # Erased at retention: back only when collected again since (a known, later date).
+            last = max(when for _, when in found).date()
+            if record.collected_at is None or record.collected_at <= last:
                 continue
         kept.append(record)
     return kept, len(records) - len(kept)

@@ -5,9 +5,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .addresses import normalise
+from .addresses import domain_and_parents, normalise, normalise_domain
 from .errors import InputError
 from .store import Suppression
+from .store.people import erased_key
 from .suppression import bounces_in, hard_bounce_status, message_files, read_suppression_file, token_from_message
 from .tokens import InvalidToken, verify
 from .workspace import Workspace
@@ -17,7 +18,7 @@ def suppression_target(ws: Workspace, value: str) -> tuple[str, str]:
     """("domain", domain) for "@domain", ("address", keyed hash) for an address."""
     value = value.strip()
     if value.startswith("@"):
-        domain = value[1:].lower()
+        domain = normalise_domain(value)
         if not domain or "." not in domain or any(c.isspace() for c in domain):
             raise InputError(f"{value!r} is not a domain", hint="write a domain as @example.com")
         return "domain", domain
@@ -52,8 +53,22 @@ def import_suppressions(ws: Workspace, path: Path, *, reason: str = "") -> tuple
 
 
 def unsuppress(ws: Workspace, value: str) -> bool:
-    """Remove an address or @domain from the list; False when it was not there."""
-    return ws.store.suppressions.remove(*suppression_target(ws, value))
+    """Remove an address (every spelling of its mailbox) or @domain from the list; False when
+    it was not there."""
+    scope, target = suppression_target(ws, value)
+    if scope == "address":
+        return ws.store.suppressions.remove(scope, *ws.lookup_hashes(normalise(value).key))
+    return ws.store.suppressions.remove(scope, target)
+
+
+def suppressions_covering(ws: Workspace, value: str) -> list[Suppression]:
+    """The entries that stop mail to an address (its mailbox, its domain or a parent domain),
+    or that an @domain value names."""
+    scope, target = suppression_target(ws, value)
+    if scope == "domain":
+        return ws.store.suppressions.matching((), [target])
+    address = normalise(value)
+    return ws.store.suppressions.matching(ws.lookup_hashes(address.key), domain_and_parents(address.domain))
 
 
 def suppressions(ws: Workspace) -> list[Suppression]:
@@ -116,7 +131,7 @@ def record_bounce_reports(ws: Workspace, paths: Iterable[Path]) -> InboundResult
             key = normalise(bounce.recipient).key
             digest = ws.hash_address(key)
             campaign, logged_key = sent.get(bounce.message_id, ("", ""))
-            if logged_key not in (key, digest):
+            if logged_key != key and logged_key not in map(erased_key, ws.lookup_hashes(key)):
                 unmatched.append(f"{path}: {bounce.recipient} ({bounce.status}) is not about a message mailer "
                                  "sent to that address")
                 continue

@@ -12,7 +12,7 @@ from .config import Campaign, load_campaign
 from .contacts import ContactData
 from .dkim_signing import dkim_signer
 from .errors import ComplianceRefusal
-from .gate import FOOTER_MISSING, GateContext, RelevanceMatcher, campaign_problems, decide
+from .gate import FOOTER_MISSING, GateContext, RelevanceMatcher, campaign_notes, campaign_problems, decide
 from .importer import ImportOutcome, Progress, data_lines, import_contacts, no_progress, read_as_imported
 from .render import RenderedMessage, Renderer, Templates, load_templates
 from .states import DELIVERED_STATES, SendState
@@ -115,9 +115,11 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
     from_csv: list[ContactData] | None = None
     if import_csv and campaign.csv is not None:
         if persist:
-            imported = read = import_contacts(ws, campaign.csv, campaign.list_name, now=now, progress=progress)
+            imported = read = import_contacts(ws, campaign.csv, campaign.list_name, now=now, progress=progress,
+                                              collected_at=campaign.collected_at)
         else:
-            read, from_csv = read_as_imported(ws, campaign.csv, now=now, progress=progress)
+            read, from_csv = read_as_imported(ws, campaign.csv, now=now, progress=progress,
+                                              collected_at=campaign.collected_at)
     if from_csv is None:
         ws.store.contacts.list_id(campaign.list_name)  # a clear error when the list does not exist
     advance = progress("Rendering and checking" if render_check else "Deciding",
@@ -134,15 +136,16 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
     hashes, domains = ws.store.suppressions.sets()
     relevance = campaign.relevance
     ctx = GateContext(
-        today=today, retention_years=ws.config.compliance.retention_years, hash_address=ws.hash_address,
+        today=today, retention_years=ws.config.compliance.retention_years, lookup_hashes=ws.lookup_hashes,
         suppressed_hashes=hashes, suppressed_domains=domains,
         delivered=ws.store.sendlog.keys(campaign.id, delivered_states),
-        generic_locals=frozenset(g.lower() for g in ws.config.compliance.generic_locals),
+        roles=ws.config.compliance.role_addresses(),
         relevance=RelevanceMatcher.build(relevance.job_titles, relevance.industries) if relevance else None,
     )
     replaceable = DECIDABLE_STATES + ((SendState.UNCERTAIN,) if retry_uncertain else ())
     plan = Plan(campaign, Counter(), [] if keep_recipients else None, imported, recovered, confirmed, run_id,
                 from_domain=prepared.renderer.from_domain)
+    plan.notes.update(dict.fromkeys(campaign_notes(ws.config, ws.transport_class)))
     rows: list[dict[str, object]] = []
     footer_problems: dict[str, None] = {}
     for contact in _candidates(ws, campaign, read, from_csv):

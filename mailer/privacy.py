@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from .addresses import is_generic, normalise
+from .addresses import normalise
 from .contacts import ContactData
 from .errors import InputError, NotFound
 from .gate import add_years, retention_reference
@@ -67,15 +67,16 @@ class Explanation:
 def explain_person(ws: Workspace, email: str) -> Explanation:
     address = normalise(email)
     key = address.key
-    digest = ws.hash_address(key)
     org = ws.config.organization
     explanation = Explanation(
         email=address.send_to,
         organization={"name": org.name, "postal_address": org.postal_address,
                       "privacy_url": org.privacy_url, "contact_email": org.contact_email},
-        contact=None, generic=is_generic(key, frozenset(ws.config.compliance.generic_locals)))
-    held = ws.store.people.lookup(key, digest, address.domain)
+        contact=None)
+    held = ws.store.people.lookup(key, ws.lookup_hashes(key), address.domain)
     explanation.contact, explanation.lists, explanation.interactions = held.contact, held.lists, held.interactions
+    explanation.generic = held.contact is not None and ws.config.compliance.role_addresses().exempt(
+        key, held.contact.kind)
     for entry in held.log:
         if entry.state == SendState.SENT:
             explanation.sent.append(SentMessage(entry.sent_at, entry.campaign_id, entry.subject))
@@ -84,7 +85,7 @@ def explain_person(ws: Workspace, email: str) -> Explanation:
     explanation.campaign_kinds = sorted({d.campaign_kind for d in explanation.decisions if d.campaign_kind})
     explanation.suppressed_since, explanation.suppression_origin = held.suppressed_since, held.suppression_origin
     explanation.erased_at = held.erased_at
-    if explanation.contact is not None and not explanation.generic:
+    if explanation.contact is not None and not explanation.generic and explanation.contact.collected_at is not None:
         reference, which = retention_reference(explanation.contact)
         explanation.retention_from = (reference, which)
         if reference is not None:
@@ -118,7 +119,7 @@ def forget_person(ws: Workspace, email: str, *, by: str, reason: str = "request"
 
 
 def _erase(ws: Workspace, keys: list[str], *, by: str, reason: str) -> list[ForgetResult]:
-    erased = ws.store.people.erase([(key, ws.hash_address(key)) for key in keys], by=by, reason=reason)
+    erased = ws.store.people.erase([(key, ws.lookup_hashes(key)) for key in keys], by=by, reason=reason)
     ws.store.scrub()
     # A transport that keeps copies of what it delivered (the maildir outbox) drops the person's.
     transport = ws.open_transport()
@@ -131,22 +132,30 @@ def _erase(ws: Workspace, keys: list[str], *, by: str, reason: str) -> list[Forg
 @dataclass
 class RetentionItem:
     email: str
-    field: str
-    reference: date
-    expires_on: date
+    field: str                 # the date the clock runs from, or "no collection date"
+    reference: date | None     # None: no collection date is known, which counts as expired
+    expires_on: date | None
+
+    def describe(self, expired: bool) -> str:
+        if self.reference is None or self.expires_on is None:
+            return "no collection date (counts as expired)"
+        verb = "expired" if expired else "expires"
+        return f"{self.field} {self.reference.isoformat()} -> {verb} {self.expires_on.isoformat()}"
 
 
 def retention_report(ws: Workspace, today: date, horizon_days: int = 60) -> tuple[list[RetentionItem], list[RetentionItem]]:
     """(expired, expiring within horizon_days) among stored contacts; role addresses excepted."""
     years = ws.config.compliance.retention_years
-    generic = frozenset(ws.config.compliance.generic_locals)
+    roles = ws.config.compliance.role_addresses()
     expired, soon = [], []
     for contact in ws.store.people.all_contacts():
-        if is_generic(contact.address.key, generic):
+        if roles.exempt(contact.address.key, contact.kind):
+            continue
+        if contact.collected_at is None:
+            expired.append(RetentionItem(contact.email, "no collection date", None, None))
             continue
         reference, which = retention_reference(contact)
-        if reference is None:
-            continue
+        assert reference is not None
         expiry = add_years(reference, years)
         item = RetentionItem(contact.email, which, reference, expiry)
         if today > expiry:

@@ -31,7 +31,7 @@ from inscriptis.model.config import ParserConfig
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 
-from .addresses import address_hash, is_generic, parse_from_header
+from .addresses import mailbox_hash, parse_from_header
 from .config import Campaign, Config
 from .contacts import ContactData
 from .dkim_signing import DkimSigner
@@ -413,7 +413,7 @@ class Renderer:
         self.organization = View(name=org.name, postal_address=org.postal_address,
                                             privacy_url=org.privacy_url, contact_email=org.contact_email)
         self.campaign_view = View(id=campaign.id, kind=campaign.kind, locale=campaign.locale)
-        self.generic_locals = frozenset(config.compliance.generic_locals)
+        self.roles = config.compliance.role_addresses()
         self.base_url = config.unsubscribe.base_url.rstrip("/")
         self.list_id = f"{campaign.id}.{self.from_domain}"
         # The footer differs between recipients only by the source sentence and the
@@ -435,12 +435,12 @@ class Renderer:
             return self.strings.member.format(organization=self.organization.name)
         if contact.source:
             return self.strings.collected.format(source=contact.source)
-        if is_generic(contact.address.key, self.generic_locals):
+        if self.roles.exempt(contact.address.key, contact.kind):
             return self.strings.generic
         return self.strings.collected.format(source="—")
 
     def unsubscribe_for(self, contact: ContactData) -> tuple[str, str, str | None]:
-        digest = address_hash(self.keys.address, contact.address.key)
+        digest = mailbox_hash(self.keys.address, contact.address.key)
         token = sign(self.keys, self.campaign.id, self.campaign.locale, digest)
         url = f"{self.base_url}/u/{token}"
         mailto = None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from .addresses import address_hash
+from .addresses import lookup_hashes, mailbox_hash
 from .config import Config, load_config
 from .store import Store
 from .tokens import Keys
@@ -32,8 +32,13 @@ class Workspace:
     notes: list[str] = field(default_factory=list)
 
     def hash_address(self, key: str) -> str:
-        """The keyed hash under which an address is kept once its data is gone."""
-        return address_hash(self.keys.address, key)
+        """The keyed hash under which an address is kept once its data is gone: its canonical
+        mailbox's, so that an entry covers every spelling of the mailbox (mailer.addresses)."""
+        return mailbox_hash(self.keys.address, key)
+
+    def lookup_hashes(self, key: str) -> tuple[str, ...]:
+        """Every hash an entry about `key` may be stored under (also entries made before 0.2)."""
+        return lookup_hashes(self.keys.address, key)
 
     def unsubscribe_token(self, campaign_id: str, email: str, locale: str) -> str:
         """The signed token of the one-click link (`[unsubscribe] base_url` + "/u/" + token) that

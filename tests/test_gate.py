@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer.addresses import address_hash, normalise
+from mailer.addresses import RoleAddresses, address_hash, lookup_hashes, mailbox_hash, normalise
 from mailer.config import Campaign, Relevance
 from mailer.contacts import ContactData
 from mailer.gate import GateContext, RelevanceMatcher, decide
@@ -35,7 +35,7 @@ def contact(email: str = "jeanne.martin@client.example", **changes: object) -> C
 def context(c: Campaign | None = None, **changes: object) -> GateContext:
     c = c or campaign()
     relevance = c.relevance
-    ctx = GateContext(today=TODAY, retention_years=3, hash_address=lambda k: address_hash(KEY, k),
+    ctx = GateContext(today=TODAY, retention_years=3, lookup_hashes=lambda k: lookup_hashes(KEY, k),
                       relevance=RelevanceMatcher.build(relevance.job_titles, relevance.industries) if relevance else None)
     for name, value in changes.items():
         setattr(ctx, name, value)
@@ -86,9 +86,9 @@ def test_already_sent() -> None:
 
 
 def test_audience() -> None:
-    assert rule_for(contact(kind="b2c", consent="opt-in")) == "audience"
+    assert rule_for(contact(kind="b2c", consent="opt-in", consent_at=date(2026, 5, 2), consent_proof="form /newsletter")) == "audience"
     both = campaign(audiences=("b2b", "b2c"))
-    assert rule_for(contact(kind="b2c", consent="opt-in"), both) is None
+    assert rule_for(contact(kind="b2c", consent="opt-in", consent_at=date(2026, 5, 2), consent_proof="form /newsletter"), both) is None
 
 
 def test_missing_source_for_prospecting_and_newsletters_only() -> None:
@@ -103,8 +103,8 @@ def test_retention_expired_counts_from_the_latest_of_collection_interaction_cons
     assert rule_for(contact(collected_at=date(2023, 11, 29))) is None  # exactly 3 years: not more
     assert rule_for(contact(collected_at=date(2020, 1, 1), last_interaction_at=date(2025, 1, 1))) is None
     both = campaign(audiences=("b2c",), kind="newsletter")
-    assert rule_for(contact(kind="b2c", consent="opt-in", collected_at=date(2020, 1, 1),
-                            consent_at=date(2024, 1, 1)), both) is None
+    assert rule_for(contact(kind="b2c", consent="opt-in", consent_proof="form /newsletter",
+                            collected_at=date(2020, 1, 1), consent_at=date(2024, 1, 1)), both) is None
     assert rule_for(contact(collected_at=date(2023, 1, 1)), retention_years=5) is None
 
 
@@ -117,7 +117,7 @@ def test_not_member() -> None:
 def test_no_consent_for_consumers() -> None:
     b2c = campaign(kind="newsletter", audiences=("b2c",))
     assert rule_for(contact(kind="b2c"), b2c) == "no-consent"
-    assert rule_for(contact(kind="b2c", consent="opt-in"), b2c) is None
+    assert rule_for(contact(kind="b2c", consent="opt-in", consent_at=date(2026, 5, 2), consent_proof="form /newsletter"), b2c) is None
     assert rule_for(contact(kind="b2c", consent="customer"), b2c) == "no-consent"
     assert rule_for(contact(kind="b2c", consent="customer"), replace(b2c, soft_opt_in=True)) is None
 
@@ -129,7 +129,7 @@ def test_members_campaigns_need_no_opt_in() -> None:
 
 def test_no_partner_consent() -> None:
     b2c = campaign(kind="newsletter", audiences=("b2c",))
-    from_partner = contact(kind="b2c", consent="opt-in", source_type="partner")
+    from_partner = contact(kind="b2c", consent="opt-in", consent_at=date(2026, 5, 2), consent_proof="form /newsletter", source_type="partner")
     assert rule_for(from_partner, b2c) == "no-partner-consent"
     assert rule_for(replace(from_partner, partner_consent=True), b2c) is None
     assert rule_for(contact(source_type="partner")) is None  # b2b lead resale is free
@@ -164,8 +164,9 @@ def test_accents_are_ignored_on_both_sides() -> None:
 def test_generic_addresses_skip_personal_data_rules_but_not_the_others() -> None:
     generic = contact("contact@pme.example", source="", job_title="", industry="", collected_at=date(2015, 1, 1))
     assert rule_for(generic) is None
+    assert rule_for(replace(generic, collected_at=None)) is None
     b2c = campaign(kind="newsletter", audiences=("b2c",))
-    assert rule_for(replace(generic, kind="b2c"), b2c) is None
+    assert rule_for(replace(generic, kind="b2c", source="Salon", collected_at=date(2026, 1, 1)), b2c) == "no-consent"
     assert rule_for(generic, delivered={generic.address.key}) == "already-sent"
     assert rule_for(replace(generic, kind="b2c")) == "audience"
     assert rule_for(contact("jeanne.martin@pme.example", source="")) == "missing-source"
@@ -174,7 +175,85 @@ def test_generic_addresses_skip_personal_data_rules_but_not_the_others() -> None
 def test_configured_generic_locals_extend_the_list() -> None:
     person = contact("achats@pme.example", job_title="", industry="")
     assert rule_for(person) == "not-relevant"
-    assert rule_for(person, generic_locals=frozenset({"achats"})) is None
+    assert rule_for(person, roles=RoleAddresses.build(["Achats"])) is None
+
+
+@pytest.mark.parametrize("email", [
+    "info@gmail.com", "contact+jane.doe@gmail.com", "support@orange.fr", "contact@GoogleMail.com",
+    "sales@hotmail.fr", "hello@yahoo.fr", "info@free.fr", "contact@laposte.net", "info@gmx.de", "info@web.de",
+    "info@icloud.com", "contact@outlook.com", "info@mail.orange.fr",
+])
+def test_consumers_are_never_mailed_through_the_role_address_exemption(email: str) -> None:
+    newsletter = campaign(kind="newsletter", audiences=("b2b", "b2c"))
+    # A consumer without consent, at a mailbox provider, with a role word (or a tagged one) as local part.
+    assert rule_for(contact(email, kind="b2c", source="Salon 2026"), newsletter) == "no-consent"
+    # Even declared b2b, a mailbox at a consumer provider belongs to a person: every rule applies.
+    b2b = contact(email, kind="b2b", source="", job_title="", industry="")
+    assert rule_for(b2b, newsletter) == "missing-source"
+    assert rule_for(replace(b2b, source="Salon", collected_at=None), newsletter) == "retention-expired"
+    assert rule_for(replace(b2b, source="Salon")) == "not-relevant"
+
+
+def test_the_exemption_needs_the_role_word_itself_at_an_organisations_domain() -> None:
+    for email in ("contact+jane.doe@pme.example", "contact.jane@pme.example", "jane.contact@pme.example",
+                  "info+news@pme.example"):
+        assert rule_for(contact(email, source="", job_title="", industry="")) == "missing-source", email
+    assert rule_for(contact("Contact@PME.example", source="", job_title="", industry="")) is None
+    assert rule_for(contact("info@sub.pme.example", source="", job_title="", industry="")) is None
+
+
+def test_configured_consumer_domains_extend_the_list() -> None:
+    person = contact("info@famille-dupont.example", source="", job_title="", industry="")
+    assert rule_for(person) is None
+    roles = RoleAddresses.build((), ["Famille-Dupont.example."])
+    assert rule_for(person, roles=roles) == "missing-source"
+
+
+def test_opt_in_counts_only_with_its_date_and_proof() -> None:
+    b2c = campaign(kind="newsletter", audiences=("b2c",))
+    given = contact(kind="b2c", consent="opt-in", consent_at=date(2026, 5, 2), consent_proof="form /newsletter")
+    assert rule_for(given, b2c) is None
+    for missing, expected in (({"consent_at": None}, "consent_at"), ({"consent_proof": ""}, "consent_proof"),
+                              ({"consent_at": None, "consent_proof": ""}, "consent_at and consent_proof")):
+        decision = decide(replace(given, **missing), b2c, context(b2c))  # type: ignore[arg-type]
+        assert decision.blocked_by == "no-consent"
+        assert f"without {expected}" in decision.detail
+
+
+def test_an_unknown_collection_date_counts_as_expired() -> None:
+    undated = contact(collected_at=None)
+    decision = decide(undated, campaign(), context())
+    assert decision.blocked_by == "retention-expired"
+    assert "no collection date" in decision.detail and "--collected-at" in decision.detail
+    # A later interaction or consent does not stand in for the collection date.
+    assert rule_for(contact(collected_at=None, last_interaction_at=date(2026, 10, 1))) == "retention-expired"
+
+
+@pytest.mark.parametrize("stored,mailed", [
+    ("jeanne@client.example", "jeanne+promo@client.example"),
+    ("jeanne+old@client.example", "jeanne@client.example"),
+    ("jeanne+old@client.example", "Jeanne+New@Client.example"),
+    ("j.eanne.d@gmail.com", "jeanned@gmail.com"),
+    ("jeanned@googlemail.com", "j.e.a.n.n.e.d+x@gmail.com"),
+    ("JeanneD@gmail.com", "jeanne.d@GoogleMail.com"),
+])
+def test_an_address_entry_covers_the_mailbox_however_it_is_spelt(stored: str, mailed: str) -> None:
+    entry = mailbox_hash(KEY, normalise(stored).key)
+    assert rule_for(contact(mailed), suppressed_hashes={entry}) == "suppressed"
+
+
+def test_dots_matter_outside_gmail_and_entries_made_before_keep_working() -> None:
+    entry = mailbox_hash(KEY, normalise("jeanne.d@client.example").key)
+    assert rule_for(contact("jeanned@client.example"), suppressed_hashes={entry}) is None
+    # An entry of mailer 0.1 holds the hash of the address as typed (tag included).
+    legacy = address_hash(KEY, "jeanne+promo@client.example")
+    assert rule_for(contact("jeanne+promo@client.example"), suppressed_hashes={legacy}) == "suppressed"
+
+
+def test_a_domain_entry_covers_its_subdomains() -> None:
+    assert rule_for(contact("a@mail.client.example"), suppressed_domains={"client.example"}) == "suppressed"
+    assert rule_for(contact("a@client.example"), suppressed_domains={"mail.client.example"}) is None
+    assert rule_for(contact("a@notclient.example"), suppressed_domains={"client.example"}) is None
 
 
 def test_rules_apply_in_the_spec_order() -> None:

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from mailer.store import Store, migrate
 BOTH_DATABASES = True  # also run on PostgreSQL when MAILER_TEST_POSTGRES_URL is set
 
 FIXTURES = Path(__file__).parent / "fixtures"
-NOTE = "Upgraded the database schema from 0001 to 0002."
+NOTE = "Upgraded the database schema from 0001 to 0003."
 
 # Every table 0.1.0 wrote, with the columns that order its rows.
 TABLES = {
@@ -149,8 +148,8 @@ def test_a_0_1_0_database_upgrades_on_first_use_without_losing_a_row(project: Pr
     assert result.output.count(NOTE) == 1
     assert counts(result.output)["sent"] == 3 and counts(result.output)["blocked"] == 5
     assert snapshot(project) == before  # every contact, list, suppression, erasure, interaction, run, send-log row
-    assert project.sql("SELECT version_num FROM alembic_version") == [("0002",)]
-    assert project.sql("SELECT value FROM settings WHERE key = 'schema_version'") == [("0002",)]  # 0.1.0 refuses it
+    assert project.sql("SELECT version_num FROM alembic_version") == [("0003",)]
+    assert project.sql("SELECT value FROM settings WHERE key = 'schema_version'") == [("0003",)]  # 0.1.0 refuses it
 
     again = project.run("status", "2027-01-follow-up")
     assert again.exit_code == 0 and "Upgraded" not in again.output
@@ -178,11 +177,10 @@ def test_collected_at_may_now_be_unknown(project: Project) -> None:
     project.sql("UPDATE contacts SET collected_at = NULL WHERE email_key = ?", "paul.martin@telco.example")
     out = json.loads(project.run("explain", "paul.martin@telco.example", "--format", "json").output)
     assert out["contact"]["collected_at"] is None and out["contact"]["first_name"] == "Paul"
-    # Import keeps today's behaviour: a new contact without a date is dated today.
+    # An import no longer dates a new contact to the day: the date stays unknown.
     project.write("new.csv", "email,kind,source\nnew.person@client.example,b2b,Salon 2026\n")
     assert project.run("contacts", "import", str(project.root / "new.csv"), "--list", "prospects-2026").exit_code == 0
-    assert project.sql("SELECT collected_at FROM contacts WHERE email_key = 'new.person@client.example'") == [
-        (time.strftime("%Y-%m-%d", time.gmtime()),)]
+    assert project.sql("SELECT collected_at FROM contacts WHERE email_key = 'new.person@client.example'") == [(None,)]
 
 
 def test_opt_outs_recorded_by_0_1_0_still_block_their_addresses(project: Project) -> None:
@@ -203,6 +201,20 @@ def test_opt_outs_recorded_by_0_1_0_still_block_their_addresses(project: Project
     assert project.sql("SELECT count(*) FROM contacts WHERE email_key = 'sophie.bernard@bakery.example'") == [(0,)]
 
 
+def test_domains_suppressed_as_typed_are_brought_to_the_form_addresses_are_compared_in(project: Project) -> None:
+    load_0_1_0(project)
+    for row_id, value in ((11, "Bücher.example"), (12, "client.example."), (13, "SPAM-TRAP.example")):
+        project.sql("INSERT INTO suppressions (id, scope, value, reason, origin, campaign_id, created_at) "
+                    "VALUES (?, 'domain', ?, '', 'manual', '', '2026-11-01 10:00:00')", row_id, value)
+    engine = engine_for(url_of(project))
+    migrate.upgrade(engine)
+    engine.dispose()
+    assert sorted(project.sql("SELECT value FROM suppressions WHERE scope = 'domain'")) == [
+        ("client.example",), ("spam-trap.example",), ("xn--bcher-kva.example",)]  # the repeated one dropped
+    check = project.run("suppress", "check", "z@mail.xn--bcher-kva.example")
+    assert check.exit_code == 0 and "suppressed" in check.output and "@xn--bcher-kva.example" in check.output
+
+
 def test_the_baseline_is_exactly_the_0_1_0_schema(project: Project, spare: str, tmp_path: Path) -> None:
     load_0_1_0(project)
     upgrade_to(spare, migrate.BASELINE)
@@ -214,9 +226,9 @@ def test_the_baseline_is_exactly_the_0_1_0_schema(project: Project, spare: str, 
 def test_upgrade_reports_from_and_to_and_then_nothing(project: Project) -> None:
     load_0_1_0(project)
     engine = engine_for(url_of(project))
-    assert migrate.upgrade(engine) == ("0001", "0002")
-    assert migrate.upgrade(engine) == ("0002", "0002")
-    assert migrate.current_revision(engine) == migrate.head_revision() == "0002"
+    assert migrate.upgrade(engine) == ("0001", "0003")
+    assert migrate.upgrade(engine) == ("0003", "0003")
+    assert migrate.current_revision(engine) == migrate.head_revision() == "0003"
     engine.dispose()
 
 
@@ -226,7 +238,7 @@ def test_the_downgrade_to_0001_dates_unknown_collections(project: Project) -> No
     Store.open(url_of(project)).close()
     project.sql("UPDATE contacts SET collected_at = NULL WHERE email_key = ?", "paul.martin@telco.example")
     engine = engine_for(url_of(project))
-    assert migrate.downgrade(engine, "0001") == ("0002", "0001")
+    assert migrate.downgrade(engine, "0001") == ("0003", "0001")
     engine.dispose()
     (created, collected), = project.sql("SELECT created_at, collected_at FROM contacts WHERE email_key = ?",
                                         "paul.martin@telco.example")
@@ -314,9 +326,9 @@ def test_two_processes_opening_a_database_at_once_upgrade_it_once(project: Proje
     assert sorted(outcomes) == ([[], [NOTE]] if start == "0.1.0" else [[], []])  # a new database: no note
     if start == "0.1.0":
         assert snapshot(project) == before
-    assert project.sql("SELECT version_num FROM alembic_version") == [("0002",)]
+    assert project.sql("SELECT version_num FROM alembic_version") == [("0003",)]
     if start == "empty":
-        assert project.sql("SELECT key, value FROM settings") == [("schema_version", "0002")]
+        assert project.sql("SELECT key, value FROM settings") == [("schema_version", "0003")]
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -129,7 +129,9 @@ def test_retention_lists_expired_and_soon_expiring_then_apply_erases(project: Pr
     assert "soon.gone@legacy.example" in listing.output
     assert "contact@pme.example" not in listing.output  # role address, not personal data
     assert project.sql("select count(*) from contacts") == [(5,)]
-    applied = project.run("retention", "--apply")
+    refused = project.run("retention", "--apply")  # no terminal, no --yes: nothing erased
+    assert refused.exit_code == 2 and "--yes" in refused.output
+    applied = project.run("retention", "--apply", "--yes")
     assert "Erased 1 contacts" in applied.output
     assert project.sql("select count(*) from contacts where email_key = 'old.timer@legacy.example'") == [(0,)]
     assert project.sql("select count(*) from contacts") == [(4,)]

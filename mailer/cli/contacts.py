@@ -23,8 +23,11 @@ def contacts() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--list", "list_name", required=True, help="Contact list to add the contacts to.")
 @click.option("--skip-invalid", is_flag=True, help="Import the good rows and list the bad ones.")
+@click.option("--collected-at", "collected_at", metavar="DATE",
+              help="When the file's addresses were collected (YYYY-MM-DD), for rows with no collected_at. "
+                   "Without a date, a contact counts as past retention.")
 @pass_env
-def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool) -> None:
+def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool, collected_at: str | None) -> None:
     """Validate a contacts CSV and upsert it into a list (all or nothing).
 
     Comma or semicolon separated, UTF-8 with or without BOM; columns as in the
@@ -33,11 +36,21 @@ def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool) -> 
     \b
     Example:  mailer contacts import contacts/prospects.csv --list prospects-2026
     """
+    day = None
+    if collected_at is not None:
+        try:
+            day = parse_date(collected_at)
+        except ValueError:
+            raise InputError(f"--collected-at {collected_at!r} is not a date", hint="use YYYY-MM-DD") from None
     with Steps() as steps:
-        outcome = import_contacts(env.workspace(), Path(file), list_name, skip_invalid=skip_invalid, progress=steps)
+        outcome = import_contacts(env.workspace(), Path(file), list_name, skip_invalid=skip_invalid, progress=steps,
+                                  collected_at=day)
     r = outcome.result
     click.echo(f"{file}: {r.inserted} new, {r.updated} updated, {len(outcome.repeated)} repeated rows merged; "
                f"{r.added_to_list} added to list {list_name!r}.")
+    if outcome.undated:
+        click.secho(f"{outcome.undated} rows have no collection date: they count as past retention and will not be "
+                    "mailed. Give collected_at in the file, or --collected-at DATE for the whole file.", fg="yellow")
     if outcome.erased_skipped:
         click.echo(f"Skipped {outcome.erased_skipped} rows of people whose data was erased "
                    "(at their request, or past retention with no newer collection).")

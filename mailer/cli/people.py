@@ -55,9 +55,7 @@ def forget(env: Env, email: str, yes: bool) -> None:
     """
     ws = env.workspace()
     if not yes:
-        if not sys.stdin.isatty() and not os.environ.get("MAILER_ASSUME_TTY"):
-            raise InputError("not asking for confirmation without a terminal", hint="add --yes")
-        click.confirm(f"Erase everything we hold about {email}?", abort=True)
+        _confirm(f"Erase everything we hold about {email}?")
     result = privacy.forget(ws, email)
     if result.had_contact or result.log_rows:
         click.echo(f"Erased {email}: contact {'deleted' if result.had_contact else 'not found'}, "
@@ -72,31 +70,44 @@ def forget(env: Env, email: str, yes: bool) -> None:
 
 @cli.command()
 @click.option("--apply", "apply_", is_flag=True, help="Erase the expired contacts (as `forget` does).")
+@click.option("--yes", is_flag=True, help="With --apply: do not ask for confirmation.")
 @click.option("--days", default=60, show_default=True, type=click.IntRange(0, 3650),
               help="Also list contacts expiring within this many days.")
 @pass_env
-def retention(env: Env, apply_: bool, days: int) -> None:
+def retention(env: Env, apply_: bool, yes: bool, days: int) -> None:
     """List contacts past their retention period (role addresses excepted); --apply erases them.
 
     The clock runs from the latest of collection, last contact *from* the person,
-    and consent. Suppression entries are kept. Contacts expiring soon are listed
-    so that a reconfirmation campaign can be planned.
+    and consent; a contact with no collection date counts as expired.
+    Suppression entries are kept. Contacts expiring soon are listed so that a
+    reconfirmation campaign can be planned.
 
     \b
     Example:  mailer retention            # then: mailer retention --apply
     """
     ws = env.workspace()
+    if apply_ and not yes:
+        preview = privacy.retention(ws, apply=False, horizon_days=0)
+        if preview.expired:
+            _confirm(f"Erase the {len(preview.expired)} contacts past retention (mailer retention lists them)?")
     report = privacy.retention(ws, apply=apply_, horizon_days=days)
     click.echo(f"Retention: {report.retention_years} years. Expired today ({report.today.isoformat()}): "
                f"{len(report.expired)}")
     for item in report.expired:
-        click.echo(f"  {item.email:<40} {item.field} {item.reference.isoformat()} -> expired {item.expires_on.isoformat()}")
+        click.echo(f"  {item.email:<40} {item.describe(expired=True)}")
     click.echo(f"Expiring within {days} days: {len(report.expiring)}")
     for item in report.expiring:
-        click.echo(f"  {item.email:<40} {item.field} {item.reference.isoformat()} -> expires {item.expires_on.isoformat()}")
+        click.echo(f"  {item.email:<40} {item.describe(expired=False)}")
     if report.erased:
         click.echo(f"Erased {report.erased} contacts past retention (suppression entries kept).")
         if report.outbox_files:
             click.echo(f"Removed {report.outbox_files} copies of messages sent to them from {ws.config.outbox}.")
     elif report.expired:
         click.echo("Run with --apply to erase them.")
+
+
+def _confirm(question: str) -> None:
+    """Ask in a terminal; with no terminal, refuse (exit 2): an erasure is never implied."""
+    if not sys.stdin.isatty() and not os.environ.get("MAILER_ASSUME_TTY"):
+        raise InputError("not asking for confirmation without a terminal", hint="add --yes")
+    click.confirm(question, abort=True)

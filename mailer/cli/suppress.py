@@ -13,6 +13,7 @@ from ..optouts import (
     record_mailto_optouts,
     suppress,
     suppressions,
+    suppressions_covering,
     unsuppress,
 )
 from . import Env, cli, pass_env
@@ -145,3 +146,25 @@ def suppress_export(env: Env) -> None:
     click.echo("scope,value,origin,created_at")
     for e in entries:
         click.echo(f"{e.scope},{e.value},{e.origin},{e.created_at:%Y-%m-%dT%H:%M:%SZ}")
+
+
+@suppress_group.command("check")
+@click.argument("value")
+@pass_env
+def suppress_check(env: Env, value: str) -> None:
+    """Say whether mail to an address (or a @domain) is stopped, and by which entries.
+
+    An address entry covers the mailbox however it is spelt (+tags; dots and
+    googlemail.com at Gmail); a domain entry covers its subdomains.
+
+    \b
+    Example:  mailer suppress check jean+news@example.com
+    """
+    entries = suppressions_covering(env.workspace(), value)
+    if not entries:
+        click.echo(f"{value}: not on the suppression list.")
+        return
+    click.echo(f"{value}: suppressed.")
+    for e in entries:
+        shown = f"@{e.value}" if e.scope == "domain" else "the mailbox"
+        click.echo(f"  {e.created_at:%Y-%m-%d}  {shown} ({e.origin}{': ' + e.reason if e.reason else ''})")

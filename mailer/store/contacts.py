@@ -160,8 +160,6 @@ def _changes(record: ContactData, present: frozenset[str], now: datetime, found:
     (which has at least id, attrs and last_interaction_at)."""
     row = _row_for(record, present, now)
     if found is None:
-        if row.get("collected_at") is None:
-            row["collected_at"] = now.date()
         return {**_defaults(), **row, "created_at": now}
     # An empty date cell never erases what we know, and a contact from the
     # person cannot be undone by an older file.
@@ -177,7 +175,7 @@ def _changes(record: ContactData, present: frozenset[str], now: datetime, found:
 
 def _defaults() -> dict[str, Any]:
     return {"first_name": "", "last_name": "", "company": "", "job_title": "", "industry": "",
-            "country": "", "source": "", "source_type": "direct", "consent": "", "consent_at": None,
+            "country": "", "source": "", "source_type": "direct", "collected_at": None, "consent": "", "consent_at": None,
             "consent_proof": "", "partner_consent": False, "last_interaction_at": None, "member": False}
 
 

@@ -9,6 +9,7 @@ from datetime import date, datetime
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
+from ..addresses import domain_and_parents
 from ..contacts import ContactData
 from ..states import SendState
 from .contacts import contact_from_row
@@ -68,8 +69,9 @@ class People:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def lookup(self, key: str, digest: str, domain: str) -> PersonRecord:
-        """What we hold about the address `key` (keyed hash `digest`)."""
+    def lookup(self, key: str, digests: Sequence[str], domain: str) -> PersonRecord:
+        """What we hold about the address `key` (kept as any of the keyed hashes `digests`
+        once erased or suppressed; its domain and parent domains may be suppressed)."""
         contacts, members, lists = CONTACTS, LIST_MEMBERS, LISTS
         log, campaigns, sup = SEND_LOG, CAMPAIGNS, SUPPRESSIONS
         interactions = INTERACTIONS
@@ -86,21 +88,22 @@ class People:
             rows = conn.execute(
                 select(log.c.campaign_id, log.c.state, log.c.rule, log.c.subject, log.c.sent_at, log.c.updated_at,
                        campaigns.c.kind).join(campaigns, campaigns.c.id == log.c.campaign_id, isouter=True)
-                .where(log.c.address_key.in_([key, erased_key(digest)])).order_by(log.c.planned_at, log.c.id)).all()
+                .where(log.c.address_key.in_([key, *map(erased_key, digests)])).order_by(log.c.planned_at, log.c.id)).all()
             found.log = [LogEntry(r.campaign_id, r.kind or "", SendState(r.state), r.rule, r.subject, r.sent_at,
                                   r.updated_at) for r in rows]
             entry = conn.execute(select(sup.c.created_at, sup.c.origin).where(
-                ((sup.c.scope == "address") & (sup.c.value == digest))
-                | ((sup.c.scope == "domain") & (sup.c.value == domain)))
+                ((sup.c.scope == "address") & sup.c.value.in_(digests))
+                | ((sup.c.scope == "domain") & sup.c.value.in_(domain_and_parents(domain))))
                 .order_by(sup.c.created_at).limit(1)).first()
             if entry is not None:
                 found.suppressed_since, found.suppression_origin = entry.created_at, entry.origin
             found.erased_at = conn.execute(select(func.max(ERASURES.c.erased_at)).where(
-                ERASURES.c.address_hash == digest)).scalar()
+                ERASURES.c.address_hash.in_(digests))).scalar()
         return found
 
-    def erase(self, people: Sequence[tuple[str, str]], *, by: str, reason: str) -> list[Erased]:
-        """Erase each (address key, keyed hash) in one transaction: delete the contact, their list
+    def erase(self, people: Sequence[tuple[str, Sequence[str]]], *, by: str, reason: str) -> list[Erased]:
+        """Erase each (address key, its keyed hashes: the canonical mailbox's first) in one
+        transaction: delete the contact, their list
         memberships and interactions; key their send-log rows by hash only, with the subject and
         server answers cleared (they can carry a name); clear free text typed with their opt-out;
         with reason "request", put the hash on the suppression list; record the erasure."""
@@ -109,7 +112,8 @@ class People:
         now = utcnow()
         results = []
         with self.engine.begin() as conn:
-            for key, digest in people:
+            for key, digests in people:
+                digest = digests[0]
                 contact_id = conn.execute(select(contacts.c.id).where(contacts.c.email_key == key)).scalar()
                 if contact_id is not None:
                     conn.execute(delete(interactions).where(interactions.c.contact_id == contact_id))
@@ -120,7 +124,7 @@ class People:
                 changed = conn.execute(update(log).where(log.c.address_key == key).values(
                     address_key=erased_key(digest), contact_id=None, subject="", detail="", smtp_text="",
                     updated_at=now)).rowcount
-                conn.execute(update(sup).where(sup.c.scope == "address", sup.c.value == digest, sup.c.reason != "")
+                conn.execute(update(sup).where(sup.c.scope == "address", sup.c.value.in_(digests), sup.c.reason != "")
                              .values(reason=""))
                 added = False
                 if reason == "request":

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, bindparam, func, literal_column, or_, select, update
 from sqlalchemy.engine import Engine
 
+from ..addresses import domain_and_parents
 from ..states import DELIVERED_STATES, PENDING_STATES, TRANSITIONS, SendState, check_move
 from .sql import dialect_insert, execute_many, insert_ignore, update_by_id
 from .suppressions import suppressed_among_sql
@@ -195,14 +196,15 @@ class LogWriter:
             if not claims:
                 return answer
             hashes = list({m.address_hash for m in claims})
-            domains = list({m.domain for m in claims})
+            domains = list({d for m in claims for d in domain_and_parents(m.domain)})
             found = conn.exec_driver_sql(suppressed_among_sql(conn.dialect.paramstyle, len(hashes), len(domains)),
                                          tuple(hashes + domains)).all()
             stopped_hashes = {v for s, v in found if s == "address"}
             stopped_domains = {v for s, v in found if s == "domain"}
             stopped, going = [], []
             for message in claims:
-                if message.address_hash in stopped_hashes or message.domain in stopped_domains:
+                if message.address_hash in stopped_hashes or (
+                        stopped_domains and not stopped_domains.isdisjoint(domain_and_parents(message.domain))):
                     blocked.add(message.log_id)
                     stopped.append({"_id": message.log_id, "_now": now})
                 else:

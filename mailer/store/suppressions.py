@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 
+from ..addresses import normalise_domain
 from .sql import insert_ignore
 from .tables import SUPPRESSIONS, Suppression, utcnow
 
@@ -43,10 +44,21 @@ class Suppressions:
                 return len(conn.execute(statement.returning(_table.c.id), rows).all())
             return sum(max(conn.execute(statement, row).rowcount, 0) for row in rows)  # SQLite before 3.35
 
-    def remove(self, scope: str, value: str) -> bool:
+    def remove(self, scope: str, *values: str) -> bool:
+        """Remove the entries of `scope` holding any of `values`; False when there was none."""
         with self.engine.begin() as conn:
-            done = conn.execute(delete(_table).where(_table.c.scope == scope, _table.c.value == value))
+            done = conn.execute(delete(_table).where(_table.c.scope == scope, _table.c.value.in_(values)))
         return done.rowcount > 0
+
+    def matching(self, hashes: Iterable[str], domains: Iterable[str]) -> list[Suppression]:
+        """The entries holding one of these address hashes or domains, oldest first."""
+        hashes, domains = list(hashes), list(domains)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_table).where(
+                ((_table.c.scope == "address") & _table.c.value.in_(hashes))
+                | ((_table.c.scope == "domain") & _table.c.value.in_(domains)))
+                .order_by(_table.c.created_at, _table.c.id)).mappings()
+            return [Suppression(**row) for row in rows]
 
     def entries(self) -> list[Suppression]:
         with self.engine.connect() as conn:
@@ -59,13 +71,16 @@ class Suppressions:
         domains: set[str] = set()
         with self.engine.connect() as conn:
             for scope, value in conn.execute(select(_table.c.scope, _table.c.value)):
-                (hashes if scope == "address" else domains).add(value)
+                if scope == "address":
+                    hashes.add(value)
+                else:
+                    domains.add(normalise_domain(value))
         return hashes, domains
 
-    def has_hash(self, hash_value: str) -> bool:
+    def has_hash(self, *hash_values: str) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(select(_table.c.id).where(
-                _table.c.scope == "address", _table.c.value == hash_value).limit(1)).first() is not None
+                _table.c.scope == "address", _table.c.value.in_(hash_values)).limit(1)).first() is not None
 
     def bounces_recorded(self, campaign_id: str) -> int:
         """Hard bounces put on the suppression list by this campaign (in the session or reported later)."""
