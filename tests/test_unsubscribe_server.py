@@ -9,6 +9,7 @@ from email import policy
 import httpx
 import pytest
 from conftest import SECRET, Project, counts
+from test_tokens import respellings
 from web_server import UnsubscribeServer
 
 from mailer import open_workspace
@@ -111,6 +112,19 @@ def test_tampered_or_garbage_tokens_get_a_400_and_nothing_is_recorded(served, ma
     assert httpx.get(url).status_code == 400
     response = httpx.post(url, data={"List-Unsubscribe": "One-Click"})
     assert response.status_code == 400 and "Invalid link" in response.text
+    assert project.sql("select count(*) from suppressions") == [(0,)]
+
+
+def test_a_respelled_signature_gets_a_400_and_nothing_is_recorded(served) -> None:
+    project, server, urls = served
+    base, token = urls["claire@client.example"].rsplit("/", 1)
+    alternatives = respellings(token, 4)  # the same MAC bytes, other unused low bits
+    assert len(alternatives) == 3
+    with httpx.Client() as client:
+        for alternative in alternatives:
+            assert client.get(f"{base}/{alternative}").status_code == 400
+            response = client.post(f"{base}/{alternative}", data={"List-Unsubscribe": "One-Click"})
+            assert response.status_code == 400 and "Invalid link" in response.text
     assert project.sql("select count(*) from suppressions") == [(0,)]
 
 
