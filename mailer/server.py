@@ -8,6 +8,8 @@
     GET  /healthz   for load balancers.
 
 A forged, altered or unknown token gets a 400 page and nothing is recorded.
+A body over 16 KiB gets 413 (before it is read), one still arriving after
+10 s gets 408: `BodyLimit` wraps the whole app, under any server.
 The app shares the database with the senders, so an opt-out stops the next
 message. It is a plain ASGI app: `mailer serve` runs it with uvicorn, and any
 ASGI server can run `mailer.server:app_from_environment` behind TLS.
@@ -21,12 +23,13 @@ import time
 from collections.abc import Mapping
 from urllib.parse import parse_qs
 
+import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import find_config_path
 from .locales import strings
@@ -34,6 +37,11 @@ from .tokens import InvalidToken, UnsubscribeToken, verify
 from .workspace import Workspace, open_workspace
 
 log = logging.getLogger("mailer.server")
+
+#: a one-click POST body is `List-Unsubscribe=One-Click`, the page's form a few fields
+MAX_BODY_BYTES = 16 * 1024
+#: seconds a client has to send its whole body, from the request's start (slow clients hold a connection)
+BODY_DEADLINE = 10.0
 
 REASONS = ("too-many", "not-relevant", "never-signed-up", "other")
 #: the bad-link page's language, when the token (which carries the locale) cannot be read
@@ -157,9 +165,7 @@ async def _form_fields(request: Request) -> dict[str, str]:
         if content_type.startswith("multipart/form-data"):
             form = await request.form()
             return {k: str(v) for k, v in form.items() if isinstance(v, str)}
-        body = await request.body()
-        if len(body) > 10_000:
-            return {}
+        body = await request.body()  # at most MAX_BODY_BYTES: BodyLimit refused the rest
         parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         return {k: v[0] for k, v in parsed.items()}
     except Exception:  # a malformed body still unsubscribes: the POST itself is the request
@@ -194,8 +200,84 @@ class AccessLog:
             log.info("%s %s %d %.1fms", scope["method"], path, status, (time.perf_counter() - start) * 1000)
 
 
-def create_app(workspace: Workspace) -> ASGIApp:
-    return AccessLog(UnsubscribeApp(workspace))
+class BodyLimit:
+    """Read each request's body before the app sees it, refusing it once it is too big or too slow.
+
+    A body whose Content-Length is over `max_bytes` gets 413 before a byte of it is read; a
+    chunked one is counted as it arrives and refused as soon as it passes the limit. A client
+    still sending after `deadline` seconds gets 408. Either way the connection is closed and the
+    app is not called, so nothing is recorded and at most `max_bytes` is held per request.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, deadline: float = BODY_DEADLINE) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.deadline = deadline
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is None:
+            await _refuse(send, 400, "Bad Content-Length.")
+            return
+        if declared > self.max_bytes:
+            await _refuse(send, 413, f"Request body over {self.max_bytes} bytes.")
+            return
+        chunks: list[bytes] = []
+        size = 0
+        with anyio.move_on_after(self.deadline) as timer:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client left: nobody to answer
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > self.max_bytes:
+                    await _refuse(send, 413, f"Request body over {self.max_bytes} bytes.")
+                    return
+                if not message.get("more_body", False):
+                    break
+        if timer.cancelled_caught:
+            await _refuse(send, 408, f"Request body not received within {self.deadline:g} seconds.")
+            return
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared body size (0 if none), or None when the header is not a number."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return 0
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive channel giving the body already read, then the server's own (for disconnects)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+    return replay
+
+
+async def _refuse(send: Send, status: int, text: str) -> None:
+    """A short plain answer that closes the connection, so the server stops reading what is left."""
+    body = (text + "\n").encode("ascii")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode("ascii")), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(workspace: Workspace, max_body_bytes: int = MAX_BODY_BYTES,
+               body_deadline: float = BODY_DEADLINE) -> ASGIApp:
+    return AccessLog(BodyLimit(UnsubscribeApp(workspace), max_body_bytes, body_deadline))
 
 
 def app_from_environment() -> ASGIApp:

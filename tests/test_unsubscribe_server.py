@@ -2,13 +2,23 @@
 from __future__ import annotations
 
 import email
+import os
 import re
+import select
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from email import policy
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from conftest import SECRET, Project, counts
+from smtp_server import free_port
+from test_tokens import respellings
 from web_server import UnsubscribeServer
 
 from mailer import open_workspace
@@ -114,6 +124,19 @@ def test_tampered_or_garbage_tokens_get_a_400_and_nothing_is_recorded(served, ma
     assert project.sql("select count(*) from suppressions") == [(0,)]
 
 
+def test_a_respelled_signature_gets_a_400_and_nothing_is_recorded(served) -> None:
+    project, server, urls = served
+    base, token = urls["claire@client.example"].rsplit("/", 1)
+    alternatives = respellings(token, 4)  # the same MAC bytes, other unused low bits
+    assert len(alternatives) == 3
+    with httpx.Client() as client:
+        for alternative in alternatives:
+            assert client.get(f"{base}/{alternative}").status_code == 400
+            response = client.post(f"{base}/{alternative}", data={"List-Unsubscribe": "One-Click"})
+            assert response.status_code == 400 and "Invalid link" in response.text
+    assert project.sql("select count(*) from suppressions") == [(0,)]
+
+
 def test_a_token_signed_for_an_unknown_campaign_is_refused(served) -> None:
     project, server, urls = served
     from mailer.tokens import sign
@@ -138,35 +161,171 @@ def test_healthz(served) -> None:
     assert response.status_code == 200 and response.text == "ok\n"
 
 
-def test_mailer_serve_command_runs_the_endpoint(project: Project) -> None:
-    import os
-    import subprocess
-    import sys
-    import time
+class MailerServe:
+    """`mailer serve` in its own process, as an operator runs it, on a free port."""
 
-    from smtp_server import free_port
-    assert project.send().exit_code == 0
-    url = next(iter(unsubscribe_urls(project).values()))
-    port = free_port()
-    env = dict(os.environ, MAILER_SECRET=SECRET)
-    server = subprocess.Popen([sys.executable, "-m", "mailer", "--config", str(project.config), "serve",
-                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
+    def __init__(self, project: Project) -> None:
+        port = free_port()
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, MAILER_SECRET=SECRET)
+        self.process = subprocess.Popen([sys.executable, "-m", "mailer", "--config", str(project.config), "serve",
+                                         "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.output = ""
+
+    def __enter__(self) -> MailerServe:
         deadline = time.monotonic() + 20
         while True:
             try:
-                assert httpx.get(f"{base}/healthz").status_code == 200
-                break
+                assert httpx.get(f"{self.base}/healthz").status_code == 200
+                return self
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "mailer serve did not start"
                 time.sleep(0.05)
-        response = httpx.post(url.replace("https://mail.acme.example", base), data={"List-Unsubscribe": "One-Click"})
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.output, _ = self.process.communicate(timeout=10)
+
+    def rss_kib(self) -> int:
+        """The server process's resident memory."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+
+
+def test_mailer_serve_command_runs_the_endpoint(project: Project) -> None:
+    assert project.send().exit_code == 0
+    url = next(iter(unsubscribe_urls(project).values()))
+    with MailerServe(project) as server:
+        response = httpx.post(url.replace("https://mail.acme.example", server.base),
+                              data={"List-Unsubscribe": "One-Click"})
         assert response.status_code == 200
-    finally:
-        server.terminate()
-        output, _ = server.communicate(timeout=10)
     assert project.sql("select origin from suppressions") == [("one-click",)]
-    assert "POST /u/… 200" in output  # the access log, without the token
-    assert "claire" not in output and "paul" not in output
+    assert "POST /u/… 200" in server.output  # the access log, without the token
+    assert "claire" not in server.output and "paul" not in server.output
+
+
+# ---------------------------------------------------------------- hostile clients
+
+def post_headers(port: int, url: str, framing: str) -> socket.socket:
+    """A raw connection that has sent a POST's request line and headers, and no body yet."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(f"POST {urlsplit(url).path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 f"Content-Type: application/x-www-form-urlencoded\r\n{framing}\r\n\r\n".encode())
+    return sock
+
+
+def answer(sock: socket.socket) -> bytes:
+    """What the server sent until it closed the connection (a reset ends it too)."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def stream_chunked(sock: socket.socket, total: int, size: int = 64 * 1024) -> int:
+    """Send up to `total` bytes as a chunked body; the number sent before the server cut us off."""
+    piece = f"{size:x}\r\n".encode() + b"a" * size + b"\r\n"
+    sent = 0
+    try:
+        while sent < total:
+            sock.sendall(piece)
+            sent += size
+        sock.sendall(b"0\r\n\r\n")
+    except OSError:  # reset or broken pipe: the server closed the connection
+        pass
+    return sent
+
+
+def test_a_body_declared_too_big_gets_413_before_it_is_sent(served) -> None:
+    project, server, urls = served
+    sock = post_headers(server.port, urls["claire@client.example"], "Content-Length: 300000000")
+    with sock:
+        reply = answer(sock)  # no byte of the body sent: the server answers at once
+    assert reply.startswith(b"HTTP/1.1 413 ") and b"connection: close" in reply.lower()
+    assert project.sql("select count(*) from suppressions") == [(0,)]
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(served) -> None:
+    project, server, urls = served
+    sock = post_headers(server.port, urls["claire@client.example"], "Transfer-Encoding: chunked")
+    with sock:
+        sock.sendall(b"8000\r\n" + b"a" * 0x8000 + b"\r\n")  # 32 KiB, and the body goes on
+        assert sock.recv(65536).startswith(b"HTTP/1.1 413 ")
+        sent = stream_chunked(sock, 50 * 1024 * 1024)
+    assert sent < 50 * 1024 * 1024  # cut off: the server did not read it all
+    assert project.sql("select count(*) from suppressions") == [(0,)]
+
+
+def test_a_body_sent_byte_by_byte_is_cut_off_at_the_deadline(project: Project) -> None:
+    assert project.send().exit_code == 0
+    workspace = open_workspace(project.config, {"MAILER_SECRET": SECRET})
+    with UnsubscribeServer(workspace, body_deadline=1.0) as server:
+        url = next(iter(unsubscribe_urls(project).values()))
+        sock = post_headers(server.port, url, "Content-Length: 1000")
+        start = time.monotonic()
+        reply = b""
+        with sock:
+            try:
+                while time.monotonic() - start < 5:
+                    if select.select([sock], [], [], 0.1)[0]:
+                        reply = answer(sock)
+                        break
+                    sock.sendall(b"a")
+            except OSError:  # the server closed the connection instead
+                pass
+            elapsed = time.monotonic() - start
+    workspace.close()
+    assert elapsed < 2.5, f"still connected after {elapsed:.1f} s"
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 408 ")
+    assert project.sql("select count(*) from suppressions") == [(0,)]
+
+
+def test_a_normal_chunked_one_click_post_still_unsubscribes(served) -> None:
+    project, server, urls = served
+    response = httpx.post(urls["paul@telco.example"], content=iter([b"List-Unsubscribe=", b"One-Click"]),
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200 and "transfer-encoding" in response.request.headers
+    assert project.sql("select origin from suppressions") == [("one-click",)]
+
+
+def test_mailer_serve_memory_stays_flat_under_big_bodies_and_headers_and_connections_are_bounded(
+        project: Project) -> None:
+    assert project.send().exit_code == 0
+    url = next(iter(unsubscribe_urls(project).values()))
+    with MailerServe(project) as server:
+        url = url.replace("https://mail.acme.example", server.base)
+        with post_headers(server.port, url, "Transfer-Encoding: chunked") as warm_up:
+            stream_chunked(warm_up, 1024 * 1024)
+        before = server.rss_kib()
+        sent = 0
+        for _ in range(4):
+            with post_headers(server.port, url, "Transfer-Encoding: chunked") as sock:
+                sent += stream_chunked(sock, 50 * 1024 * 1024)
+        with post_headers(server.port, url, "Content-Length: 300000000") as sock:
+            assert answer(sock).startswith(b"HTTP/1.1 413 ")
+        grown = server.rss_kib() - before
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            try:  # one header of 200 KB, arriving in several reads
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 200_000 + b"\r\n\r\n")
+            except OSError:
+                pass
+            huge_header = answer(sock)
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+        try:
+            busy = httpx.get(f"{server.base}/healthz")
+        finally:
+            for sock in idle:
+                sock.close()
+        assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    print(f"mailer serve: {sent / 1e6:.1f} MB sent in 4 chunked uploads of 50 MB before the cut-off, "
+          f"RSS {before} KiB before, {grown:+d} KiB after")
+    assert sent < 4 * 50 * 1024 * 1024
+    assert grown < 4 * 1024, f"mailer serve grew by {grown} KiB"
+    assert huge_header == b"" or huge_header.startswith(b"HTTP/1.1 400 ")
+    assert busy.status_code == 503
+    assert project.sql("select origin from suppressions") == [("one-click",)]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import uvicorn
 from smtp_server import free_port
@@ -12,10 +13,11 @@ from mailer.server import create_app
 
 
 class UnsubscribeServer:
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, **options: Any) -> None:
+        """`options` go to `create_app` (e.g. a short `body_deadline`)."""
         self.port = free_port()
-        config = uvicorn.Config(create_app(workspace), host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, lifespan="off")
+        config = uvicorn.Config(create_app(workspace, **options), host="127.0.0.1", port=self.port,
+                                log_level="warning", access_log=False, lifespan="off", http="h11")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

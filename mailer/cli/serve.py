@@ -9,6 +9,13 @@ import click
 
 from . import Env, cli, pass_env
 
+#: request line and headers; a token URL is under 500 bytes and providers send no cookies
+MAX_HEADER_BYTES = 16 * 1024
+#: open connections (and requests in progress); past it uvicorn answers 503
+MAX_CONNECTIONS = 100
+#: an idle keep-alive connection is closed after this
+KEEP_ALIVE_SECONDS = 5
+
 
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False), default=".")
@@ -55,6 +62,14 @@ def serve(env: Env, host: str, port: int) -> None:
     `mailer.server:app_from_environment` under any ASGI server.
 
     \b
+    Limits (what a hostile client can hold):
+      request body   16 KiB, else 413 (Content-Length checked before reading)
+      body deadline  10 s from the request's start, else 408
+      headers        16 KiB, else 400
+      connections    100 at once, else 503
+      keep-alive     5 s idle, then closed
+
+    \b
     Example:  mailer serve --host 0.0.0.0 --port 8080
     """
     import logging
@@ -65,4 +80,7 @@ def serve(env: Env, host: str, port: int) -> None:
     app = create_app(env.workspace())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     click.echo(f"Unsubscribe endpoint on http://{host}:{port}/ (public URL: {env.workspace().config.unsubscribe.base_url})")
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", server_header=False)
+    # h11, not httptools even when installed: the header limit below is h11's
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", server_header=False,
+                http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES, limit_concurrency=MAX_CONNECTIONS,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS)
