@@ -348,12 +348,15 @@ def _attributes(node: LexborNode, tag: str, unsubscribe_url: str, result: Isolat
             else:
                 del node.attrs[name]
     _spend_blank_height(node, tag, result)
-    if tag == "a" and says_unsubscribe(_link_words(node)):
-        href = html_lib.unescape(attributes.get("href") or "").strip()
-        if href != unsubscribe_url:
-            result.problems.append(f"a link offering to unsubscribe ({_link_words(node).strip()[:40]!r}) goes to "
-                                   f"{href[:80] or 'nowhere'}: only the footer's link unsubscribes; "
-                                   "use href=\"{{ unsubscribe_url }}\" or remove the link")
+    if tag == "a":
+        words = _link_words(node)
+        if says_unsubscribe(words) or says_unsubscribe(_glued_word(node)):
+            href = html_lib.unescape(attributes.get("href") or "").strip()
+            if href != unsubscribe_url:
+                shown = words.strip() if says_unsubscribe(words) else _glued_word(node)
+                result.problems.append(f"a link offering to unsubscribe ({shown[:40]!r}) goes to "
+                                       f"{href[:80] or 'nowhere'}: only the footer's link unsubscribes; "
+                                       "use href=\"{{ unsubscribe_url }}\" or remove the link")
 
 
 #: The wrapper's own style, last so that it wins: a block that contains its floats and clips
@@ -414,6 +417,18 @@ def _spend_blank_height(node: LexborNode, tag: str, result: Isolated) -> None:
     result.notes.append(f"<{tag}>: its height and vertical spacing were left out: over {LENGTH_LIMIT}px for one "
                         f"element, or past {BLANK_HEIGHT_LIMIT}px of empty elements in the message, they would push "
                         "the footer out of sight")
+
+
+def _glued_word(node: LexborNode) -> str:
+    """The link's text with the word pieces written right against it (no space between), as a
+    person reads them: "Unsub<a>scribe</a>" or "<a>Unsub</a><a>scribe</a>" both read
+    "Unsubscribe"."""
+    before = node.prev.text(deep=True) if node.prev is not None else ""
+    after = node.next.text(deep=True) if node.next is not None else ""
+    text = node.text(deep=True)
+    head = before.split()[-1] if text[:1].strip() and before[-1:].strip() else ""
+    tail = after.split()[0] if text[-1:].strip() and after[:1].strip() else ""
+    return head + text.strip() + tail
 
 
 def _link_words(node: LexborNode) -> str:

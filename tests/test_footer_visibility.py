@@ -119,3 +119,32 @@ def test_what_is_left_out_is_said(project: Project) -> None:
     result = project.run("check", str(project.campaign), "--no-dns")
     assert result.exit_code == 0, result.output
     assert "offer.html.j2:3: <div style>: position: absolute was left out" in result.output
+
+
+SPLIT_UNSUBSCRIBE = {
+    "two links": '<p>Hi {{ contact.first_name }}</p><p><a href="https://x.example/a">Unsub</a>'
+                 '<a href="https://x.example/b">scribe</a></p>',
+    "word around a link": '<p>Hi</p><p>Uns<a href="https://x.example/u">ubscribe</a> here</p>',
+    "link then the rest": '<p>Hi</p><p><a href="https://x.example/u">Désa</a>bonnement</p>',
+    "bold piece then link": '<p>Hi</p><p><b>Opt</b><a href="https://x.example/u">-out</a></p>',
+    "our link then theirs": '<p>Hi</p><p><a href="{{ unsubscribe_url }}">Unsub</a>'
+                            '<a href="https://x.example/u">scribe</a></p>',
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT_UNSUBSCRIBE))
+def test_an_unsubscribe_word_split_around_links_is_read_whole(project: Project, name: str) -> None:
+    project.write("templates/offer.html.j2", SPLIT_UNSUBSCRIBE[name])
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert result.exit_code == 3, result.output
+    assert "offer.html.j2:" in result.output and "a link offering to unsubscribe" in result.output
+    assert "https://x.example/" in result.output
+
+
+def test_words_next_to_links_are_not_read_as_unsubscribing(project: Project) -> None:
+    project.write("templates/offer.html.j2", '<p>Hi</p><p><a href="https://x.example/">Home</a><a href='
+                  '"https://x.example/s">Shop</a><a href="https://x.example/o">Out</a>lets</p><p>To unsubscribe, '
+                  'use the link at the bottom.</p>'
+                  '<p><a href="https://x.example/p">Subscribe</a> to our other list.</p>')
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert result.exit_code == 0, result.output
