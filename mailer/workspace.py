@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
 from .addresses import address_hash
-from .config import Config, load_config
+from .config import Config, database_url_with_password, load_config
 from .store import Store
 from .tokens import Keys
 from .transport import Transport, open_transport, transport_class
@@ -70,6 +70,8 @@ def open_workspace(config_path: str | os.PathLike[str], environ: Mapping[str, st
     """
     environ = dict(os.environ if environ is None else environ)
     config = load_config(Path(config_path))
+    if config.database_password_env:  # render workers get the config: the url they open is complete
+        config = replace(config, database_url=database_url_with_password(config, environ))
     store = Store.open(config.database_url)
     variable = config.unsubscribe.secret_env
     try:
