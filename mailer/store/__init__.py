@@ -77,7 +77,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _without(exc: BaseException, url: str) -> str:
+def _without(exc: BaseException | None, url: str) -> str:
     """An error's text on one line, the url (SQLAlchemy quotes one it cannot parse) shown
     redacted, and the password itself (should a driver quote its connection string) as ***."""
     text = " ".join(str(exc).split()).replace(url, redacted(url))
