@@ -13,6 +13,7 @@ from types import TracebackType
 
 from .addresses import address_hash
 from .config import Config, database_url_with_password, load_config
+from .owner_only import too_open
 from .store import Store
 from .tokens import Keys
 from .transport import Transport, open_transport, transport_class
@@ -80,6 +81,8 @@ def open_workspace(config_path: str | os.PathLike[str], environ: Mapping[str, st
         store.close()
         raise
     notes = list(store.notes)
+    if config.transport.type == "maildir":
+        notes.extend(filter(None, [too_open(config.outbox)]))
     if generated:
         notes.append(f"${variable} is not set; created a random secret for unsubscribe tokens and kept it in the "
                      f"database. In production, set ${variable}.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -22,6 +23,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlmodel import create_engine
 
+from .. import owner_only
 from ..errors import StoreError
 from ..states import DELIVERED_STATES, PENDING_STATES, SendState
 from . import migrate
@@ -107,6 +109,7 @@ class Store:
         `notes` then says what was done ("Upgraded the database schema from 0001 to 0002.")."""
         store = cls(cls._engine(url))
         try:
+            store.notes.extend(store._owner_only())
             store.notes.extend(store._check_schema_version())
         except BaseException:
             store.close()
@@ -128,6 +131,18 @@ class Store:
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+
+    def _owner_only(self) -> list[str]:
+        """A new SQLite file is created 0600 before SQLite opens it (its -wal and -shm take its
+        mode): it holds personal data, and the unsubscribe secret when the environment has none.
+        Returns a warning for each of the three files that exists with a wider mode."""
+        database = self.engine.url.database
+        if self.dialect != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+            return []
+        path = Path(database)
+        owner_only.create_file(path)
+        found = (owner_only.too_open(Path(f"{path}{suffix}")) for suffix in ("", "-wal", "-shm"))
+        return [warning for warning in found if warning]
 
     def _check_schema_version(self) -> list[str]:
         """Run the migrations this database lacks (all of them when it is empty; a 0.1.0
