@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import owner_only
 from .addresses import normalise
 from .config import load_campaign
 from .contacts import ContactData
@@ -25,6 +27,7 @@ from .errors import ComplianceRefusal, NotFound
 from .gate import RULE_IDS
 from .importer import ImportOutcome, Progress, no_progress
 from .lease import keep_campaign, take_campaign, this_process
+from .owner_only import too_open
 from .planning import Plan, PreparedCampaign, decide_campaign, expected_recipients, prepare_campaign
 from .render import RenderedMessage
 from .sending import LARGE_SEND, SendReport, deliver_campaign, start_render_workers_early
@@ -58,6 +61,8 @@ class PreviewResult:
     folder: Path
     written: list[Path] = field(default_factory=list)  # the .eml files, one per message
     first: bytes | None = None                          # the first message's bytes, for a reviewer
+    #: warnings for the person running it (the folder is open to other users)
+    notes: list[str] = field(default_factory=list)
 
 
 def preview_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
@@ -70,8 +75,10 @@ def preview_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], out_d
     renderer = prepared.renderer
     wanted = normalise(to).key if to else None
     folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    result = PreviewResult(Plan(prepared.campaign, Counter()), folder)
+    owner_only.make_folder(folder)  # the previews hold personal data: the owner's alone
+    # The one write of a preview: where its copies are, for `forget` to find them.
+    ws.store.settings.record_preview_folder(str(folder.resolve()), socket.gethostname())
+    result = PreviewResult(Plan(prepared.campaign, Counter()), folder, notes=list(filter(None, [too_open(folder)])))
 
     def write(contact: ContactData, rendered: RenderedMessage) -> None:
         """Called by the plan with each message it rendered and found compliant: written once."""
@@ -79,10 +86,10 @@ def preview_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], out_d
                 (limit is not None and len(result.written) >= limit):
             return
         data = renderer.build_mime(rendered, renderer.message_id())
-        stem = f"{len(result.written) + 1:05d}-{_safe(contact.address.key)}"
-        (folder / f"{stem}.eml").write_bytes(data)
+        stem = f"{len(result.written) + 1:05d}-{preview_name(contact.address.key)}"
+        owner_only.write_file(folder / f"{stem}.eml", data)
         if rendered.html is not None:
-            (folder / f"{stem}.html").write_text(rendered.html, encoding="utf-8")
+            owner_only.write_file(folder / f"{stem}.html", rendered.html.encode("utf-8"))
         result.written.append(folder / f"{stem}.eml")
         result.first = result.first or data
 
@@ -96,7 +103,8 @@ def preview_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], out_d
     return result
 
 
-def _safe(key: str) -> str:
+def preview_name(key: str) -> str:
+    """The part of a preview file's name that comes from the address (`forget` looks for it)."""
     return "".join(ch if ch.isalnum() or ch in "@._-" else "_" for ch in key)[:80]
 
 

@@ -9,7 +9,8 @@ import difflib
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,8 @@ class Organization(_Section):
 
 class Database(_Section):
     url: str = "sqlite:///mailer.db"
+    #: the environment variable holding the PostgreSQL password, kept out of the url and the file
+    password_env: str = ""
 
 
 class TransportSettings(_Section):
@@ -104,13 +107,15 @@ class Config:
 
     path: Path
     organization: Organization
-    database_url: str
+    #: may hold a password: never shown (`mailer.store.redacted` for messages), not in the repr
+    database_url: str = field(repr=False)
     transport: TransportSettings
     smtp: SmtpSettings
     processor: Processor
     unsubscribe: Unsubscribe
     compliance: Compliance
     dkim: Dkim
+    database_password_env: str = ""
 
     @property
     def outbox(self) -> Path:
@@ -320,7 +325,27 @@ def load_config(path: Path) -> Config:
         unsubscribe=model.unsubscribe,
         compliance=model.compliance,
         dkim=model.dkim,
+        database_password_env=model.database.password_env,
     )
+
+
+def database_url_with_password(config: Config, environ: Mapping[str, str]) -> str:
+    """[database] url, with the password taken from the variable `password_env` names, if any:
+    the password then lives in neither config.toml nor anything mailer prints."""
+    variable = config.database_password_env
+    if not variable:
+        return config.database_url
+    password = environ.get(variable)
+    if not password:
+        raise ConfigError([f"{config.path}: [database] password_env names ${variable}, which is not set"],
+                          hint=f"set ${variable} to the database password, or remove password_env "
+                               "(libpq's PGPASSWORD and ~/.pgpass also work)")
+    from sqlalchemy.engine import make_url
+    try:
+        url = make_url(config.database_url)
+    except Exception:  # noqa: BLE001 - Store.open reports an unreadable url, redacted
+        return config.database_url
+    return url.set(password=password).render_as_string(hide_password=False)
 
 
 def load_campaign(path: Path) -> Campaign:

@@ -9,7 +9,15 @@ from .addresses import domain_and_parents, normalise, normalise_domain
 from .errors import InputError
 from .store import Suppression
 from .store.people import erased_key
-from .suppression import bounces_in, hard_bounce_status, message_files, read_suppression_file, token_from_message
+from .suppression import (
+    UnreadableMessage,
+    bounces_in,
+    hard_bounce_status,
+    message_files,
+    parse_message_file,
+    read_suppression_file,
+    token_from_message,
+)
 from .tokens import InvalidToken, verify
 from .workspace import Workspace
 
@@ -85,14 +93,21 @@ class InboundResult:
     rejected: list[str] = field(default_factory=list)
     unmatched: int = 0     # bounces about a message mailer did not send to that address
     not_reports: int = 0   # files that are not bounce reports
+    #: one line per file that could not be read or parsed (path and reason): left in place
+    skipped: list[str] = field(default_factory=list)
 
 
 def record_mailto_optouts(ws: Workspace, paths: Iterable[Path]) -> InboundResult:
     """Opt-outs mailed to the List-Unsubscribe mailto address: each message whose Subject carries
-    a valid `unsubscribe-TOKEN` suppresses that address (origin `mailto`); the rest are listed."""
+    a valid `unsubscribe-TOKEN` suppresses that address (origin `mailto`); the rest are listed.
+    Anyone can mail that address: a message that cannot be read is skipped, not fatal."""
     result = InboundResult()
     for path in message_files(list(paths)):
-        raw = token_from_message(path.read_bytes())
+        try:
+            raw = parse_message_file(path, token_from_message)
+        except UnreadableMessage as exc:
+            result.skipped.append(f"{path}: {exc}")
+            continue
         try:
             if raw is None:
                 raise InvalidToken("no unsubscribe-TOKEN in the subject")
@@ -111,12 +126,17 @@ def record_mailto_optouts(ws: Workspace, paths: Iterable[Path]) -> InboundResult
 def record_bounce_reports(ws: Workspace, paths: Iterable[Path]) -> InboundResult:
     """Hard bounces reported after the relay accepted a message (RFC 3464 reports): a recipient
     that failed with 5.1.x or 5.2.1 is suppressed (origin `bounce`) if the bounced message is one
-    mailer sent to that address (its Message-ID is in the send log)."""
+    mailer sent to that address (its Message-ID is in the send log). A file that cannot be read
+    is skipped, not fatal."""
     result = InboundResult()
     reports = []
     not_reports: list[str] = []
     for path in message_files(list(paths)):
-        found = bounces_in(path.read_bytes())
+        try:
+            found = parse_message_file(path, bounces_in)
+        except UnreadableMessage as exc:
+            result.skipped.append(f"{path}: {exc}")
+            continue
         if found is None:
             not_reports.append(f"{path}: not a delivery status notification")
         else:

@@ -7,11 +7,14 @@
 """
 from __future__ import annotations
 
+import re
+import socket
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from .addresses import normalise
+from .addresses import NormalisedAddress, normalise
 from .contacts import ContactData
 from .errors import InputError, NotFound
 from .gate import add_years, retention_reference
@@ -101,6 +104,9 @@ class ForgetResult:
     log_rows: int
     suppression_added: bool
     outbox_files: int = 0  # copies of sent messages removed from the maildir outbox
+    preview_files: int = 0  # files `preview` wrote that held the person, removed
+    #: files or folders holding (or maybe holding) the person that could not be removed, with why
+    unreachable: list[str] = field(default_factory=list)
 
 
 def forget_person(ws: Workspace, email: str, *, by: str, reason: str = "request") -> ForgetResult:
@@ -114,17 +120,56 @@ def forget_person(ws: Workspace, email: str, *, by: str, reason: str = "request"
     address = normalise(email)
     if "@" not in address.key:
         raise InputError(f"{email!r} is not an email address")
-    result = _erase(ws, [address.key], by=by, reason=reason)
+    result, previews = _erase(ws, [address], by=by, reason=reason)
+    result[0].preview_files, result[0].unreachable = previews.removed, previews.unreachable
     return result[0]
 
 
-def _erase(ws: Workspace, keys: list[str], *, by: str, reason: str) -> list[ForgetResult]:
-    erased = ws.store.people.erase([(key, ws.lookup_hashes(key)) for key in keys], by=by, reason=reason)
+def _erase(ws: Workspace, addresses: list[NormalisedAddress], *, by: str, reason: str
+           ) -> tuple[list[ForgetResult], PreviewsRemoved]:
+    erased = ws.store.people.erase([(a.key, ws.lookup_hashes(a.key)) for a in addresses], by=by, reason=reason)
     ws.store.scrub()
     # A transport that keeps copies of what it delivered (the maildir outbox) drops the person's.
     transport = ws.open_transport()
-    return [ForgetResult(e.had_contact, e.log_rows, e.suppression_added, transport.remove_copies(e.sent_keys))
-            for e in erased]
+    results = [ForgetResult(e.had_contact, e.log_rows, e.suppression_added, transport.remove_copies(e.sent_keys))
+               for e in erased]
+    return results, remove_previews(ws, addresses)
+
+
+@dataclass
+class PreviewsRemoved:
+    removed: int = 0
+    unreachable: list[str] = field(default_factory=list)
+
+
+def remove_previews(ws: Workspace, addresses: list[NormalisedAddress]) -> PreviewsRemoved:
+    """Remove the files `preview` wrote (in the folders it recorded) whose name or content holds
+    one of the addresses, as its key or as spelt for sending. A folder that is gone is fine; one
+    recorded on another host and absent here, and a file that cannot be read or removed, are
+    listed: they may still hold the person."""
+    from .campaign import preview_name
+    names = {preview_name(a.key) for a in addresses}
+    spellings = sorted({s.lower().encode("utf-8") for a in addresses for s in (a.key, a.send_to)}, key=len, reverse=True)
+    # The whole address, not a part of another one (jean@x.example in marie-jean@x.example.org).
+    pattern = re.compile(rb"(?<![a-z0-9._%+-])(?:" + b"|".join(map(re.escape, spellings)) + rb")(?![a-z0-9-]|\.[a-z0-9])")
+    result = PreviewsRemoved()
+    here = socket.gethostname()
+    for folder, host in ws.store.settings.preview_folders():
+        path = Path(folder)
+        if not path.is_dir():
+            if host != here:
+                result.unreachable.append(f"{folder} (previews written on {host}: run forget there too)")
+            continue
+        for file in sorted(p for p in path.rglob("*") if not p.is_dir()):
+            try:
+                if file.name.partition("-")[2].rpartition(".")[0] not in names \
+                        and not pattern.search(file.read_bytes().lower()):
+                    continue
+                file.unlink()
+                result.removed += 1
+            except OSError as exc:
+                result.unreachable.append(f"{file} ({exc.strerror or type(exc).__name__})")
+    return result
 
 
 # --------------------------------------------------------------------------- retention
@@ -165,10 +210,11 @@ def retention_report(ws: Workspace, today: date, horizon_days: int = 60) -> tupl
     return expired, soon
 
 
-def apply_retention(ws: Workspace, items: list[RetentionItem], *, by: str) -> tuple[int, int]:
-    """Erase the expired contacts: (contacts erased, copies of their messages removed from the outbox)."""
-    results = _erase(ws, [normalise(i.email).key for i in items], by=by, reason="retention")
-    return len(items), sum(r.outbox_files for r in results)
+def apply_retention(ws: Workspace, items: list[RetentionItem], *, by: str) -> tuple[int, int, PreviewsRemoved]:
+    """Erase the expired contacts: (contacts erased, copies of their messages removed from the
+    outbox, their preview files removed and those that could not be)."""
+    results, previews = _erase(ws, [normalise(i.email) for i in items], by=by, reason="retention")
+    return len(items), sum(r.outbox_files for r in results), previews
 
 
 # --------------------------------------------------------------------------- interactions
@@ -366,6 +412,8 @@ class RetentionReport:
     expiring: list[RetentionItem]     # within `horizon_days`
     erased: int = 0                   # with apply: contacts erased
     outbox_files: int = 0             # with apply: copies of their messages removed
+    preview_files: int = 0            # with apply: preview files holding them removed
+    unreachable: list[str] = field(default_factory=list)  # with apply: what could not be removed
 
 
 def retention(ws: Workspace, *, apply: bool = False, horizon_days: int = 60, today: date | None = None,
@@ -376,5 +424,6 @@ def retention(ws: Workspace, *, apply: bool = False, horizon_days: int = 60, tod
     expired, soon = retention_report(ws, today, horizon_days)
     report = RetentionReport(today, ws.config.compliance.retention_years, expired, soon)
     if apply and expired:
-        report.erased, report.outbox_files = apply_retention(ws, expired, by=by or _operator())
+        report.erased, report.outbox_files, previews = apply_retention(ws, expired, by=by or _operator())
+        report.preview_files, report.unreachable = previews.removed, previews.unreachable
     return report

@@ -4,11 +4,14 @@ from __future__ import annotations
 import csv
 import email
 import io
+import os
 import re
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email import policy
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote
 
 from .errors import CsvError
@@ -54,14 +57,68 @@ _TOKEN_IN_SUBJECT = re.compile(r"unsubscribe-([A-Za-z0-9_\-.]{40,400})")
 
 
 def message_files(paths: list[Path]) -> Iterator[Path]:
-    """Message files given directly, or found in folders (a maildir's new/ and cur/ included)."""
+    """Message files given directly, or found in folders (a maildir's new/ and cur/ included).
+
+    Every entry that is not a folder is yielded, a dangling link or a pipe too, and so is a
+    folder that cannot be listed: `read_message` then says why it cannot be read, rather
+    than the entry being passed over in silence.
+    """
     for path in paths:
-        if path.is_dir():
-            for candidate in sorted(path.rglob("*")):
-                if candidate.is_file() and not candidate.name.startswith("."):
-                    yield candidate
-        else:
-            yield path
+        yield from sorted(_entries(path)) if path.is_dir() else [path]
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The files (of any kind, hidden ones excepted) under `folder`, and its folders that cannot be listed."""
+    found: list[Path] = []
+
+    def unlistable(exc: OSError) -> None:
+        found.append(Path(exc.filename or folder))
+
+    for parent, _, files in os.walk(folder, onerror=unlistable):
+        found.extend(Path(parent) / name for name in files if not name.startswith("."))
+    return found
+
+
+#: Inbound mail is read one message at a time, and no more than this of each: a bigger file
+#: is not an opt-out or a bounce report anyone sent us.
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+
+
+class UnreadableMessage(Exception):
+    """A file of inbound mail that cannot be read or parsed: it is reported and left in place,
+    and the other messages are processed (anyone can mail the addresses they come from)."""
+
+
+def read_message(path: Path, limit: int = MAX_MESSAGE_BYTES) -> bytes:
+    """The bytes of one message file; UnreadableMessage (with a reason naming no one) otherwise."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            os.listdir(path)  # a folder os.walk could not list: say why
+            raise UnreadableMessage("is a folder")
+        if not stat.S_ISREG(mode):
+            raise UnreadableMessage("is not a regular file")
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise UnreadableMessage(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if len(data) > limit:
+        raise UnreadableMessage(f"is larger than {limit // (1024 * 1024)} MB")
+    return data
+
+
+Parsed = TypeVar("Parsed")
+
+
+def parse_message_file(path: Path, parse: Callable[[bytes], Parsed]) -> Parsed:
+    """`parse` (token_from_message, bounces_in) on the file's bytes. Any exception of the email
+    package on crafted input (an `a*` parameter, nesting past the recursion limit…) becomes
+    UnreadableMessage; only its type is kept, since its text may quote the message."""
+    data = read_message(path)
+    try:
+        return parse(data)
+    except Exception as exc:  # noqa: BLE001 - the parser's bugs on hostile input must not stop the others
+        raise UnreadableMessage(f"cannot be parsed as a message ({type(exc).__name__})") from None
 
 
 def token_from_message(data: bytes) -> str | None:

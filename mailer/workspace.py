@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
 from .addresses import lookup_hashes, mailbox_hash
-from .config import Config, load_config
+from .config import Config, database_url_with_password, load_config
+from .owner_only import too_open
 from .store import Store
 from .tokens import Keys
 from .transport import Transport, open_transport, transport_class
@@ -75,6 +76,8 @@ def open_workspace(config_path: str | os.PathLike[str], environ: Mapping[str, st
     """
     environ = dict(os.environ if environ is None else environ)
     config = load_config(Path(config_path))
+    if config.database_password_env:  # render workers get the config: the url they open is complete
+        config = replace(config, database_url=database_url_with_password(config, environ))
     store = Store.open(config.database_url)
     variable = config.unsubscribe.secret_env
     try:
@@ -83,6 +86,8 @@ def open_workspace(config_path: str | os.PathLike[str], environ: Mapping[str, st
         store.close()
         raise
     notes = list(store.notes)
+    if config.transport.type == "maildir":
+        notes.extend(filter(None, [too_open(config.outbox)]))
     if generated:
         notes.append(f"${variable} is not set; created a random secret for unsubscribe tokens and kept it in the "
                      f"database. In production, set ${variable}.")

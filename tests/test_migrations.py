@@ -71,6 +71,7 @@ def load_0_1_0(project: Project) -> None:
             conn.execute((FIXTURES / "mailer-0.1.0.postgresql.sql").read_text(encoding="utf-8"))  # type: ignore[arg-type]
     else:
         shutil.copyfile(FIXTURES / "mailer-0.1.0.db", project.db)
+        project.db.chmod(0o600)  # as the owner keeps it (a wider mode is warned of: tests/test_owner_only.py)
 
 
 def url_of(project: Project) -> str:

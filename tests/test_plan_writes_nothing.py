@@ -10,7 +10,9 @@ TABLES = ("contacts", "lists", "list_members", "suppressions", "campaigns", "run
 
 
 def snapshot(project: Project) -> dict[str, list[tuple]]:
-    return {table: sorted(project.sql(f"select * from {table}"), key=repr) for table in TABLES}
+    """Every row, but the record of the folders `preview` wrote to (for `forget` to find them)."""
+    return {table: sorted((row for row in project.sql(f"select * from {table}")
+                           if not str(row[0]).startswith("preview_folder:")), key=repr) for table in TABLES}
 
 
 def test_check_preview_and_dry_run_leave_the_database_as_it_was(project: Project) -> None:
@@ -29,6 +31,9 @@ def test_check_preview_and_dry_run_leave_the_database_as_it_was(project: Project
     assert "Dry run: 2 messages would be sent" in result.output
     assert {p.name.split("-", 1)[1] for p in (project.root / "preview").glob("*.eml")} == {
         "marc@soft.example.eml", "nina@new.example.eml"}
+    # preview's one write: where it put copies of people's messages.
+    assert project.sql("select key from settings where key like 'preview_folder:%'") == [
+        (f"preview_folder:{(project.root / 'preview').resolve()}",)]
 
 
 def test_plan_campaign_decides_on_a_csv_never_imported(project: Project) -> None:

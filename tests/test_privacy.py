@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import date, timedelta
 
 from conftest import Project, counts
@@ -156,3 +157,47 @@ def test_touch_restarts_the_retention_clock_and_rejects_opens(project: Project) 
     future = (date.today() + timedelta(days=3)).isoformat()
     assert project.run("contacts", "touch", "old.timer@legacy.example", "--at", future, "--what", "form").exit_code == 2
     assert counts(project.send().output).get("retention-expired", 0) == 0
+
+
+def test_forget_removes_the_preview_copies_of_the_person_and_keeps_the_others(project: Project) -> None:
+    first, second = project.root / "preview", project.root / "review" / "december"
+    for folder in (first, second):
+        result = project.run("preview", str(project.campaign), "--out", str(folder))
+        assert result.exit_code == 0, result.output
+    assert {p.name for p in first.iterdir()} == {"00001-claire@client.example.eml", "00001-claire@client.example.html",
+                                                "00002-paul@telco.example.eml", "00002-paul@telco.example.html"}
+    (second / "index.html").write_text("<li>Claire.Durand: claire@client.example</li>")  # named in the content only
+    (second / "notes.txt").write_text("ask xclaire@client.example and claire@client.example.org")  # others
+    (project.root / "gone").mkdir()
+    assert project.run("preview", str(project.campaign), "--out", str(project.root / "gone")).exit_code == 0
+    shutil.rmtree(project.root / "gone")  # a folder removed since: nothing to do there
+    result = project.run("forget", "Claire@Client.example", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "Removed 5 preview files (mailer preview) that held them." in result.output
+    for folder in (first, second):
+        for file in folder.iterdir():
+            assert b"claire@client.example" not in file.read_bytes().lower().replace(b"xclaire", b"").replace(
+                b"claire@client.example.org", b""), file
+    assert {p.name for p in first.iterdir()} == {"00002-paul@telco.example.eml", "00002-paul@telco.example.html"}
+    assert {p.name for p in second.iterdir()} == {"00002-paul@telco.example.eml", "00002-paul@telco.example.html",
+                                                 "notes.txt"}
+
+
+def test_forget_lists_previews_it_cannot_reach(project: Project) -> None:
+    assert project.run("suppress", "list").exit_code == 0  # the database, created
+    project.sql("insert into settings (key, value) values (?, ?)", "preview_folder:/srv/other/preview", "build-02")
+    result = project.run("forget", "claire@client.example", "--yes")
+    assert result.exit_code == 4
+    assert result.stderr.splitlines() == [
+        "1 files or folders that may hold them could not be removed:",
+        "  /srv/other/preview (previews written on build-02: run forget there too)"]
+
+
+def test_retention_apply_removes_the_preview_copies_too(project: Project) -> None:
+    people(project)
+    folder = project.root / "preview"
+    assert project.run("preview", str(project.campaign), "--out", str(folder)).exit_code == 0
+    (folder / "earlier.eml").write_bytes(b"To: Olga <OLD.TIMER@legacy.example>\r\n\r\nBonjour Olga\r\n")
+    applied = project.run("retention", "--apply")
+    assert applied.exit_code == 0 and "Removed 1 preview files" in applied.output
+    assert not (folder / "earlier.eml").exists()

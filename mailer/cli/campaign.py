@@ -72,6 +72,8 @@ def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None
     ws = env.workspace()
     with Steps() as steps:
         result = preview_campaign(ws, campaign, out, to=to, limit=limit, progress=steps)
+    for note in result.notes:
+        click.echo(f"Note: {note}", err=True)
     if result.first is not None:
         click.echo(readable(result.first))
         click.echo("-" * 72)

@@ -11,6 +11,9 @@ from ..errors import InputError
 from ..locales import available
 from . import Env, cli, pass_env
 
+#: Erased, but some files that may hold the person could not be removed ("finished, but some failed").
+EXIT_SOME_LEFT = 4
+
 
 @cli.command()
 @click.argument("email")
@@ -49,6 +52,9 @@ def forget(env: Env, email: str, yes: bool) -> None:
     Deletes the contact, their consent records, attributes and interactions,
     replaces the address in the send log by its keyed hash, adds an `erasure`
     entry to the suppression list and records the erasure (date, who ran it).
+    Removes the copies of their messages from the maildir outbox and the files
+    `mailer preview` wrote that hold their address; any it cannot remove are
+    listed, and the exit code is then 4.
 
     \b
     Example:  mailer forget jeanne@client.example --yes
@@ -66,6 +72,18 @@ def forget(env: Env, email: str, yes: bool) -> None:
                if result.suppression_added else "The address was already on the suppression list.")
     if result.outbox_files:
         click.echo(f"Removed {result.outbox_files} copies of messages sent to them from {ws.config.outbox}.")
+    _previews_removed(result.preview_files, result.unreachable)
+
+
+def _previews_removed(removed: int, unreachable: list[str]) -> None:
+    """What was removed of the preview copies, and (stderr, exit 4) what may still hold the person."""
+    if removed:
+        click.echo(f"Removed {removed} preview files (mailer preview) that held them.")
+    if unreachable:
+        click.echo(f"{len(unreachable)} files or folders that may hold them could not be removed:", err=True)
+        for line in unreachable:
+            click.echo(f"  {line}", err=True)
+        raise click.exceptions.Exit(EXIT_SOME_LEFT)
 
 
 @cli.command()
@@ -102,6 +120,7 @@ def retention(env: Env, apply_: bool, yes: bool, days: int) -> None:
         click.echo(f"Erased {report.erased} contacts past retention (suppression entries kept).")
         if report.outbox_files:
             click.echo(f"Removed {report.outbox_files} copies of messages sent to them from {ws.config.outbox}.")
+        _previews_removed(report.preview_files, report.unreachable)
     elif report.expired:
         click.echo("Run with --apply to erase them.")
 

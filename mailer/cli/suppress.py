@@ -8,6 +8,7 @@ import click
 
 from ..errors import NotFound
 from ..optouts import (
+    InboundResult,
     import_suppressions,
     record_bounce_reports,
     record_mailto_optouts,
@@ -17,6 +18,9 @@ from ..optouts import (
     unsuppress,
 )
 from . import Env, cli, pass_env
+
+#: Finished, but some inbound messages could not be read (the spec's "some failed").
+EXIT_SOME_SKIPPED = 4
 
 
 @cli.group("suppress")
@@ -98,6 +102,8 @@ def suppress_mailto(env: Env, paths: tuple[str, ...]) -> None:
     such as a maildir): each one whose Subject carries a valid
     `unsubscribe-TOKEN` suppresses that address (origin `mailto`). Run it from
     cron on the mailbox; messages without a valid token are listed, not guessed.
+    A message that cannot be read is listed and left in place, the others are
+    recorded, and the exit code is 4.
 
     \b
     Example:  mailer suppress mailto ~/Maildir/unsubscribe/new
@@ -107,6 +113,7 @@ def suppress_mailto(env: Env, paths: tuple[str, ...]) -> None:
                f"{len(result.rejected)} messages without a valid token.")
     for line in result.rejected[:50]:
         click.echo(f"  {line}")
+    _report_skipped(result)
 
 
 @suppress_group.command("bounces")
@@ -121,7 +128,8 @@ def suppress_bounces(env: Env, paths: tuple[str, ...]) -> None:
     (mailbox disabled) suppresses that address (origin `bounce`), if the bounced
     message is one mailer sent to that address (its Message-ID is in the send
     log): a forged or stray report suppresses no one. Delays and other failures
-    are counted, not suppressed. Run it from cron on the mailbox.
+    are counted, not suppressed. Run it from cron on the mailbox. A file that
+    cannot be read is listed and left in place, and the exit code is 4.
 
     \b
     Example:  mailer suppress bounces ~/Maildir/bounces/new
@@ -132,6 +140,20 @@ def suppress_bounces(env: Env, paths: tuple[str, ...]) -> None:
                f"{result.not_reports} files that are not bounce reports.")
     for line in result.rejected[:50]:
         click.echo(f"  {line}")
+    _report_skipped(result)
+
+
+def _report_skipped(result: InboundResult) -> None:
+    """The messages that could not be read, on stderr, then exit 4: the others were recorded,
+    and a cron job sees that some need a look."""
+    if not result.skipped:
+        return
+    click.echo(f"{len(result.skipped)} files could not be read and were left in place:", err=True)
+    for line in result.skipped[:50]:
+        click.echo(f"  {line}", err=True)
+    if len(result.skipped) > 50:
+        click.echo(f"  … and {len(result.skipped) - 50} more", err=True)
+    raise click.exceptions.Exit(EXIT_SOME_SKIPPED)
 
 
 @suppress_group.command("export")

@@ -13,14 +13,17 @@ database. Nobody outside this package writes SQL.
 """
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlmodel import create_engine
 
+from .. import owner_only
 from ..errors import StoreError
 from ..states import DELIVERED_STATES, PENDING_STATES, SendState
 from . import migrate
@@ -47,6 +50,23 @@ from .tables import (
 # The schema is alembic's: migrations/versions/, applied by migrate.upgrade when a Store opens.
 
 
+def redacted(url: str) -> str:
+    """A database url as it may be shown: its password, if any, as ***. A url SQLAlchemy cannot
+    read is redacted by pattern (whatever sits between `user:` and `@`)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unreadable url is still shown, without its password
+        return re.sub(r"(://[^/@:]*:).*@", r"\1***@", url)
+
+
+def _open_hint(dialect: str) -> str:
+    """What to check when a database does not open: a SQLite file's folder, a PostgreSQL server."""
+    if dialect == "postgresql":
+        return ("check that the PostgreSQL server is running and reachable at that host and port, and the user "
+                "and password ([database] url and password_env in config.toml, or PGPASSWORD / ~/.pgpass)")
+    return "check [database] url in config.toml and that its folder exists"
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # The busy timeout first: switching to WAL takes a lock another process may hold (a second
@@ -57,6 +77,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
+
+
+def _without(exc: BaseException | None, url: str) -> str:
+    """An error's text on one line, the url (SQLAlchemy quotes one it cannot parse) shown
+    redacted, and the password itself (should a driver quote its connection string) as ***."""
+    text = " ".join(str(exc).split()).replace(url, redacted(url))
+    try:
+        password = make_url(url).password
+    except Exception:  # noqa: BLE001 - unreadable: the url itself was replaced above
+        password = None
+    return text.replace(str(password), "***") if password else text
 
 
 class Store:
@@ -78,6 +109,7 @@ class Store:
         `notes` then says what was done ("Upgraded the database schema from 0001 to 0002.")."""
         store = cls(cls._engine(url))
         try:
+            store.notes.extend(store._owner_only())
             store.notes.extend(store._check_schema_version())
         except BaseException:
             store.close()
@@ -94,11 +126,23 @@ class Store:
         try:
             engine = create_engine(url)
         except (SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
-            raise StoreError(f"cannot use database {url!r}: {exc}",
+            raise StoreError(f"cannot use database {redacted(url)!r}: {_without(exc, url)}",
                              hint="check [database] url in config.toml") from None
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+
+    def _owner_only(self) -> list[str]:
+        """A new SQLite file is created 0600 before SQLite opens it (its -wal and -shm take its
+        mode): it holds personal data, and the unsubscribe secret when the environment has none.
+        Returns a warning for each of the three files that exists with a wider mode."""
+        database = self.engine.url.database
+        if self.dialect != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+            return []
+        path = Path(database)
+        owner_only.create_file(path)
+        found = (owner_only.too_open(Path(f"{path}{suffix}")) for suffix in ("", "-wal", "-shm"))
+        return [warning for warning in found if warning]
 
     def _check_schema_version(self) -> list[str]:
         """Run the migrations this database lacks (all of them when it is empty; a 0.1.0
@@ -106,9 +150,9 @@ class Store:
         try:
             before, after = self._upgrade_when_free()
         except (OperationalError, ProgrammingError) as exc:
-            url = self.engine.url.render_as_string(hide_password=True)
-            raise StoreError(f"cannot open database {url!r}: {exc.orig}",
-                             hint="check [database] url in config.toml and that its folder exists") from None
+            url = self.engine.url.render_as_string(hide_password=False)
+            raise StoreError(f"cannot open database {redacted(url)!r}: {_without(exc.orig, url)}",
+                             hint=_open_hint(self.dialect)) from None
         note = migrate.upgrade_note(before, after)
         return [note] if note else []
 
@@ -149,5 +193,5 @@ class Store:
 __all__ = [
     "DECIDABLE_STATES", "DELIVERED_STATES", "PENDING_STATES", "CampaignRecord", "Contact", "ContactList",
     "Erasure", "ImportResult", "Interaction", "ListMember", "LogWriter", "Run", "SendLog", "SendState", "Setting",
-    "Store", "Suppression", "contact_from_row", "erased_key", "utcnow",
+    "Store", "Suppression", "contact_from_row", "erased_key", "redacted", "utcnow",
 ]

@@ -1,4 +1,5 @@
-"""Settings kept in the database: the unsubscribe secret (when the environment has none)."""
+"""Settings kept in the database: the unsubscribe secret (when the environment has none), and
+the folders `preview` wrote to (so that `forget` finds the copies of a person's messages)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +12,9 @@ from sqlalchemy.engine import Engine
 from ..errors import StoreError
 from .sql import insert_ignore
 from .tables import SETTINGS
+
+#: settings key of a folder `preview` wrote to: the prefix, then the folder's absolute path
+PREVIEW_FOLDER = "preview_folder:"
 
 
 class Settings:
@@ -25,6 +29,16 @@ class Settings:
     def put_if_absent(self, key: str, value: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(insert_ignore(self.dialect, SETTINGS), [{"key": key, "value": value}])
+
+    def record_preview_folder(self, folder: str, host: str) -> None:
+        """Remember that `preview` wrote personal data to `folder` on `host` (once per folder)."""
+        self.put_if_absent(PREVIEW_FOLDER + folder, host)
+
+    def preview_folders(self) -> list[tuple[str, str]]:
+        """(folder, host) for every folder `preview` wrote to."""
+        query = select(SETTINGS.c.key, SETTINGS.c.value).where(SETTINGS.c.key.startswith(PREVIEW_FOLDER, autoescape=True))
+        with self.engine.connect() as conn:
+            return sorted((key[len(PREVIEW_FOLDER):], value) for key, value in conn.execute(query))
 
     def secret(self, from_environment: str | None, variable: str = "MAILER_SECRET") -> tuple[bytes, bool]:
         """The HMAC secret: the environment's, else one generated once and kept here.

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 
+from .. import owner_only
 from ..config import Config
 from ..errors import TransportError
 from .base import Delivery, Envelope
@@ -38,8 +39,8 @@ class MaildirTransport:
 
     async def open(self) -> None:
         try:
-            for sub in ("tmp", "new", "cur"):
-                (self.path / sub).mkdir(parents=True, exist_ok=True)
+            for sub in ("tmp", "new", "cur"):  # owner-only: the messages hold personal data
+                owner_only.make_folder(self.path / sub)
         except OSError as exc:
             raise TransportError(f"cannot create the outbox {self.path}: {exc.strerror}",
                                  hint="check [transport] path in config.toml") from None
@@ -65,8 +66,7 @@ class MaildirTransport:
         name = self._name(envelope.key)
         tmp = self.path / "tmp" / name
         try:
-            with open(tmp, "wb") as handle:
-                handle.write(envelope.data)
+            owner_only.write_file(tmp, envelope.data)
             os.replace(tmp, self.path / "new" / name)
         except OSError as exc:
             return Delivery("deferred", text=f"cannot write {tmp}: {exc.strerror}")
