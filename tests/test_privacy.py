@@ -198,6 +198,6 @@ def test_retention_apply_removes_the_preview_copies_too(project: Project) -> Non
     folder = project.root / "preview"
     assert project.run("preview", str(project.campaign), "--out", str(folder)).exit_code == 0
     (folder / "earlier.eml").write_bytes(b"To: Olga <OLD.TIMER@legacy.example>\r\n\r\nBonjour Olga\r\n")
-    applied = project.run("retention", "--apply")
+    applied = project.run("retention", "--apply", "--yes")
     assert applied.exit_code == 0 and "Removed 1 preview files" in applied.output
     assert not (folder / "earlier.eml").exists()
