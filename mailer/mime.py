@@ -191,7 +191,7 @@ def build_message(headers: list[tuple[str, str]], text: Body, html: Body | None)
         return head.encode("ascii") + part + (b"" if part.endswith(b"\r\n") else b"\r\n")
     boundary = f"=_mailer_{secrets.token_hex(12)}"
     return b"".join((
-        (head + f"Content-Type: multipart/alternative; boundary=\"{boundary}\"{CRLF}{CRLF}"
+        (head + f"Content-Type: multipart/alternative;{CRLF} boundary=\"{boundary}\"{CRLF}{CRLF}"
          f"--{boundary}{CRLF}").encode("ascii"),
         _part("plain", text),
         f"{CRLF}--{boundary}{CRLF}".encode("ascii"),
