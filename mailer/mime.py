@@ -3,9 +3,9 @@
 The standard library's EmailMessage re-parses every header it is given, which
 made MIME building the slowest step of a send. Our inputs are already
 sanitised (no control characters, validated ASCII addresses), so we write the
-RFC 5322 / MIME structure ourselves with the standard library's encoders:
-`formataddr` and `Header` for RFC 2047 words, `b2a_qp` for quoted-printable.
-The tests parse every message back with the `email` package.
+RFC 5322 / MIME structure ourselves: RFC 2047 words (base64) for header text a
+client would otherwise show differently, folding to 78 characters, and `b2a_qp`
+for quoted-printable. The tests parse every message back with the `email` package.
 
 A body can be given as pieces: the pieces that are the same in every message of
 a run (`Fixed`: the footer's markup) are encoded once, the others per message,
@@ -15,24 +15,99 @@ from __future__ import annotations
 
 import binascii
 import functools
+import re
 import secrets
 from collections.abc import Sequence
-from email.header import Header
-from email.utils import formataddr
 
 CRLF = "\r\n"
 
 
-def encode_words(value: str) -> str:
-    """A header value, RFC 2047-encoded (and folded) only when it is not plain ASCII."""
-    if value.isascii() and len(value) < 900:
-        return value
-    return Header(value, "utf-8").encode(linesep=CRLF)
+#: RFC 5322: a line of a message is at most 998 octets and SHOULD be at most 78.
+LINE_LIMIT = 78
+_WORD = "=?utf-8?b?{}?="
+_WORD_BYTES = 45  # RFC 2047: an encoded word is at most 75 characters (12 + the base64 of 45 bytes)
+# formataddr's test for a display name that must be a quoted string.
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
 
 
-def mailbox(name: str, address: str) -> str:
-    """`Name <address>` with the name quoted or encoded as needed."""
-    return formataddr((name, address), charset="utf-8")
+def encode_words(value: str, name: str = "Subject") -> str:
+    """An unstructured header value (the Subject) as written after `name: `, folded to 78 characters.
+
+    A value a mail client would show differently from how it was typed is
+    RFC 2047-encoded: text that is not ASCII, and text containing "=?", which a
+    client would decode as an encoded word of its own (a CSV's first name
+    `=?utf-8?b?...?=` could otherwise put a Bcc line in what the reader sees).
+    Long ASCII text is folded at its spaces; a word too long to fold at is encoded
+    too, since encoded words can be cut anywhere.
+    """
+    if value.isascii() and "=?" not in value:
+        if len(name) + 2 + len(value) <= LINE_LIMIT:
+            return value  # the common case, kept cheap
+        folded = _fold_at_spaces(value, len(name) + 2)
+        if folded is not None:
+            return folded
+    return (CRLF + " ").join(_encoded_words(value, len(name) + 2))
+
+
+def mailbox(name: str, address: str, header: str = "To") -> str:
+    """`Name <address>` as written after `header: `: the name quoted or encoded as needed, folded.
+
+    Like encode_words, a name that is not ASCII or contains "=?" is encoded
+    (email.utils.formataddr passes an ASCII "=?...?=" name through as it is).
+    """
+    if not name:
+        return address
+    used = len(header) + 2
+    if name.isascii() and "=?" not in name:
+        phrase = name
+        if _SPECIALS.search(name):
+            phrase = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if used + len(phrase) + len(address) + 3 <= LINE_LIMIT:
+            return f"{phrase} <{address}>"  # the common case, kept cheap
+        if used + len(phrase) <= LINE_LIMIT:
+            return f"{phrase}{CRLF} <{address}>"
+    words = _encoded_words(name, used)
+    last = len(words[-1]) + (used if len(words) == 1 else 1)
+    joint = " " if last + len(address) + 3 <= LINE_LIMIT else CRLF + " "
+    return (CRLF + " ").join(words) + f"{joint}<{address}>"
+
+
+def _fold_at_spaces(value: str, used: int) -> str | None:
+    """ASCII text with a line break before some of its spaces, each line at most 78 characters
+    (unfolding removes only the breaks); None when a word is too long for a line of its own."""
+    lines: list[str] = []
+    line: str | None = None
+    width = LINE_LIMIT - used
+    for word in value.split(" "):
+        if line is None:
+            line = word
+        elif word and line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line, width = word, LINE_LIMIT - 1
+        else:
+            line += " " + word
+        if len(line) > width:
+            return None
+    lines.append(line or "")
+    return (CRLF + " ").join(lines)
+
+
+def _encoded_words(value: str, used: int) -> list[str]:
+    """`value` as base64 encoded words (RFC 2047), each fitting on a line of 78 characters:
+    the first after `used` characters, the others after one space. Characters are never cut."""
+    words: list[str] = []
+    room = min((LINE_LIMIT - used - 12) // 4 * 3, _WORD_BYTES)  # bytes whose base64 fits on the line
+    chunk: list[bytes] = []
+    size = 0
+    for char in value:
+        data = char.encode("utf-8", "replace")
+        if size + len(data) > room and chunk:
+            words.append(_WORD.format(binascii.b2a_base64(b"".join(chunk), newline=False).decode("ascii")))
+            chunk, size, room = [], 0, _WORD_BYTES
+        chunk.append(data)
+        size += len(data)
+    words.append(_WORD.format(binascii.b2a_base64(b"".join(chunk), newline=False).decode("ascii")))
+    return words
 
 
 def quoted_printable(text: str) -> bytes:
@@ -108,7 +183,7 @@ def _part(subtype: str, body: Body) -> bytes:
 
 
 def build_message(headers: list[tuple[str, str]], text: Body, html: Body | None) -> bytes:
-    """Headers (already encoded, no CR/LF inside) plus a text part and an optional HTML part
+    """Headers (already encoded and folded: a CRLF only before a space) plus a text part and an optional HTML part
     (each a string, or a sequence of pieces)."""
     head = "".join(f"{name}: {value}{CRLF}" for name, value in headers) + f"MIME-Version: 1.0{CRLF}"
     if html is None:
@@ -116,7 +191,7 @@ def build_message(headers: list[tuple[str, str]], text: Body, html: Body | None)
         return head.encode("ascii") + part + (b"" if part.endswith(b"\r\n") else b"\r\n")
     boundary = f"=_mailer_{secrets.token_hex(12)}"
     return b"".join((
-        (head + f"Content-Type: multipart/alternative; boundary=\"{boundary}\"{CRLF}{CRLF}"
+        (head + f"Content-Type: multipart/alternative;{CRLF} boundary=\"{boundary}\"{CRLF}{CRLF}"
          f"--{boundary}{CRLF}").encode("ascii"),
         _part("plain", text),
         f"{CRLF}--{boundary}{CRLF}".encode("ascii"),

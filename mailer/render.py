@@ -38,17 +38,33 @@ from .dkim_signing import DkimSigner
 from .errors import TemplateError
 from .isolation import check_footer_text, collapse_blank_lines, isolate, size_problem, text_problems
 from .locales import strings
-from .mime import Fixed, build_message, encode_words, mailbox
+from .mime import CRLF, Fixed, build_message, encode_words, mailbox
 from .tokens import Keys, sign
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _TEXT_CONFIG = ParserConfig(display_links=True)
 _SENTENCE, _URL = "\ue000source\ue001", "\ue000unsubscribe\ue001"
 
 
+#: A display name (To, From, Reply-To) longer than this is cut, with "…": only the name in the header.
+NAME_LIMIT = 200
+#: A rendered subject longer than this is a template error (RFC 5322's line length, though it is folded).
+SUBJECT_LIMIT = 998
+
+
 def one_line(value: str) -> str:
-    """Collapse control characters (CR, LF, NUL, …) so a value cannot start a new header."""
+    """Collapse control characters (CR, LF, NUL, C1, …) so a value cannot start a new header."""
     return " ".join(_CONTROL.sub(" ", value).split())
+
+
+def display_name(value: str) -> str:
+    """A name for a To, From or Reply-To header: one line, at most NAME_LIMIT characters.
+
+    A 5,000-character first name made a 10,000-character To line that servers refused;
+    a name that long is junk, and what the template shows of it is not cut.
+    """
+    value = one_line(value)
+    return value if len(value) <= NAME_LIMIT else value[:NAME_LIMIT - 1].rstrip() + "…"
 
 
 @dataclass(frozen=True)
@@ -422,11 +438,11 @@ class Renderer:
                   "source_sentence": _SENTENCE, "locale": campaign.locale}
         self._html_footer = _split_markers(self.footer.html.render(marked))
         self._text_footer = _split_markers(self.footer.text.render(marked).strip("\n") + "\n")
-        self.from_header = mailbox(one_line(self.from_name), self.from_address)
+        self.from_header = mailbox(display_name(self.from_name), self.from_address, "From")
         self.reply_to_header = ""
         if campaign.reply_to:
             reply_name, reply_address = parse_from_header(campaign.reply_to)
-            self.reply_to_header = mailbox(one_line(reply_name), reply_address)
+            self.reply_to_header = mailbox(display_name(reply_name), reply_address, "Reply-To")
 
     # ------------------------------------------------------------------ pieces
 
@@ -491,6 +507,11 @@ class Renderer:
         context = {"contact": contact_context(contact), "campaign": self.campaign_view,
                    "organization": self.organization, "unsubscribe_url": url}
         subject = one_line(self._render(self.templates.subject, None, context, contact, "[campaign] subject"))
+        if len(subject) > SUBJECT_LIMIT:
+            raise TemplateError(f"{self.campaign.path}: [campaign] subject: the subject for {contact.email} is "
+                                f"{len(subject):,} characters long, more than the {SUBJECT_LIMIT} allowed",
+                                hint="shorten the subject, or cut a long contact value in it, e.g. "
+                                     "{{ contact.first_name|truncate(40) }}")
         sentence = self.source_sentence(contact)
         html_body = None
         if self.templates.html is not None:
@@ -521,7 +542,7 @@ class Renderer:
             if too_big:
                 problems.append(f"{self.templates.html_path}: {too_big}")
             notes = tuple(self._where_in_html(n) for n in isolated.notes)
-        name = one_line(" ".join(p for p in (contact.first_name, contact.last_name) if p))
+        name = display_name(" ".join(p for p in (contact.first_name, contact.last_name) if p))
         return RenderedMessage(to_address=contact.email, to_name=name, subject=subject, text_pieces=text_pieces,
                                html_pieces=html_pieces, unsubscribe_url=url, unsubscribe_mailto=mailto,
                                address_hash=digest, footer_problems=tuple(problems), notes=notes)
@@ -547,12 +568,16 @@ class Renderer:
     def build_mime(self, message: RenderedMessage, message_id: str, when: datetime | None = None) -> bytes:
         """The full RFC 5322 message bytes, ready for a transport."""
         targets = f"<{message.unsubscribe_url}>"
-        if message.unsubscribe_mailto:
-            targets += f", <{message.unsubscribe_mailto}>"
+        if message.unsubscribe_mailto:  # on a line of its own when both do not fit on one (RFC 5322 folding)
+            joint = ", " if 22 + len(targets) + len(message.unsubscribe_mailto) <= 78 else f",{CRLF} "
+            targets += f"{joint}<{message.unsubscribe_mailto}>"
+        list_id = f"{self.campaign.id} <{self.list_id}>"
+        if 9 + len(list_id) > 78:
+            list_id = f"{self.campaign.id}{CRLF} <{self.list_id}>"
         headers = [
             ("From", self.from_header),
-            ("To", mailbox(message.to_name, message.to_address)),
-            ("Subject", encode_words(message.subject)),
+            ("To", mailbox(message.to_name, message.to_address, "To")),
+            ("Subject", encode_words(message.subject, "Subject")),
             ("Date", format_datetime(when or datetime.now(UTC))),
             ("Message-ID", message_id),
         ]
@@ -561,7 +586,7 @@ class Renderer:
         headers += [
             ("List-Unsubscribe", targets),
             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
-            ("List-Id", f"{self.campaign.id} <{self.list_id}>"),
+            ("List-Id", list_id),
         ]
         data = build_message(headers, message.text_pieces, message.html_pieces or None)
         return self.dkim.sign(data) if self.dkim is not None else data

@@ -1,7 +1,13 @@
 """Bad input gets one clear error naming the file and line, exit code 2 (3 for compliance refusals)."""
 from __future__ import annotations
 
-from conftest import CONFIG, Project
+import email
+import re
+from email import policy
+from email.header import decode_header, make_header
+
+from conftest import CONFIG, HEADER, Project
+from smtp_server import RecordingHandler, SmtpServer
 
 
 def test_unknown_keys_wrong_types_and_bad_enums_are_reported_together(project: Project) -> None:
@@ -136,3 +142,98 @@ def test_debug_shows_the_traceback(project: Project) -> None:
     result = project.run("--debug", "check", str(project.campaign))
     assert result.exit_code == 2
     assert "Traceback" in result.output
+
+
+# ------------------------------------------------------------------ contact values that would break headers
+
+EVIL = "=?utf-8?b?WA0KQmNjOiBld0BldmlsLmV4YW1wbGUNCg==?="  # decodes to "X\r\nBcc: ew@evil.example\r\n"
+ROW = ",CTO,software,b2b,Salon VivaTech 2026,2026-06-01\n"
+
+
+def use_smtp(project: Project, port: int) -> None:
+    project.write("config.toml", project.base_config.replace('type = "maildir"', 'type = "smtp"')
+                  .replace("port = 2525", f"port = {port}"))
+
+
+def shown_name(raw: bytes) -> str:
+    """The To display name as a client decodes it (RFC 2047; see test_render.shown_name)."""
+    value = re.search(rb"\r\nTo: (.*?)\r\n(?! )", raw, re.S)
+    assert value is not None
+    unfolded = value.group(1).replace(b"\r\n", b"").decode("ascii")
+    if "=?" not in unfolded:
+        return email.message_from_bytes(raw, policy=policy.default)["To"].addresses[0].display_name
+    return str(make_header(decode_header(unfolded.rpartition(" <")[0])))
+
+
+def assert_lines_fit(raw: bytes) -> None:
+    """No line over 998 octets; no header line over 78 where it had a space to fold at."""
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        assert len(line) <= 78 or b" " not in line.lstrip(b" ").partition(b": ")[2], line
+
+
+def test_an_encoded_word_in_a_csv_name_is_shown_as_typed_and_adds_no_recipient(project: Project) -> None:
+    project.csv.write_text(HEADER + f"claire@client.example,{EVIL},Durand,Client SA" + ROW, encoding="utf-8")
+    preview = project.run("preview", str(project.campaign), "--to", "claire@client.example",
+                          "--out", str(project.root / "preview"))
+    assert preview.exit_code == 0, preview.output
+    assert f"Subject: {EVIL}, votre audit cloud offert\n" in preview.output and "Bcc" not in preview.output
+    handler = RecordingHandler()
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port)
+        result = project.send()
+    assert result.exit_code == 0, result.output
+    [received] = handler.received
+    assert received.rcpt_to == ["claire@client.example"]
+    message = received.message
+    assert message["Subject"] == f"{EVIL}, votre audit cloud offert"
+    assert shown_name(received.data) == f"{EVIL} Durand"
+    assert [a.addr_spec for a in message["To"].addresses] == ["claire@client.example"]
+    assert "Bcc" not in message and b"evil.example" not in received.data
+
+
+def test_long_quoted_emoji_rtl_and_control_character_names_are_delivered_folded(project: Project) -> None:
+    quoted = 'O\'Brien "the boss" \\ Durand, SA; <ceo@evil.example> @home'
+    project.csv.write_text(HEADER + "".join(f"{address},{_csv(first)},{_csv(last)},Co" + ROW for address, first, last in [
+        ("claire@client.example", "x" * 5000, quoted),
+        ("paul@telco.example", "Zoé 😀 👩‍👩‍👧", "שלום عربي"),
+        ("marc@soft.example", "Ma\x00rc\x01\x1b[31m\x7f\x9b", "Pe\u2028tit\x85"),
+    ]), encoding="utf-8")
+    tail = "votre audit cloud offert " * 30
+    project.campaign.write_text(project.campaign.read_text().replace(
+        'subject = "{{ contact.first_name }}, votre audit cloud offert"',
+        f'subject = "{{{{ contact.last_name }}}}, {tail}"'))
+    handler = RecordingHandler()
+    with SmtpServer(handler) as server:  # aiosmtpd answers "500 Line too long" past 998 octets and CRLF
+        use_smtp(project, server.port)
+        result = project.send()
+    assert result.exit_code == 0, result.output
+    got = {item.rcpt_to[0]: item for item in handler.received}
+    assert sorted(got) == ["claire@client.example", "marc@soft.example", "paul@telco.example"]
+    expected = {
+        "claire@client.example": ("x" * 199 + "…", f"{quoted}, {tail.strip()}"),
+        "paul@telco.example": ("Zoé 😀 👩‍👩‍👧 שלום عربي", f"שלום عربي, {tail.strip()}"),
+        "marc@soft.example": ("Ma rc [31m Pe tit", f"Pe tit, {tail.strip()}"),
+    }
+    for address, item in got.items():
+        assert item.rcpt_to == [address]
+        assert_lines_fit(item.data)
+        message = item.message
+        assert (shown_name(item.data), message["Subject"]) == expected[address]
+        assert [a.addr_spec for a in message["To"].addresses] == [address]
+        assert not any(ord(c) < 32 or 0x7f <= ord(c) <= 0x9f for _, value in message.items() for c in value)
+
+
+def _csv(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+def test_a_subject_longer_than_998_characters_is_a_template_error(project: Project) -> None:
+    project.csv.write_text(HEADER + f"claire@client.example,{'x' * 5000},Durand,Client SA" + ROW, encoding="utf-8")
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert result.exit_code == 2
+    assert f"{project.campaign}: [campaign] subject: the subject for claire@client.example is 5,026 characters" \
+        in result.output
+    assert "truncate" in result.output and "Traceback" not in result.output
+    assert project.send().exit_code == 2
+    assert project.messages() == []

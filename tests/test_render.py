@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import email
+import re
 from email import policy
+from email.header import decode_header, make_header
 from pathlib import Path
 
 import inscriptis
@@ -114,3 +116,47 @@ def test_random_bodies_in_random_pieces_decode_to_the_whole_body() -> None:
         whole += "\n" if whole and not whole.endswith("\n") else ""  # a body ends with a line end
         assert message.get_content().replace("\r\n", "\n") == whole, pieces
         assert max(len(line) for line in message.get_payload(decode=False).splitlines() or [""]) <= 76
+
+
+EVIL = "=?utf-8?b?WA0KQmNjOiBld0BldmlsLmV4YW1wbGUNCg==?="  # decodes to "X\r\nBcc: ew@evil.example\r\n"
+ODD_TEXT = [
+    EVIL, f"{EVIL}, votre audit", "a=?b and c?=d", "x" * 5000, "é" * 3000, "word " * 600 + "end",
+    'O\'Brien "the boss" \\ Durand, SA; <ceo@evil.example> @home', "Zoé 😀 👩‍👩‍👧", "שלום עולם مرحبا بك",
+    "Claire Durand", "J. Martin", "a" * 70, "a " * 60 + "b", "Claire  Durand (two spaces)",
+]
+
+
+def shown_name(raw: bytes, header: str) -> str:
+    """The display name a mail client shows for `header`, decoded as RFC 2047 says.
+
+    Python 3.11's policy.default keeps the space between two adjacent encoded words of a
+    display name (cpython gh-128110), which RFC 2047 says to ignore: decode those with
+    email.header, which follows the RFC.
+    """
+    value = re.search(rb"\r\n" + header.encode() + rb": (.*?)\r\n(?! )", b"\r\n" + raw, re.S)
+    assert value is not None
+    unfolded = value.group(1).replace(b"\r\n", b"").decode("ascii")
+    if "=?" not in unfolded:
+        parsed = email.message_from_bytes(raw, policy=policy.default)[header]
+        return parsed.addresses[0].display_name
+    return str(make_header(decode_header(unfolded.rpartition(" <")[0])))
+
+
+def header_lines(raw: bytes) -> list[bytes]:
+    return raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+@pytest.mark.parametrize("text", ODD_TEXT)
+def test_header_text_displays_as_typed_and_is_folded(text: str) -> None:
+    raw = build_message([
+        ("From", mailbox(text, "sales@acme.example", "From")),
+        ("To", mailbox(text, "zoe@client.example", "To")),
+        ("Subject", encode_words(text, "Subject")),
+    ], "Bonjour\n", None)
+    message = email.message_from_bytes(raw, policy=policy.default)
+    assert message["Subject"] == text
+    assert [a.addr_spec for a in message["To"].addresses] == ["zoe@client.example"]
+    assert [a.addr_spec for a in message["From"].addresses] == ["sales@acme.example"]
+    assert shown_name(raw, "To") == text and shown_name(raw, "From") == text
+    assert "Bcc" not in message and not message.defects
+    assert all(len(line) <= 78 for line in header_lines(raw)), max(map(len, header_lines(raw)))
