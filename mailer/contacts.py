@@ -221,8 +221,13 @@ def _record(path: Path, line: int, row: dict[str, str], today: date, problems: l
     email = row["email"].strip()
     if not email:
         problems.append(f"{where}: email is empty")
-    if any(ch in email for ch in "\r\n\x00"):
+    if any(ch in email for ch in "\r\n"):
         problems.append(f"{where}: email contains a line break")
+    nul = [name for name, value in row.items() if "\x00" in value]
+    if nul:
+        problems.append(f"{where}: a NUL character in {', '.join(nul)} (is the file UTF-16, or not a CSV?); "
+                        "remove it")
+        return None
     kind = row["kind"].strip().lower()
     if kind not in KINDS:
         problems.append(f"{where}: kind {row['kind']!r} must be 'b2b' or 'b2c'")

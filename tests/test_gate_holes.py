@@ -219,3 +219,16 @@ def test_a_test_setup_may_allow_a_local_link_and_every_run_says_so(project: Proj
     result = project.run("check", str(project.campaign), "--no-dns", "--no-smtp")
     assert result.exit_code == 0, result.output
     assert "allow_local_url = true" in result.output and "cannot reach" in result.output
+
+
+def test_a_nul_character_in_a_csv_is_a_row_error_on_both_databases(project: Project) -> None:
+    path = project.root / "nul.csv"
+    path.write_bytes(b"email,first_name,kind,source,collected_at\n"
+                     b"ok@pme.example,Ok,b2b,Salon,2026-06-01\nnul@pme.example,Jo\x00e,b2b,Salon,2026-06-01\n")
+    result = project.run("contacts", "import", str(path), "--list", "l")
+    assert result.exit_code == 2, result.output
+    assert "nul.csv:3: a NUL character in first_name" in result.output
+    assert "unexpected" not in result.output
+    assert project.sql("SELECT count(*) FROM contacts") == [(0,)]
+    result = project.run("contacts", "import", str(path), "--list", "l", "--skip-invalid")
+    assert result.exit_code == 0 and project.sql("SELECT email FROM contacts") == [("ok@pme.example",)]
