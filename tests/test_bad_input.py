@@ -197,7 +197,7 @@ def test_long_quoted_emoji_rtl_and_control_character_names_are_delivered_folded(
     project.csv.write_text(HEADER + "".join(f"{address},{_csv(first)},{_csv(last)},Co" + ROW for address, first, last in [
         ("claire@client.example", "x" * 5000, quoted),
         ("paul@telco.example", "Zoé 😀 👩‍👩‍👧", "שלום عربي"),
-        ("marc@soft.example", "Ma\x00rc\x01\x1b[31m\x7f\x9b", "Pe\u2028tit\x85"),
+        ("marc@soft.example", "Ma\x02rc\x01\x1b[31m\x7f\x9b", "Pe\u2028tit\x85"),
     ]), encoding="utf-8")
     tail = "votre audit cloud offert " * 30
     project.campaign.write_text(project.campaign.read_text().replace(
