@@ -62,6 +62,18 @@ def _lifeline() -> Connection:
     return _LIFELINE[0]
 
 
+def _forget_lifeline() -> None:
+    """In a child forked from this process: its copy of the write end would keep our workers alive."""
+    global _LIFELINE
+    if _LIFELINE is not None:
+        for end in _LIFELINE:
+            end.close()
+        _LIFELINE = None
+
+
+os.register_at_fork(after_in_child=_forget_lifeline)
+
+
 def _exit_with_parent(lifeline: Connection) -> None:
     """Exit this worker as soon as the sending process is gone: an orphan would otherwise wait
     for work forever, holding memory, a database connection and the forkserver alive."""
