@@ -145,8 +145,10 @@ def test_a_send_stopped_or_finished_leaves_no_process_or_connection_behind(proje
     if ending != "finished":
         send.send_signal(getattr(signal, ending))
     assert send.wait(timeout=120) == 0, (project.root / "send.log").read_text()
-    assert "Summary of this run" in (project.root / "send.log").read_text()
     left = gone_within(recorded, 5)
     assert not left, f"{len(left)} of the send's {len(recorded)} processes outlived it"
+    output = (project.root / "send.log").read_text()
+    assert "Summary of this run" in output
+    assert "leaked" not in output  # the resource tracker found nothing left to clean up
     if project.is_postgres:
         wait_for(lambda: database_connections(project) == 0, timeout=5)
