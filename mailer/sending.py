@@ -7,10 +7,12 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import signal
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 from .config import Campaign, Config
 from .contacts import ContactData
@@ -44,6 +46,45 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["mailer.sending"])
     return context
+
+
+_LIFELINE: tuple[Connection, Connection] | None = None
+
+
+def _lifeline() -> Connection:
+    """The read end of a pipe whose write end only this process holds: the kernel closes it
+    when this process dies, however it dies (SIGKILL included), and the render workers see
+    end-of-file. They are the forkserver's children, not ours, so they cannot rely on us
+    waiting for them; the forkserver and the resource tracker exit once they are gone."""
+    global _LIFELINE
+    if _LIFELINE is None:
+        _LIFELINE = multiprocessing.Pipe(duplex=False)
+    return _LIFELINE[0]
+
+
+def _forget_lifeline() -> None:
+    """In a child forked from this process: its copy of the write end would keep our workers alive."""
+    global _LIFELINE
+    if _LIFELINE is not None:
+        for end in _LIFELINE:
+            end.close()
+        _LIFELINE = None
+
+
+os.register_at_fork(after_in_child=_forget_lifeline)
+
+
+def _exit_with_parent(lifeline: Connection) -> None:
+    """Exit this worker as soon as the sending process is gone: an orphan would otherwise wait
+    for work forever, holding memory, a database connection and the forkserver alive."""
+    def watch() -> None:
+        try:
+            lifeline.recv_bytes()  # nothing is ever written: returns only at end-of-file
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mailer-lifeline", daemon=True).start()
 
 
 def start_render_workers_early() -> None:
@@ -83,7 +124,7 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
                 await asyncio.sleep(0)
             return
         pool = ProcessPoolExecutor(render_workers, mp_context=_forkserver(), initializer=_init_worker,
-                                   initargs=(ws.config, campaign, ws.keys, bounce, renderer.dkim, wire))
+                                   initargs=(_lifeline(), ws.config, campaign, ws.keys, bounce, renderer.dkim, wire))
         # Workers read their chunk's contacts from the database themselves: this
         # process, which also drives the transport, only hands out (log id, contact id).
         try:
@@ -166,9 +207,10 @@ def contacts_for(store: Store, chunk: list[tuple[int, int]]) -> list[tuple[int, 
 _WORKER: tuple[Renderer, Store, str, str, Callable[[bytes], bytes] | None] | None = None
 
 
-def _init_worker(config: Config, campaign: Campaign, keys: Keys, bounce: str, dkim: DkimSigner | None,
-                 wire: Callable[[bytes], bytes] | None) -> None:
+def _init_worker(lifeline: Connection, config: Config, campaign: Campaign, keys: Keys, bounce: str,
+                 dkim: DkimSigner | None, wire: Callable[[bytes], bytes] | None) -> None:
     global _WORKER
+    _exit_with_parent(lifeline)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how to stop
     _WORKER = (Renderer(config, campaign, keys, dkim=dkim), Store.attach(config.database_url), campaign.id, bounce,
                wire)
