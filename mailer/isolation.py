@@ -34,6 +34,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+import markupsafe
 import tinycss2
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
@@ -173,6 +174,8 @@ class Isolated:
     content: str = ""        # the body's content, re-serialised
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: what each link says to a reader, and its text glued to the word pieces beside it
+    link_words: list[str] = field(default_factory=list)
 
     def around_footer(self, lang: str) -> tuple[str, str]:
         """The document before the footer and after it: the footer goes between, last in <body>."""
@@ -358,11 +361,12 @@ def _attributes(node: LexborNode, tag: str, unsubscribe_url: str, result: Isolat
                 del node.attrs[name]
     _spend_blank_height(node, tag, result)
     if tag == "a":
-        words = _link_words(node)
-        if says_unsubscribe(words) or says_unsubscribe(_glued_word(node)):
+        words, glued = _link_words(node), _glued_word(node)
+        result.link_words += (words, glued)
+        if says_unsubscribe(words) or says_unsubscribe(glued):
             href = html_lib.unescape(attributes.get("href") or "").strip()
             if href != unsubscribe_url:
-                shown = words.strip() if says_unsubscribe(words) else _glued_word(node)
+                shown = words.strip() if says_unsubscribe(words) else glued
                 result.problems.append(f"a link offering to unsubscribe ({shown[:40]!r}) goes to "
                                        f"{href[:80] or 'nowhere'}: only the footer's link unsubscribes; "
                                        "use href=\"{{ unsubscribe_url }}\" or remove the link")
@@ -762,3 +766,110 @@ def check_footer_text(text: str, required_texts: list[str], unsubscribe_url: str
     if unsubscribe_url not in text:
         problems.append("the text part has no unsubscribe URL")
     return problems
+
+
+# --------------------------------------------------------------------------- one rebuild per run
+
+#: A contact's value in a probe rendering: U+E000, its index, U+E001 (private-use characters,
+#: which the parser and the serialiser leave as they are, and no real value holds).
+_VALUE_MARK = re.compile("\ue000(\\d+)\ue001")
+#: The unsubscribe URL in a probe rendering.
+URL_MARK = "\ue002"
+_MARKS = re.compile("[\ue000-\ue002]")
+
+
+def value_mark(index: int) -> str:
+    return f"\ue000{index}\ue001"
+
+
+#: Before a mark, what would make the tokenizer read a real value other than as text: a tag or
+#: markup declaration opening ("<", "</", "<!", "<?") or a character reference being written
+#: ("&", "&co" + "py").
+_UNSAFE_BEFORE = re.compile(r"(?:<[!/?]?|&[A-Za-z0-9#]*)\Z")
+#: Elements whose text is not plain text.
+_RAW_TEXT = frozenset({"style", "script", "title", "textarea", "xmp", "iframe", "noembed", "noframes",
+                       "noscript", "plaintext"})
+_SAFE_URL = re.compile(r"[A-Za-z0-9:/._~%?=+-]+\Z")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """The rebuild of a probe rendering, reused for every message whose HTML is that rendering with
+    the recipient's values in place of the marks.
+
+    Rebuilding is the same for two documents that differ only by text between tags: the parser
+    makes the same tree, and the rules look at elements, attributes and styles, not at text, except
+    for what a link says (kept, and checked again with each recipient's values) and whether an
+    element is blank (a mark is not; a value must not be either). `build` accepts a probe only when
+    every mark stands where a value is read as text: in a text node outside raw-text elements,
+    nothing before it that opens a tag or a character reference, none dropped or sent to the
+    stylesheet; the URL may also be an href. `apply` accepts a message only when its HTML is
+    the probe with the values escaped in place of the marks, character for character, and each
+    value is plain (not blank, no control or private-use characters). Anything else is rebuilt
+    from scratch. tests/test_render.py compares both ways on fuzzed templates and values.
+    """
+
+    probe: str
+    isolated: Isolated
+    marked_link_words: tuple[str, ...]
+
+    @classmethod
+    def build(cls, probe: str) -> Reuse | None:
+        isolated = isolate(probe, URL_MARK)
+        if isolated.problems or any(_MARKS.search(n) for n in isolated.notes) or \
+                _MARKS.search(isolated.style) or _MARKS.search(isolated.wrapper_attributes):
+            return None
+        for mark in _MARKS.finditer(probe):
+            if _UNSAFE_BEFORE.search(probe, max(0, mark.start() - 40), mark.start()):
+                return None
+        if len(_VALUE_MARK.findall(probe)) != len(_VALUE_MARK.findall(isolated.content)) or \
+                probe.count(URL_MARK) != isolated.content.count(URL_MARK):
+            return None
+        tree = LexborHTMLParser(f"<body>{isolated.content}</body>")
+        in_text = {"value": 0, "url": 0}
+        for node in tree.body.traverse(include_text=True) if tree.body is not None else []:
+            if node.is_text_node:
+                parent = node.parent
+                text = node.text_content or ""
+                if parent is not None and (parent.tag or "").lower() in _RAW_TEXT and _MARKS.search(text):
+                    return None
+                in_text["value"] += len(_VALUE_MARK.findall(text))
+                in_text["url"] += text.count(URL_MARK)
+            elif node.is_element_node:
+                for name, value in node.attributes.items():
+                    if value and _VALUE_MARK.search(value):
+                        return None
+                    if value and URL_MARK in value and (name.lower() != "href" or value.strip() != URL_MARK):
+                        return None
+                    in_text["url"] += (value or "").count(URL_MARK) if name.lower() == "href" else 0
+        if in_text["value"] != len(_VALUE_MARK.findall(isolated.content)) or \
+                in_text["url"] != isolated.content.count(URL_MARK):
+            return None
+        return cls(probe, isolated, tuple(w for w in isolated.link_words if _MARKS.search(w)))
+
+    def apply(self, html: str, values: list[str], unsubscribe_url: str) -> Isolated | None:
+        """The rebuild of `html`, or None when it is not the probe with these values in place."""
+        if not _SAFE_URL.match(unsubscribe_url):
+            return None
+        for value in values:
+            if not value.strip(_BLANK_CHARACTERS) or _MARKS.search(value) or _CONTROL.search(value):
+                return None
+        escaped = [str(markupsafe.escape(v)) for v in values]  # as Jinja's autoescape writes them
+        try:
+            expected = _VALUE_MARK.sub(lambda m: escaped[int(m.group(1))], self.probe)
+        except IndexError:
+            return None
+        if expected.replace(URL_MARK, unsubscribe_url) != html:
+            return None
+        for words in self.marked_link_words:
+            if says_unsubscribe(_VALUE_MARK.sub(lambda m: values[int(m.group(1))], words)
+                                .replace(URL_MARK, unsubscribe_url)):
+                return None
+        as_text = [v.replace("&", "&amp;").replace("\xa0", "&nbsp;").replace("<", "&lt;").replace(">", "&gt;")
+                   for v in values]
+        content = _VALUE_MARK.sub(lambda m: as_text[int(m.group(1))], self.isolated.content)
+        done = self.isolated
+        return Isolated(blank_height=done.blank_height, style=done.style,
+                        wrapper_attributes=done.wrapper_attributes,
+                        content=content.replace(URL_MARK, unsubscribe_url), notes=list(done.notes))

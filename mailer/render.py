@@ -36,7 +36,17 @@ from .config import Campaign, Config
 from .contacts import ContactData
 from .dkim_signing import DkimSigner
 from .errors import TemplateError
-from .isolation import check_footer_text, collapse_blank_lines, isolate, size_problem, text_problems
+from .isolation import (
+    URL_MARK,
+    Isolated,
+    Reuse,
+    check_footer_text,
+    collapse_blank_lines,
+    isolate,
+    size_problem,
+    text_problems,
+    value_mark,
+)
 from .locales import strings
 from .mime import CRLF, Fixed, build_message, encode_words, mailbox
 from .tokens import Keys, sign
@@ -411,8 +421,33 @@ def contact_context(contact: ContactData) -> View:
     )
 
 
+_MARKED_FIELDS = ("email", "first_name", "last_name", "company", "job_title", "industry", "country", "source")
+
+
+def marked_contact(contact: ContactData) -> tuple[View, list[str], tuple[Any, ...]]:
+    """The contact as a probe rendering sees it: each non-empty text value replaced by a mark
+    (mailer.isolation.value_mark); the values, in the marks' order; and what else the probe
+    depends on (kind, membership, which values are empty, the custom attributes' names)."""
+    values: list[str] = []
+
+    def mark(value: str) -> str:
+        if not value:
+            return value
+        values.append(value)
+        return value_mark(len(values) - 1)
+    fields = {name: mark(getattr(contact, name)) for name in _MARKED_FIELDS}
+    attrs = {name: mark(value) for name, value in contact.attrs.items()}
+    view = View(**fields, kind=contact.kind, member=contact.member, attrs=attrs)
+    shape = (contact.kind, contact.member, tuple(bool(fields[n]) for n in _MARKED_FIELDS),
+             tuple((n, bool(v)) for n, v in attrs.items()))
+    return view, values, shape
+
+
 class Renderer:
     """Renders one campaign's messages. Build once per run; `render` per recipient."""
+
+    #: reuse the rebuild of the template's HTML between recipients (False: rebuild each message)
+    reuse_rebuilds = True
 
     def __init__(self, config: Config, campaign: Campaign, keys: Keys, templates: Templates | None = None,
                  dkim: DkimSigner | None = None) -> None:
@@ -430,6 +465,8 @@ class Renderer:
                                             privacy_url=org.privacy_url, contact_email=org.contact_email)
         self.campaign_view = View(id=campaign.id, kind=campaign.kind, locale=campaign.locale)
         self.roles = config.compliance.role_addresses()
+        #: the rebuild of a probe rendering per shape of contact (None: rebuilt for each message)
+        self._reuse: dict[tuple[Any, ...], Reuse | None] = {}
         self.base_url = config.unsubscribe.base_url.rstrip("/")
         self.list_id = f"{campaign.id}.{self.from_domain}"
         # The footer differs between recipients only by the source sentence and the
@@ -534,7 +571,7 @@ class Renderer:
         if html_body is not None:
             # The template's markup rebuilt so that nothing in it can reach the footer, which
             # follows it as the last child of <body> (mailer.isolation).
-            isolated = isolate(html_body, url)
+            isolated = self._rebuild(contact, html_body, url)
             before, after = isolated.around_footer(self.campaign.locale)
             html_pieces = (before, *_fill(self._html_footer, str(escape(sentence)), str(escape(url))), after)
             problems += [self._where_in_html(p) for p in isolated.problems]
@@ -546,6 +583,37 @@ class Renderer:
         return RenderedMessage(to_address=contact.email, to_name=name, subject=subject, text_pieces=text_pieces,
                                html_pieces=html_pieces, unsubscribe_url=url, unsubscribe_mailto=mailto,
                                address_hash=digest, footer_problems=tuple(problems), notes=notes)
+
+    def _rebuild(self, contact: ContactData, html: str, url: str) -> Isolated:
+        """isolate(html, url), done once per run for each shape of contact and reused for the
+        messages whose HTML differs only by the recipient's values (mailer.isolation.Reuse)."""
+        if not self.reuse_rebuilds:
+            return isolate(html, url)
+        view, values, shape = marked_contact(contact)
+        if shape in self._reuse:
+            reuse = self._reuse[shape]
+        else:
+            reuse = self._probe(view) if len(self._reuse) < 64 else None
+            if len(self._reuse) < 64:
+                self._reuse[shape] = reuse
+        if reuse is not None:
+            done = reuse.apply(html, values, url)
+            if done is not None:
+                return done
+        return isolate(html, url)
+
+    def _probe(self, view: View) -> Reuse | None:
+        """The rebuild of the HTML template rendered with marks for the contact's values."""
+        assert self.templates.html is not None
+        context = {"contact": view, "campaign": self.campaign_view, "organization": self.organization,
+                   "unsubscribe_url": URL_MARK}
+        try:
+            probe = _render_template(self.templates.html, context)
+        except BudgetExceeded:
+            raise
+        except Exception:  # noqa: BLE001 - a template that cannot render marks is rebuilt each time
+            return None
+        return Reuse.build(probe)
 
     def _where_in_html(self, said: str) -> str:
         """FILE:LINE: what isolation said, the line being where the element, rule, declaration or
