@@ -79,7 +79,7 @@ def make_project(root: Path, port: int, connections: int, recipients: int) -> Pa
     config = config.replace("port = 587", f"port = {port}").replace('security = "starttls"', 'security = "none"')
     config = config.replace('username = "acme"', 'username = ""').replace("max_connections = 10", f"max_connections = {connections}")
     # Mail "leaves" over SMTP: the unsubscribe link must be https on a public name.
-    config = config.replace('base_url = "http://localhost:8080"', 'base_url = "https://mail.acme.example"')
+    config = config.replace('base_url = "http://localhost:8080"', 'base_url = "https://mail.acme.fr"')
     (root / "config.toml").write_text(config)
     (root / "campaigns" / "bench.toml").write_text(CAMPAIGN)
     with (root / "contacts" / "bench.csv").open("w", newline="") as handle:

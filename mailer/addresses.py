@@ -4,11 +4,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import parseaddr
 from functools import lru_cache
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from urllib.parse import unquote
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -167,6 +169,12 @@ def normalise_domain(value: str) -> str:
     return _domain(domain) or domain
 
 
+def valid_domain(value: str) -> str | None:
+    """normalise_domain(value) when it is a domain mail can go to, else None ("@.x", "@*.x")."""
+    domain = value.strip().lstrip("@").rstrip(".").lower()
+    return _domain(domain) if domain else None
+
+
 def domain_and_parents(domain: str) -> list[str]:
     """"a.b.example.com" -> ["a.b.example.com", "b.example.com", "example.com", "com"]."""
     labels = domain.split(".")
@@ -217,31 +225,76 @@ def lookup_hashes(secret: bytes, key: str) -> tuple[str, ...]:
     return (address_hash(secret, canonical), address_hash(secret, key))
 
 
-# Names that never reach the public internet (RFC 6761, RFC 6762, RFC 8375, common practice).
+# Names that never reach the public internet (RFC 2606, 6761, 6762, 7686, 8375, 9476, common practice).
 _PRIVATE_SUFFIXES = ("localhost", "local", "internal", "intranet", "lan", "home", "corp", "home.arpa",
-                     "localdomain", "invalid", "test")
+                     "localdomain", "invalid", "test", "example", "onion", "alt", "arpa")
 
 
 def public_host_problem(host: str) -> str | None:
     """Why a recipient on the internet could not reach `host`, or None when it is a public name.
 
-    Refused: localhost and other reserved or private names, names without a dot, and
-    IP addresses that are loopback, private, link-local or otherwise not global.
+    `host` is read as a browser reads it (WHATWG URL: percent-decoding, full-width and other
+    compatibility forms, IPv4 in 1 to 4 parts, decimal, octal or hex). Refused: localhost and
+    other reserved or private names, names without a dot, and IP addresses (IPv4 embedded in
+    IPv6 included) that are loopback, private, link-local or otherwise not global.
     """
-    host = host.strip("[]").rstrip(".").lower()
+    host = unicodedata.normalize("NFKC", unquote(host)).strip("[]").rstrip(".").lower()
     if not host:
         return "no host name"
-    try:
-        ip = ip_address(host)
-    except ValueError:
-        pass
-    else:
+    ip = _browser_ip(host)
+    if ip is not None:
         return None if ip.is_global else f"{host} is a loopback or private address"
     if "." not in host:
         return f"{host} is not a public name"
     if any(host == s or host.endswith("." + s) for s in _PRIVATE_SUFFIXES):
         return f"{host} is a local or reserved name"
     return None
+
+
+# IPv6 prefixes whose last 32 bits are an IPv4 address a packet may end up at.
+_EMBEDDING_IPV4 = tuple(ip_network(n) for n in ("::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96",
+                                                "64:ff9b:1::/48", "2002::/16"))
+
+
+def _browser_ip(host: str) -> IPv4Address | IPv6Address | None:
+    """The address a browser connects to for this host, when it is an IP address; for IPv6 with an
+    IPv4 address inside (mapped, translated, NAT64, 6to4), that IPv4 address."""
+    if ":" in host:
+        try:
+            ip6 = IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return None
+        if int(ip6) <= 1:  # :: and ::1, not IPv4-compatible addresses
+            return ip6
+        for network in _EMBEDDING_IPV4:
+            if ip6 in network:
+                if network.prefixlen == 16:  # 6to4: 2002:AABB:CCDD::/48
+                    return IPv4Address((int(ip6) >> 80) & 0xFFFFFFFF)
+                return IPv4Address(int(ip6) & 0xFFFFFFFF)
+        return ip6
+    parts = host.split(".")
+    if parts and parts[-1] == "":
+        parts.pop()
+    if not parts or not _IPV4_PART.match(parts[-1]) or len(parts) > 4:
+        return None
+    numbers = []
+    for part in parts:
+        if not _IPV4_PART.match(part):
+            return None
+        numbers.append(int(part, 16) if part[:2] in ("0x", "0X") else int(part, 8) if len(part) > 1 and
+                       part[0] == "0" else int(part or "0"))
+    value = 0
+    for number in numbers[:-1]:
+        if number > 255:
+            return None
+        value = value * 256 + number
+    last = numbers[-1]
+    if last >= 256 ** (5 - len(numbers)):
+        return None
+    return IPv4Address(value * 256 ** (5 - len(numbers)) + last)
+
+
+_IPV4_PART = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)\Z")
 
 
 def is_loopback(host: str) -> bool:

@@ -250,6 +250,8 @@ def unreachable_unsubscribe_url(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme != "https":
         return "not https (mailbox providers require an https one-click link)"
+    if "@" in parts.netloc or "\\" in url or any(c.isspace() or ord(c) < 32 for c in url):
+        return "a user name, a backslash or a blank in it (browsers and mailer could read another host)"
     problem = public_host_problem(parts.hostname or "")
     return f"{problem}, not a public name" if problem else None
 

@@ -1,11 +1,13 @@
 """The suppression list fed by hand, from files, and from inbound mail (mailto opt-outs, bounces)."""
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 
-from .addresses import domain_and_parents, normalise, normalise_domain
+from .addresses import NormalisedAddress, domain_and_parents, normalise, valid_domain
 from .errors import InputError
 from .store import Suppression
 from .store.people import erased_key
@@ -26,14 +28,35 @@ def suppression_target(ws: Workspace, value: str) -> tuple[str, str]:
     """("domain", domain) for "@domain", ("address", keyed hash) for an address."""
     value = value.strip()
     if value.startswith("@"):
-        domain = normalise_domain(value)
-        if not domain or "." not in domain or any(c.isspace() for c in domain):
-            raise InputError(f"{value!r} is not a domain", hint="write a domain as @example.com")
+        domain = valid_domain(value)
+        if not domain or "." not in domain:
+            raise InputError(f"{value!r} is not a domain", hint="write a domain as @example.com (its subdomains "
+                                                                  "are covered)")
         return "domain", domain
-    address = normalise(value)
-    if "@" not in address.key:
-        raise InputError(f"{value!r} is neither an address nor @domain")
-    return "address", ws.hash_address(address.key)
+    return "address", ws.hash_address(suppression_address(value).key)
+
+
+_QUOTED_DOT_ATOM = re.compile(r'"([A-Za-z0-9!#$%&\'*+/=?^_`{|}~.-]+)"\Z')
+
+
+def suppression_address(value: str) -> NormalisedAddress:
+    """The address a suppression names, written as people paste it ("Name <a@b>", "<a@b>",
+    "mailto:a@b", a quoted local part, a domain's trailing dot); one that is not an address
+    is refused rather than kept as a spelling nothing would ever match."""
+    given = value.strip()
+    if given.lower().startswith("mailto:"):
+        given = given[len("mailto:"):].split("?", 1)[0]
+    if "<" in given or ">" in given:
+        given = parseaddr(given)[1]
+    local, at, domain = given.rpartition("@")
+    quoted = _QUOTED_DOT_ATOM.match(local)
+    if quoted and not quoted.group(1).startswith(".") and ".." not in quoted.group(1):
+        local = quoted.group(1)
+    address = normalise(f"{local}{at}{domain.rstrip('.')}")
+    if not at or not address.valid:
+        raise InputError(f"{value!r} is not an address{': ' + address.reason if address.reason else ''}",
+                         hint="write an address as name@example.com, or a domain as @example.com")
+    return address
 
 
 @dataclass
@@ -65,7 +88,7 @@ def unsuppress(ws: Workspace, value: str) -> bool:
     it was not there."""
     scope, target = suppression_target(ws, value)
     if scope == "address":
-        return ws.store.suppressions.remove(scope, *ws.lookup_hashes(normalise(value).key))
+        return ws.store.suppressions.remove(scope, *ws.lookup_hashes(suppression_address(value).key))
     return ws.store.suppressions.remove(scope, target)
 
 
@@ -75,7 +98,7 @@ def suppressions_covering(ws: Workspace, value: str) -> list[Suppression]:
     scope, target = suppression_target(ws, value)
     if scope == "domain":
         return ws.store.suppressions.matching((), [target])
-    address = normalise(value)
+    address = suppression_address(value)
     return ws.store.suppressions.matching(ws.lookup_hashes(address.key), domain_and_parents(address.domain))
 
 

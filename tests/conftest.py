@@ -47,7 +47,7 @@ country = "FR"
 dpa_signed = true
 
 [unsubscribe]
-base_url = "https://mail.acme.example"
+base_url = "https://mail.acme.fr"
 mailto = "unsubscribe@acme.example"
 secret_env = "MAILER_SECRET"
 

@@ -144,6 +144,22 @@ def test_people_erased_on_request_never_come_back(project: Project) -> None:
     assert project.sql("SELECT count(*) FROM contacts WHERE email_key LIKE 'claire%'") == [(0,)]
 
 
+def test_suppressions_are_refused_rather_than_kept_in_a_spelling_nothing_matches(project: Project) -> None:
+    for value in ("jane@client.example,", "@.sub.example", "@*.star.example", "jane", '"a b"@client.example',
+                  "@client", "@"):
+        result = project.run("suppress", "add", value)
+        assert result.exit_code == 2 and "is not a" in result.output, (value, result.output)
+    assert project.sql("SELECT count(*) FROM suppressions") == [(0,)]
+    for value in ("jane@client.example.", "<jane@client.example>", "mailto:jane@client.example?subject=x",
+                  "Jane Doe <Jane+x@Client.Example>", '"jane"@client.example'):
+        result = project.run("suppress", "add", value)
+        assert result.exit_code == 0, (value, result.output)
+    assert project.sql("SELECT count(*) FROM suppressions") == [(1,)]  # one mailbox
+    assert "suppressed" in project.run("suppress", "check", "jane@client.example").output
+    result = project.run("suppress", "add", "jane@gmail.com", '"j.a.n.e"@googlemail.com')
+    assert "1 added, 0 already" in result.output, result.output  # one more mailbox, given twice
+
+
 def test_suppressions_match_every_spelling_of_a_domain_and_a_mailbox(project: Project) -> None:
     project.write("contacts.csv", HEADER + "".join(
         f"{address},X,Y,Z,CTO,software,b2b,Salon,2026-06-01\n" for address in (
@@ -195,14 +211,18 @@ SMTP = 'type = "smtp"'
 
 def smtp_config(project: Project, base_url: str, extra: str = "") -> None:
     text = project.base_config.replace('type = "maildir"', SMTP)
-    text = text.replace('base_url = "https://mail.acme.example"', f'base_url = "{base_url}"{extra}')
+    text = text.replace('base_url = "https://mail.acme.fr"', f'base_url = "{base_url}"{extra}')
     project.write("config.toml", text)
 
 
 def test_an_unsubscribe_link_nobody_can_reach_does_not_go_out_over_smtp(project: Project) -> None:
     for url in ("http://localhost:8080", "https://localhost:8443", "https://127.0.0.1", "https://192.168.1.20",
-                "https://10.0.0.5:8080", "https://unsub", "https://mail.acme.local", "http://mail.acme.example",
-                "https://[::1]:8080", "https://mailer.internal"):
+                "https://10.0.0.5:8080", "https://unsub", "https://mail.acme.local", "http://mail.acme.fr",
+                "https://[::1]:8080", "https://mailer.internal", "https://127.1", "https://0x7f.0.0.1",
+                "https://0177.0.0.1", "https://10.1", "https://１２７.０.０.１", "https://foo.%6cocalhost",
+                "https://[::ffff:0:7f00:1]", "https://[64:ff9b::7f00:1]", "https://[::127.0.0.1]",
+                "https://localhost\\\\@mail.acme.fr", "https://user@mail.acme.fr", "https://mail.acme.example",
+                "https://x.onion"):
         smtp_config(project, url)
         result = project.run("check", str(project.campaign), "--no-dns", "--no-smtp")
         assert result.exit_code == 3, (url, result.output)
@@ -210,7 +230,7 @@ def test_an_unsubscribe_link_nobody_can_reach_does_not_go_out_over_smtp(project:
         assert project.send().exit_code == 3
     # The maildir outbox leaves nothing: a local link is fine there.
     project.write("config.toml", project.base_config.replace(
-        'base_url = "https://mail.acme.example"', 'base_url = "http://localhost:8080"'))
+        'base_url = "https://mail.acme.fr"', 'base_url = "http://localhost:8080"'))
     assert project.run("check", str(project.campaign), "--no-dns").exit_code == 0
 
 

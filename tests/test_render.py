@@ -64,13 +64,13 @@ def test_mime_round_trip_with_non_ascii_and_special_characters() -> None:
         ("From", mailbox("Acme, \"Sales\"", "sales@acme.example")),
         ("To", mailbox("Zoé Ünïcode", "zoe@client.example")),
         ("Subject", encode_words(subject)),
-        ("List-Unsubscribe", "<https://mail.acme.example/u/" + "A" * 200 + ">"),
+        ("List-Unsubscribe", "<https://mail.acme.fr/u/" + "A" * 200 + ">"),
     ], "Bonjour Zoé,\n\n" + "é" * 300 + "\n.\nFrom here\n", "<p>Bonjour Zoé</p>" + "<p>x</p>" * 200)
     message = email.message_from_bytes(raw, policy=policy.default)
     assert message["Subject"] == subject
     assert message["From"].addresses[0].display_name == 'Acme, "Sales"'
     assert message["To"].addresses[0].display_name == "Zoé Ünïcode"
-    assert message["List-Unsubscribe"] == "<https://mail.acme.example/u/" + "A" * 200 + ">"
+    assert message["List-Unsubscribe"] == "<https://mail.acme.fr/u/" + "A" * 200 + ">"
     text = message.get_body(("plain",)).get_content()
     assert text.replace("\r\n", "\n") == "Bonjour Zoé,\n\n" + "é" * 300 + "\n.\nFrom here\n"
     assert message.get_body(("html",)).get_content().startswith("<p>Bonjour Zoé</p>")

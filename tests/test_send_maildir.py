@@ -30,12 +30,12 @@ def test_send_writes_one_message_per_allowed_recipient_with_the_footer(project: 
             assert "Acme SAS" in body
             assert "12 rue de la Paix, 75002 Paris, France" in body
             assert "Salon VivaTech 2026" in body
-            assert "https://mail.acme.example/u/" in body
+            assert "https://mail.acme.fr/u/" in body
             assert "https://acme.example/privacy" in body
             assert "dpo@acme.example" in body
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         unsubscribe = message["List-Unsubscribe"]
-        assert unsubscribe.startswith("<https://mail.acme.example/u/")
+        assert unsubscribe.startswith("<https://mail.acme.fr/u/")
         assert "<mailto:unsubscribe@acme.example?subject=unsubscribe-" in unsubscribe
         assert message["Message-ID"].endswith("@acme.example>")
         assert message["List-Id"] == "2026-12-cloud-audit <2026-12-cloud-audit.acme.example>"
@@ -164,7 +164,7 @@ def test_text_only_template_sends_a_text_message_with_the_footer(project: Projec
     assert message.get_content_type() == "text/plain"
     body = message.get_content()
     assert "<b>!</b>" in body  # text templates are not HTML-escaped
-    assert "Salon VivaTech 2026" in body and "https://mail.acme.example/u/" in body
+    assert "Salon VivaTech 2026" in body and "https://mail.acme.fr/u/" in body
 
 
 def test_english_campaign_gets_the_english_footer(project: Project) -> None:
@@ -202,7 +202,7 @@ def test_rendering_in_worker_processes_gives_the_same_messages(project: Project)
     messages = [parse(m) for m in project.messages()]
     assert sorted(m["To"].addresses[0].addr_spec for m in messages) == ["claire@client.example", "paul@telco.example"]
     text, html = parts(messages[0])
-    assert "Salon VivaTech 2026" in text and "https://mail.acme.example/u/" in html
+    assert "Salon VivaTech 2026" in text and "https://mail.acme.fr/u/" in html
 
 
 def test_template_error_in_a_worker_process_is_reported_like_inline(project: Project) -> None:

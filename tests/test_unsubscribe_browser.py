@@ -29,7 +29,7 @@ def test_open_the_footer_link_click_the_button_and_the_address_is_suppressed(pro
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             page = browser.new_page()
-            page.goto(link.replace("https://mail.acme.example", server.url))
+            page.goto(link.replace("https://mail.acme.fr", server.url))
             assert page.locator("h1").inner_text() == "Se désabonner"
             assert "Acme SAS" in page.content()
             assert project.sql("select count(*) from suppressions") == [(0,)]  # opening the page changed nothing

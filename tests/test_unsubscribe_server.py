@@ -39,7 +39,7 @@ def unsubscribe_urls(project: Project) -> dict[str, str]:
 @pytest.fixture
 def served(project: Project) -> Iterator[tuple[Project, UnsubscribeServer, dict[str, str]]]:
     assert project.send().exit_code == 0
-    base = "https://mail.acme.example"
+    base = "https://mail.acme.fr"
     workspace = open_workspace(project.config, {"MAILER_SECRET": SECRET})
     with UnsubscribeServer(workspace) as server:
         urls = {a: u.replace(base, server.url) for a, u in unsubscribe_urls(project).items()}
@@ -101,7 +101,7 @@ def test_english_tokens_get_the_english_page(project: Project) -> None:
     project.send()
     workspace = open_workspace(project.config, {"MAILER_SECRET": SECRET})
     with UnsubscribeServer(workspace) as server:
-        url = next(iter(unsubscribe_urls(project).values())).replace("https://mail.acme.example", server.url)
+        url = next(iter(unsubscribe_urls(project).values())).replace("https://mail.acme.fr", server.url)
         page = httpx.get(url)
         done = httpx.post(url, data={"List-Unsubscribe": "One-Click"})
     workspace.close()
@@ -198,7 +198,7 @@ def test_mailer_serve_command_runs_the_endpoint(project: Project) -> None:
     assert project.send().exit_code == 0
     url = next(iter(unsubscribe_urls(project).values()))
     with MailerServe(project) as server:
-        response = httpx.post(url.replace("https://mail.acme.example", server.base),
+        response = httpx.post(url.replace("https://mail.acme.fr", server.base),
                               data={"List-Unsubscribe": "One-Click"})
         assert response.status_code == 200
     assert project.sql("select origin from suppressions") == [("one-click",)]
@@ -298,7 +298,7 @@ def test_mailer_serve_memory_stays_flat_under_big_bodies_and_headers_and_connect
     assert project.send().exit_code == 0
     url = next(iter(unsubscribe_urls(project).values()))
     with MailerServe(project) as server:
-        url = url.replace("https://mail.acme.example", server.base)
+        url = url.replace("https://mail.acme.fr", server.base)
         with post_headers(server.port, url, "Transfer-Encoding: chunked") as warm_up:
             stream_chunked(warm_up, 1024 * 1024)
         before = server.rss_kib()
