@@ -120,9 +120,18 @@ def forget_person(ws: Workspace, email: str, *, by: str, reason: str = "request"
     address = normalise(email)
     if "@" not in address.key:
         raise InputError(f"{email!r} is not an email address")
-    result, previews = _erase(ws, [address], by=by, reason=reason)
-    result[0].preview_files, result[0].unreachable = previews.removed, previews.unreachable
-    return result[0]
+    # The mailbox, however it was spelt when stored (+tags; at Gmail dots and googlemail.com).
+    others = [NormalisedAddress(key=k, send_to=k, valid=True) for k in ws.store.people.spellings(address.key)
+              if k != address.key]
+    results, previews = _erase(ws, [address, *others], by=by, reason=reason)
+    result = results[0]
+    for other in results[1:]:
+        result.had_contact |= other.had_contact
+        result.log_rows += other.log_rows
+        result.suppression_added |= other.suppression_added
+        result.outbox_files += other.outbox_files
+    result.preview_files, result.unreachable = previews.removed, previews.unreachable
+    return result
 
 
 def _erase(ws: Workspace, addresses: list[NormalisedAddress], *, by: str, reason: str

@@ -252,3 +252,27 @@ def test_a_nul_character_in_a_csv_is_a_row_error_on_both_databases(project: Proj
     assert project.sql("SELECT count(*) FROM contacts") == [(0,)]
     result = project.run("contacts", "import", str(path), "--list", "l", "--skip-invalid")
     assert result.exit_code == 0 and project.sql("SELECT email FROM contacts") == [("ok@pme.example",)]
+
+
+def test_forget_erases_every_spelling_of_the_mailbox_and_copies_a_mail_client_renamed(project: Project) -> None:
+    project.write("contacts.csv", HEADER + "".join(
+        f"{address},Zyxwv,Qrst,C,CTO,software,b2b,Salon,2026-06-01\n" for address in (
+            "jane@client.example", "Jane+news@client.example", "j.a.n.e@gmail.com", "jane+x@googlemail.com",
+            "janet@client.example")))
+    preview = project.root / "preview"
+    assert project.run("preview", str(project.campaign), "--out", str(preview)).exit_code == 0
+    assert len(list(preview.glob("*.eml"))) == 5
+    assert project.send().exit_code == 0
+    outbox = project.root / "outbox"
+    first = sorted((outbox / "new").iterdir())[0]
+    (outbox / "cur").mkdir(exist_ok=True)
+    first.rename(outbox / "cur" / (first.name + ":2,S"))  # what a mail client does to a message it shows
+    for mailbox in ("jane@client.example", "jane@gmail.com"):
+        result = project.run("forget", mailbox, "--yes")
+        assert result.exit_code == 0, result.output
+    left = [p for p in project.root.rglob("*") if p.is_file() and p.suffix != ".db" and "-wal" not in p.name
+            and b"Zyxwv" in p.read_bytes() and p.name not in ("contacts.csv",)]
+    names = sorted(p.name for p in left)
+    # Only janet's preview (.eml, .html) and outbox copy are left: she is someone else.
+    assert len(left) == 3 and all(b"janet@client.example" in p.read_bytes() for p in left), names
+    assert project.sql("SELECT email_key FROM contacts") == [("janet@client.example",)]

@@ -9,7 +9,7 @@ from datetime import date, datetime
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
-from ..addresses import domain_and_parents
+from ..addresses import GMAIL_DOMAINS, canonical_mailbox, domain_and_parents
 from ..contacts import ContactData
 from ..states import SendState
 from .contacts import contact_from_row
@@ -122,7 +122,8 @@ class People:
                 sent_keys = [f"{campaign}.{row_id}" for row_id, campaign in conn.execute(
                     select(log.c.id, log.c.campaign_id).where(log.c.address_key == key))]
                 changed = conn.execute(update(log).where(log.c.address_key == key).values(
-                    address_key=erased_key(digest), contact_id=None, subject="", detail="", smtp_text="",
+                    # The address's own hash (the last): rows of two spellings of one mailbox stay apart.
+                    address_key=erased_key(digests[-1]), contact_id=None, subject="", detail="", smtp_text="",
                     updated_at=now)).rowcount
                 conn.execute(update(sup).where(sup.c.scope == "address", sup.c.value.in_(digests), sup.c.reason != "")
                              .values(reason=""))
@@ -137,6 +138,22 @@ class People:
                 conn.execute(insert(erasures).values(address_hash=digest, reason=reason, erased_by=by, erased_at=now))
                 results.append(Erased(contact_id is not None, changed, added, sent_keys))
         return results
+
+    def spellings(self, key: str) -> list[str]:
+        """The address keys stored (contacts and send log) that reach the same mailbox as `key`:
+        other +tags, and at Gmail other dots and googlemail.com (mailer.addresses.canonical_mailbox)."""
+        mailbox = canonical_mailbox(key)
+        domain = key.rpartition("@")[2]
+        domains = sorted(GMAIL_DOMAINS) if domain in GMAIL_DOMAINS else [domain]
+        found: set[str] = {key}
+        with self.engine.connect() as conn:
+            for table, column in ((CONTACTS, CONTACTS.c.email_key), (SEND_LOG, SEND_LOG.c.address_key)):
+                for d in domains:
+                    for (stored,) in conn.execute(select(column).where(column.like(f"%@{_like(d)}", escape="\\"))
+                                                  .distinct()):
+                        if canonical_mailbox(stored) == mailbox:
+                            found.add(stored)
+        return sorted(found)
 
     def all_contacts(self) -> Iterator[ContactData]:
         """Every stored contact, for the retention review."""
@@ -174,6 +191,11 @@ class People:
                         table.c.address_hash.in_(digests[start:start + 500])).order_by(table.c.erased_at)):
                     found[r.address_hash] = (r.reason, r.erased_at)
         return found
+
+
+def _like(text: str) -> str:
+    """`text` as a LIKE pattern matching itself."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 __all__ = ["ERASED_PREFIX", "Erased", "LogEntry", "People", "PersonRecord", "erased_key"]

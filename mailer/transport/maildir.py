@@ -57,7 +57,7 @@ class MaildirTransport:
     @staticmethod
     def files_for(path: Path, key: str) -> list[Path]:
         """The delivered messages of a send-log key (written from any host) in the outbox at `path`."""
-        pattern = f"{glob.escape(key)}.*.eml"
+        pattern = f"{glob.escape(key)}.*.eml*"  # a mail client reading cur/ adds ":2,S" and the like
         return [found for sub in ("new", "cur") for found in (Path(path) / sub).glob(pattern)]
 
     async def deliver(self, envelope: Envelope, permit: Callable[[], Awaitable[bool]] | None = None) -> Delivery:
@@ -94,5 +94,4 @@ class MaildirTransport:
         return removed
 
     def delivered(self, key: str) -> bool | None:
-        name = self._name(key)
-        return (self.path / "new" / name).exists() or (self.path / "cur" / name).exists()
+        return bool(self.files_for(self.path, key))
