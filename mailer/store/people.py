@@ -147,7 +147,7 @@ class People:
         domains = sorted(GMAIL_DOMAINS) if domain in GMAIL_DOMAINS else [domain]
         found: set[str] = {key}
         with self.engine.connect() as conn:
-            for table, column in ((CONTACTS, CONTACTS.c.email_key), (SEND_LOG, SEND_LOG.c.address_key)):
+            for column in (CONTACTS.c.email_key, SEND_LOG.c.address_key):
                 for d in domains:
                     for (stored,) in conn.execute(select(column).where(column.like(f"%@{_like(d)}", escape="\\"))
                                                   .distinct()):
