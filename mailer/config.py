@@ -267,6 +267,8 @@ def _describe(path: Path, text: str, error: dict[str, Any], model: type[BaseMode
         return f"{where}: [{loc[0]}] is missing the required key '{'.'.join(str(p) for p in loc[1:])}'"
     value = error.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict) and value is not None else ""
+    if loc and loc[0] == "database":  # a database url may hold a password: never shown
+        shown = ""
     return f"{where}: {dotted}: {error['msg'].removeprefix('Value error, ')}{shown}"
 
 

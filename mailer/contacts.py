@@ -223,6 +223,8 @@ def _record(path: Path, line: int, row: dict[str, str], today: date, problems: l
         problems.append(f"{where}: email is empty")
     if any(ch in email for ch in "\r\n"):
         problems.append(f"{where}: email contains a line break")
+    if len(email) > 320:
+        problems.append(f"{where}: email is {len(email):,} characters long; no address is longer than 320")
     nul = [name for name, value in row.items() if "\x00" in value]
     if nul:
         problems.append(f"{where}: a NUL character in {', '.join(nul)} (is the file UTF-16, or not a CSV?); "

@@ -276,3 +276,41 @@ def test_forget_erases_every_spelling_of_the_mailbox_and_copies_a_mail_client_re
     # Only janet's preview (.eml, .html) and outbox copy are left: she is someone else.
     assert len(left) == 3 and all(b"janet" in p.read_bytes() or "janet" in p.name for p in left), names
     assert project.sql("SELECT email_key FROM contacts") == [("janet@client.example",)]
+
+
+def test_a_database_failure_is_one_sentence_without_sql_or_personal_data(project: Project) -> None:
+    assert project.run("suppress", "list").exit_code == 0  # the database, created
+    if project.is_postgres:
+        project.sql("CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk full (simulated)'; "
+                    "END $$ LANGUAGE plpgsql")
+        project.sql("CREATE TRIGGER refuse BEFORE INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION refuse()")
+    else:
+        project.sql("CREATE TRIGGER refuse BEFORE INSERT ON contacts BEGIN SELECT RAISE(ABORT, "
+                    "'disk full (simulated)'); END")
+    result = project.run("contacts", "import", str(project.csv), "--list", "l")
+    assert result.exit_code == 1
+    assert "disk full (simulated)" in result.output and "failed" in result.output
+    for leak in ("claire", "Claire", "Durand", "[SQL", "parameters", "INSERT", "unexpected"):
+        assert leak not in result.output, (leak, result.output)
+
+
+def test_a_database_password_is_never_shown(project: Project) -> None:
+    for url in ("postgresql+psycopg://mailer@127.0.0.1:1/mailer?password=Sekr3tPW",
+                "postgresql+psycopg://mailer:Sekr3tPW@127.0.0.1:1/mailer?connect_timeout=2"):
+        project.write("config.toml", project.base_config.replace(f'url = "{project.database_url}"', f'url = "{url}"'))
+        result = project.run("suppress", "list")
+        assert result.exit_code in (1, 2) and "Sekr3tPW" not in result.output, result.output
+        assert "127.0.0.1:1" in result.output
+    project.write("config.toml", project.base_config.replace(
+        f'url = "{project.database_url}"', 'url = ["postgresql+psycopg://mailer:Sekr3tPW@127.0.0.1:1/mailer"]'))
+    result = project.run("suppress", "list")
+    assert result.exit_code == 2 and "Sekr3tPW" not in result.output and "[database] url" in result.output
+
+
+def test_an_address_longer_than_any_address_is_a_row_error(project: Project) -> None:
+    path = project.root / "long.csv"
+    path.write_text("email,first_name,kind,source,collected_at\nok@pme.example,Victim,b2b,Salon,2026-06-01\n"
+                    + "x" * 9000 + "@pme.example,Two,b2b,Salon,2026-06-01\n")
+    result = project.run("contacts", "import", str(path), "--list", "l")
+    assert result.exit_code == 2 and "long.csv:3: email is 9,012 characters long" in result.output
+    assert "Victim" not in result.output and "ok@pme.example" not in result.output

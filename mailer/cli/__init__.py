@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import __version__
 from ..config import find_config_path
 from ..errors import InvalidRows, ListNotFound, MailerError
+from ..store import describe_failure
 from ..workspace import Workspace, open_workspace
 
 
@@ -42,6 +44,15 @@ class MailerGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except SQLAlchemyError as exc:  # the database failed while working: which one, and what it said
+            if ctx.meta.get("mailer.debug"):
+                raise
+            env = ctx.find_object(Env)
+            url = env._workspace.config.database_url if env is not None and env._workspace is not None else ""
+            click.secho(f"Error: {describe_failure(exc, url)}", fg="red", err=True)
+            click.echo("Hint: check that the database is reachable and not full, then rerun (a send resumes where "
+                       "it stopped); rerun with --debug for the traceback.", err=True)
+            ctx.exit(1)
         except Exception as exc:  # an unexpected bug: say so plainly
             if ctx.meta.get("mailer.debug"):
                 raise

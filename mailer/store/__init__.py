@@ -50,13 +50,28 @@ from .tables import (
 # The schema is alembic's: migrations/versions/, applied by migrate.upgrade when a Store opens.
 
 
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|sslpassword|passfile)=)[^&#]*", re.IGNORECASE)
+
+
 def redacted(url: str) -> str:
-    """A database url as it may be shown: its password, if any, as ***. A url SQLAlchemy cannot
-    read is redacted by pattern (whatever sits between `user:` and `@`)."""
+    """A database url as it may be shown: its password, if any, as *** (also one given in the
+    query, `?password=`). A url SQLAlchemy cannot read is redacted by pattern (whatever sits
+    between `user:` and `@`)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        shown = make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unreadable url is still shown, without its password
-        return re.sub(r"(://[^/@:]*:).*@", r"\1***@", url)
+        shown = re.sub(r"(://[^/@:]*:).*@", r"\1***@", url)
+    return _QUERY_SECRET.sub(r"\1***", shown)
+
+
+def _secrets_in(url: str) -> list[str]:
+    """The password of a url, in its authority or its query."""
+    found = [m.group(0).split("=", 1)[1] for m in _QUERY_SECRET.finditer(url)]
+    try:
+        password = make_url(url).password
+    except Exception:  # noqa: BLE001 - unreadable: the pattern above is all there is
+        password = None
+    return [s for s in [*found, str(password) if password else ""] if s]
 
 
 def _open_hint(dialect: str) -> str:
@@ -83,11 +98,19 @@ def _without(exc: BaseException | None, url: str) -> str:
     """An error's text on one line, the url (SQLAlchemy quotes one it cannot parse) shown
     redacted, and the password itself (should a driver quote its connection string) as ***."""
     text = " ".join(str(exc).split()).replace(url, redacted(url))
-    try:
-        password = make_url(url).password
-    except Exception:  # noqa: BLE001 - unreadable: the url itself was replaced above
-        password = None
-    return text.replace(str(password), "***") if password else text
+    for secret in _secrets_in(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def describe_failure(exc: BaseException, url: str) -> str:
+    """One line on a database error met while working, for a person: which database (redacted) and
+    what its driver said (first line only: no SQL, no parameters, no row values)."""
+    original = getattr(exc, "orig", None) or exc
+    said = (str(original).strip().splitlines() or [""])[0].split("[SQL:", 1)[0].strip()
+    for secret in _secrets_in(url):
+        said = said.replace(secret, "***")
+    return f"the database {redacted(url)!r} failed: {type(original).__name__}: {said}"
 
 
 class Store:
@@ -124,7 +147,8 @@ class Store:
     @staticmethod
     def _engine(url: str) -> Engine:
         try:
-            engine = create_engine(url)
+            # Statement parameters hold addresses and names: never in an error's text.
+            engine = create_engine(url, hide_parameters=True)
         except (SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
             raise StoreError(f"cannot use database {redacted(url)!r}: {_without(exc, url)}",
                              hint="check [database] url in config.toml") from None

@@ -32,7 +32,8 @@ def main() -> None:
     if connection is not None:
         run(connection)
         return
-    engine = create_engine(context.config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool)
+    engine = create_engine(context.config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool,
+                           hide_parameters=True)
     with engine.connect() as connection:
         run(connection)
         connection.commit()
