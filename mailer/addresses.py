@@ -125,6 +125,34 @@ CONSUMER_DOMAINS: frozenset[str] = frozenset({
 })
 
 
+#: Providers that give consumers mailboxes under many country domains (outlook.de, yahoo.ca,
+#: hotmail.nl, gmx.ch...): the name registered under any public suffix is theirs.
+CONSUMER_BRANDS: frozenset[str] = frozenset({
+    "gmail", "googlemail", "outlook", "hotmail", "live", "msn", "windowslive", "yahoo", "ymail", "rocketmail",
+    "aol", "icloud", "protonmail", "proton", "tutanota", "tutamail", "tuta", "gmx", "yandex", "zoho",
+    "mail", "email", "inbox", "fastmail", "posteo", "mailbox", "web", "arcor", "freenet", "t-online", "orange",
+    "wanadoo", "laposte", "sfr", "free", "bluewin", "libero", "virgilio", "seznam", "onet", "interia", "wp",
+    "rediffmail", "qq", "163", "126", "naver", "daum", "hanmail", "rambler", "ukr", "abv", "sapo", "terra",
+    "bigpond", "optusnet", "shaw", "rogers", "sympatico", "comcast", "verizon", "att", "sbcglobal",
+    "bellsouth", "cox", "charter", "earthlink", "juno", "netzero", "btinternet", "virginmedia", "sky",
+    "talktalk", "ntlworld", "blueyonder", "telenet", "skynet", "ziggo", "kpnmail", "planet", "home", "chello",
+})
+#: Second-level labels under which a country registers names (example.co.uk, example.com.br).
+_SECOND_LEVELS = frozenset({"co", "com", "net", "org", "ne", "or", "ac", "gov", "edu", "gen", "ltd", "plc"})
+
+
+def registered_name(domain: str) -> str:
+    """The label a domain's owner registered: "outlook" for mail.outlook.de or outlook.co.uk.
+
+    An approximation of the public suffix list good enough for mailbox providers: the label
+    before the top-level domain, or before a country's second level such as co.uk or com.br.
+    """
+    labels = domain.rstrip(".").split(".")
+    if len(labels) >= 3 and labels[-2] in _SECOND_LEVELS and len(labels[-1]) == 2:
+        return labels[-3]
+    return labels[-2] if len(labels) >= 2 else ""
+
+
 @dataclass(frozen=True)
 class RoleAddresses:
     """Which addresses are an organisation's role addresses (contact@, sales@...), outside the
@@ -148,7 +176,8 @@ class RoleAddresses:
         return local in GENERIC_LOCALS or local in self.extra_locals
 
     def consumer_provider(self, domain: str) -> bool:
-        return any(d in CONSUMER_DOMAINS or d in self.extra_consumer_domains for d in domain_and_parents(domain))
+        return any(d in CONSUMER_DOMAINS or d in self.extra_consumer_domains for d in domain_and_parents(domain)) \
+            or registered_name(domain) in CONSUMER_BRANDS
 
     def exempt(self, key: str, kind: str) -> bool:
         """True when the address is an organisation's role address (see the class)."""

@@ -182,6 +182,9 @@ def test_configured_generic_locals_extend_the_list() -> None:
     "info@gmail.com", "contact+jane.doe@gmail.com", "support@orange.fr", "contact@GoogleMail.com",
     "sales@hotmail.fr", "hello@yahoo.fr", "info@free.fr", "contact@laposte.net", "info@gmx.de", "info@web.de",
     "info@icloud.com", "contact@outlook.com", "info@mail.orange.fr",
+    # the same providers under other country domains
+    "info@protonmail.ch", "contact@outlook.de", "info@yahoo.ca", "hello@hotmail.nl", "info@live.nl",
+    "contact@aol.de", "info@arcor.de", "contact@mail.de", "info@outlook.es", "info@yahoo.co.uk", "info@gmx.ch",
 ])
 def test_consumers_are_never_mailed_through_the_role_address_exemption(email: str) -> None:
     newsletter = campaign(kind="newsletter", audiences=("b2b", "b2c"))
