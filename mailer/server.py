@@ -16,6 +16,7 @@ ASGI server can run `mailer.server:app_from_environment` behind TLS.
 """
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import os
@@ -273,6 +274,54 @@ async def _refuse(send: Send, status: int, text: str) -> None:
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                             (b"content-length", str(len(body)).encode("ascii")), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+def header_deadline_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol with a deadline on each request's headers.
+
+    uvicorn bounds an idle keep-alive connection but not one that trickles its headers a byte at
+    a time: a hundred such clients held every connection `mailer serve` allows, and one-click
+    opt-outs got 503. Here a connection that has not sent a whole request's headers within
+    `seconds` of opening (or of its last answer) is closed.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            self._header_timer = None
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # the headers are in: the app and BodyLimit's deadline take over
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
 
 
 def create_app(workspace: Workspace, max_body_bytes: int = MAX_BODY_BYTES,

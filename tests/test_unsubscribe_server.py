@@ -329,3 +329,37 @@ def test_mailer_serve_memory_stays_flat_under_big_bodies_and_headers_and_connect
     assert huge_header == b"" or huge_header.startswith(b"HTTP/1.1 400 ")
     assert busy.status_code == 503
     assert project.sql("select origin from suppressions") == [("one-click",)]
+
+
+def test_mailer_serve_closes_connections_that_trickle_their_headers(project: Project) -> None:
+    """A slow-loris client (headers a byte at a time) used to hold a connection for good: 100 of
+    them held every connection allowed, and one-click opt-outs got 503."""
+    assert project.send().exit_code == 0
+    url = next(iter(unsubscribe_urls(project).values()))
+    with MailerServe(project) as server:
+        url = url.replace("https://mail.acme.fr", server.base)
+        slow = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(105)]
+        started = time.monotonic()
+        try:
+            for sock in slow:
+                sock.sendall(b"POST /u/x HTTP/1.1\r\nHost: x\r\n")
+            assert httpx.get(f"{server.base}/healthz").status_code == 503  # all held
+            trickler = slow[0]
+            closed_after = None
+            while time.monotonic() - started < 20:
+                try:
+                    trickler.sendall(b"X")  # one more header byte a second
+                    ready, _, _ = select.select([trickler], [], [], 1.0)
+                    if ready and trickler.recv(1024) == b"":
+                        closed_after = time.monotonic() - started
+                        break
+                except OSError:
+                    closed_after = time.monotonic() - started
+                    break
+            assert closed_after is not None and closed_after < 13, closed_after
+            time.sleep(0.5)
+            assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+        finally:
+            for sock in slow:
+                sock.close()
+    assert project.sql("select origin from suppressions") == [("one-click",)]

@@ -15,6 +15,8 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_CONNECTIONS = 100
 #: an idle keep-alive connection is closed after this
 KEEP_ALIVE_SECONDS = 5
+#: seconds a client has to send a request's headers (slow-loris clients would fill the connections)
+HEADER_SECONDS = 10
 
 
 @cli.command()
@@ -68,6 +70,7 @@ def serve(env: Env, host: str, port: int) -> None:
       headers        16 KiB, else 400
       connections    100 at once, else 503
       keep-alive     5 s idle, then closed
+      headers time   10 s from the connection (or the last answer), else closed
 
     \b
     Example:  mailer serve --host 0.0.0.0 --port 8080
@@ -76,11 +79,12 @@ def serve(env: Env, host: str, port: int) -> None:
 
     import uvicorn
 
-    from ..server import create_app
+    from ..server import create_app, header_deadline_protocol
     app = create_app(env.workspace())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     click.echo(f"Unsubscribe endpoint on http://{host}:{port}/ (public URL: {env.workspace().config.unsubscribe.base_url})")
     # h11, not httptools even when installed: the header limit below is h11's
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", server_header=False,
-                http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES, limit_concurrency=MAX_CONNECTIONS,
+                http=header_deadline_protocol(HEADER_SECONDS), h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                limit_concurrency=MAX_CONNECTIONS,
                 timeout_keep_alive=KEEP_ALIVE_SECONDS)
