@@ -221,7 +221,7 @@ def canonical_mailbox(key: str) -> str:
     `key` is a normalised key (lower case, IDNA domain).
     """
     local, at, domain = key.rpartition("@")
-    if not at:
+    if not at or ("+" not in local and domain not in GMAIL_DOMAINS):
         return key
     local = local.split("+", 1)[0] or local
     if domain in GMAIL_DOMAINS:

@@ -789,6 +789,8 @@ _UNSAFE_BEFORE = re.compile(r"(?:<[!/?]?|&[A-Za-z0-9#]*)\Z")
 #: Elements whose text is not plain text.
 _RAW_TEXT = frozenset({"style", "script", "title", "textarea", "xmp", "iframe", "noembed", "noframes",
                        "noscript", "plaintext"})
+_ESCAPED = re.compile("[&<>\"']")
+_SERIALISED = re.compile("[&<>\xa0]")
 _SAFE_URL = re.compile(r"[A-Za-z0-9:/._~%?=+-]+\Z")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -855,7 +857,8 @@ class Reuse:
         for value in values:
             if not value.strip(_BLANK_CHARACTERS) or _MARKS.search(value) or _CONTROL.search(value):
                 return None
-        escaped = [str(markupsafe.escape(v)) for v in values]  # as Jinja's autoescape writes them
+        # as Jinja's autoescape writes them (most values have nothing to escape)
+        escaped = [str(markupsafe.escape(v)) if _ESCAPED.search(v) else v for v in values]
         try:
             expected = _VALUE_MARK.sub(lambda m: escaped[int(m.group(1))], self.probe)
         except IndexError:
@@ -867,7 +870,7 @@ class Reuse:
                                 .replace(URL_MARK, unsubscribe_url)):
                 return None
         as_text = [v.replace("&", "&amp;").replace("\xa0", "&nbsp;").replace("<", "&lt;").replace(">", "&gt;")
-                   for v in values]
+                   if _SERIALISED.search(v) else v for v in values]
         content = _VALUE_MARK.sub(lambda m: as_text[int(m.group(1))], self.isolated.content)
         done = self.isolated
         return Isolated(blank_height=done.blank_height, style=done.style,

@@ -424,23 +424,31 @@ def contact_context(contact: ContactData) -> View:
 _MARKED_FIELDS = ("email", "first_name", "last_name", "company", "job_title", "industry", "country", "source")
 
 
-def marked_contact(contact: ContactData) -> tuple[View, list[str], tuple[Any, ...]]:
-    """The contact as a probe rendering sees it: each non-empty text value replaced by a mark
-    (mailer.isolation.value_mark); the values, in the marks' order; and what else the probe
-    depends on (kind, membership, which values are empty, the custom attributes' names)."""
-    values: list[str] = []
+def contact_values(contact: ContactData) -> tuple[list[str], tuple[Any, ...]]:
+    """The contact's non-empty text values, in the order of their marks in a probe rendering
+    (mailer.isolation.value_mark), and what else the probe depends on (kind, membership, which
+    values are empty, the custom attributes' names)."""
+    fields = [getattr(contact, name) for name in _MARKED_FIELDS]
+    attrs = contact.attrs
+    values = [v for v in fields if v] + [v for v in attrs.values() if v]
+    shape = (contact.kind, contact.member, tuple(bool(v) for v in fields), tuple((n, bool(v)) for n, v in attrs.items()))
+    return values, shape
+
+
+def marked_contact(contact: ContactData) -> View:
+    """The contact as a probe rendering sees it: each non-empty text value replaced by its mark,
+    numbered in the order of contact_values."""
+    count = 0
 
     def mark(value: str) -> str:
+        nonlocal count
         if not value:
             return value
-        values.append(value)
-        return value_mark(len(values) - 1)
+        count += 1
+        return value_mark(count - 1)
     fields = {name: mark(getattr(contact, name)) for name in _MARKED_FIELDS}
     attrs = {name: mark(value) for name, value in contact.attrs.items()}
-    view = View(**fields, kind=contact.kind, member=contact.member, attrs=attrs)
-    shape = (contact.kind, contact.member, tuple(bool(fields[n]) for n in _MARKED_FIELDS),
-             tuple((n, bool(v)) for n, v in attrs.items()))
-    return view, values, shape
+    return View(**fields, kind=contact.kind, member=contact.member, attrs=attrs)
 
 
 class Renderer:
@@ -589,11 +597,11 @@ class Renderer:
         messages whose HTML differs only by the recipient's values (mailer.isolation.Reuse)."""
         if not self.reuse_rebuilds:
             return isolate(html, url)
-        view, values, shape = marked_contact(contact)
+        values, shape = contact_values(contact)
         if shape in self._reuse:
             reuse = self._reuse[shape]
         else:
-            reuse = self._probe(view) if len(self._reuse) < 64 else None
+            reuse = self._probe(marked_contact(contact)) if len(self._reuse) < 64 else None
             if len(self._reuse) < 64:
                 self._reuse[shape] = reuse
         if reuse is not None:
