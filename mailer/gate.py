@@ -284,9 +284,17 @@ def campaign_problems(config: Config, campaign: Campaign, transport: TransportFa
         problems.append(f"{config.path}: [organization] privacy_url must start with https://")
 
     base = urlsplit(config.unsubscribe.base_url)
+    try:
+        port_ok = base.port is None or 0 < base.port
+    except ValueError:
+        port_ok = False
     if base.scheme not in ("http", "https") or not base.hostname:
         problems.append(f"{config.path}: [unsubscribe] base_url {config.unsubscribe.base_url!r} is not an http(s) URL; "
                         "the one-click unsubscribe link needs it")
+    elif base.query or base.fragment or "?" in config.unsubscribe.base_url or "#" in config.unsubscribe.base_url \
+            or not port_ok:
+        problems.append(f"{config.path}: [unsubscribe] base_url {config.unsubscribe.base_url!r}: the token is added "
+                        "to its path (base_url/u/TOKEN), so it may have no query, fragment or invalid port")
     elif transport.leaves_host and not config.unsubscribe.allow_local_url:
         unreachable = unreachable_unsubscribe_url(config.unsubscribe.base_url)
         if unreachable:

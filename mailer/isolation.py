@@ -785,7 +785,8 @@ def value_mark(index: int) -> str:
 #: Before a mark, what would make the tokenizer read a real value other than as text: a tag or
 #: markup declaration opening ("<", "</", "<!", "<?") or a character reference being written
 #: ("&", "&co" + "py").
-_UNSAFE_BEFORE = re.compile(r"(?:<[!/?]?|&[A-Za-z0-9#]*)\Z")
+_UNSAFE_BEFORE = re.compile(r"<[!/?]?\Z")
+_REFERENCE_SO_FAR = re.compile(r"[A-Za-z0-9#]*")
 #: Elements whose text is not plain text.
 _RAW_TEXT = frozenset({"style", "script", "title", "textarea", "xmp", "iframe", "noembed", "noframes",
                        "noscript", "plaintext"})
@@ -823,7 +824,11 @@ class Reuse:
                 _MARKS.search(isolated.style) or _MARKS.search(isolated.wrapper_attributes):
             return None
         for mark in _MARKS.finditer(probe):
-            if _UNSAFE_BEFORE.search(probe, max(0, mark.start() - 40), mark.start()):
+            start = mark.start()
+            if _UNSAFE_BEFORE.search(probe, max(0, start - 2), start):
+                return None
+            ampersand = probe.rfind("&", 0, start)  # a character reference the value would complete
+            if ampersand >= 0 and _REFERENCE_SO_FAR.fullmatch(probe, ampersand + 1, start):
                 return None
         if len(_VALUE_MARK.findall(probe)) != len(_VALUE_MARK.findall(isolated.content)) or \
                 probe.count(URL_MARK) != isolated.content.count(URL_MARK):
@@ -855,7 +860,10 @@ class Reuse:
         if not _SAFE_URL.match(unsubscribe_url):
             return None
         for value in values:
-            if not value.strip(_BLANK_CHARACTERS) or _MARKS.search(value) or _CONTROL.search(value):
+            # Blank by any definition the rules use, or with blank edges (the parser may move
+            # whitespace apart from the rest: tables, <head>), the value goes to a fresh rebuild.
+            if value != value.strip() or not value.strip(_BLANK_CHARACTERS) or _MARKS.search(value) \
+                    or _CONTROL.search(value):
                 return None
         # as Jinja's autoescape writes them (most values have nothing to escape)
         escaped = [str(markupsafe.escape(v)) if _ESCAPED.search(v) else v for v in values]

@@ -254,6 +254,9 @@ def _compile(env: SandboxedEnvironment, path: Path) -> jinja2.Template:
                             hint="fix the template; `mailer check CAMPAIGN` shows the next problem") from None
     except UnicodeDecodeError:
         raise TemplateError(f"{path}: the template is not UTF-8") from None
+    except BudgetExceeded as exc:  # a constant Jinja evaluates while compiling
+        raise TemplateError(f"{path}: the template asks for {exc} for one message",
+                            hint=f"one message may take {TIME_LIMIT:g} s and {OUTPUT_LIMIT:,} characters") from None
 
 
 def load_templates(campaign: Campaign) -> Templates:
@@ -295,8 +298,12 @@ TIME_LIMIT = 2.0          # seconds
 OUTPUT_LIMIT = 1_000_000  # characters
 
 
-class BudgetExceeded(Exception):
-    """A template took more than its time or output budget for one message."""
+class BudgetExceeded(BaseException):
+    """A template took more than its time or output budget for one message.
+
+    A BaseException, as KeyboardInterrupt is: the timer's signal lands wherever the work is, and
+    an `except Exception` there (in a library, or around a C call that returned) must not swallow it.
+    """
 
 
 _timing = threading.local()
@@ -544,8 +551,8 @@ class Renderer:
             except BudgetExceeded as exc:  # outside the template itself: the text part, the rebuild
                 where = self.templates.html_path or self.templates.text_path
                 raise TemplateError(f"{where}: building one message took {exc} (for {contact.email})",
-                                    hint="the template's output is too large or too deeply nested; make it "
-                                         "smaller") from None
+                                    hint="the template's output is too large or too deeply nested, or its "
+                                         "stylesheet's selectors too costly to match; make it smaller") from None
 
     def _render_message(self, contact: ContactData) -> RenderedMessage:
         digest, url, mailto = self.unsubscribe_for(contact)

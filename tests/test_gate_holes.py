@@ -314,3 +314,12 @@ def test_an_address_longer_than_any_address_is_a_row_error(project: Project) -> 
     result = project.run("contacts", "import", str(path), "--list", "l")
     assert result.exit_code == 2 and "long.csv:3: email is 9,012 characters long" in result.output
     assert "Victim" not in result.output and "ok@pme.example" not in result.output
+
+
+def test_an_unsubscribe_url_whose_token_would_not_reach_the_server_is_refused(project: Project) -> None:
+    for url in ("https://mail.acme.fr#x", "https://mail.acme.fr/?x=1", "https://mail.acme.fr:99999",
+                "https://mail.acme.fr:0", "https://mail.acme.fr:443:80"):
+        project.write("config.toml", project.base_config.replace(
+            'base_url = "https://mail.acme.fr"', f'base_url = "{url}"'))
+        result = project.run("check", str(project.campaign), "--no-dns")
+        assert result.exit_code == 3 and "base_url" in result.output, (url, result.output)

@@ -23,7 +23,7 @@ def test_open_the_footer_link_click_the_button_and_the_address_is_suppressed(pro
     message = email.message_from_bytes(raw, policy=policy.default)
     html = message.get_body(("html",)).get_content()
     # The link a person clicks is the one in the footer of the HTML part.
-    link = re.search(r'<a href="(https://mail\.acme\.example/u/[^"]+)"', html).group(1)
+    link = re.search(r'<a href="(https://mail\.acme\.fr/u/[^"]+)"', html).group(1)
     workspace = open_workspace(project.config, {"MAILER_SECRET": SECRET})
     with UnsubscribeServer(workspace) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
