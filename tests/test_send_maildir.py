@@ -127,6 +127,10 @@ def test_crash_left_sending_row_is_confirmed_from_the_outbox_or_marked_uncertain
     assert dict(project.sql("select id, state from send_log where id in (?, ?)", written_id, lost_id)) == {
         written_id: "sent", lost_id: "uncertain"}
     assert len(project.messages()) == 1  # the uncertain one is not resent
+    # Not finished while an allowed recipient waits: exit 4, and what continues.
+    assert result.exit_code == 4, result.output
+    assert "(0 deferred, 1 uncertain)" in result.output and "--retry-uncertain` sends them again" in result.output
+    assert project.send().exit_code == 4  # still waiting: a run that sends nothing says so too
     again = project.send("--retry-uncertain")
     assert again.exit_code == 0
     assert len(project.messages()) == 2

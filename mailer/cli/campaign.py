@@ -8,9 +8,11 @@ import sys
 import click
 
 from ..campaign import campaign_status, plan_campaign, preview_campaign, send_campaign
-from ..errors import ComplianceRefusal, InputError, TransportError
+from ..errors import ComplianceRefusal, InputError, NotFound, TransportError
 from ..gate import RULE_IDS
 from ..planning import Plan
+from ..states import SendState
+from ..workspace import Workspace
 from . import Env, cli, pass_env
 from .output import SendingBar, Steps, print_counts, print_summary, readable
 
@@ -132,6 +134,8 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
             click.echo(f"Dry run: {summary.to_send} messages would be sent; nothing was recorded or sent.")
         else:
             click.echo("Nothing to send.")
+            if _still_waiting(ws, campaign, summary.campaign_id):
+                raise click.exceptions.Exit(EXIT_FAILED_DELIVERIES)
         return
     print_summary(summary)
     for note in summary.notes:
@@ -144,8 +148,28 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
                                  "were not sent (mailer status CAMPAIGN --show blocked says why); fix the template"])
     if summary.stopped:
         click.echo("Stopped. Rerun the same command to resume.")
-    if summary.failed:
+    waiting = _still_waiting(ws, campaign, summary.campaign_id)
+    if summary.failed or waiting:
         raise click.exceptions.Exit(EXIT_FAILED_DELIVERIES)
+
+
+def _still_waiting(ws: Workspace, campaign: str, campaign_id: str) -> int:
+    """Allowed recipients of the campaign not sent yet (deferred or uncertain, from this run or an
+    earlier one), said with the command that continues: a run is not done while there are any."""
+    try:
+        states = campaign_status(ws, campaign_id).states
+    except NotFound:  # nothing was ever planned for it
+        return 0
+    deferred, uncertain = states.get(SendState.DEFERRED, 0), states.get(SendState.UNCERTAIN, 0)
+    if deferred or uncertain:
+        click.echo(f"Not finished: {deferred + uncertain} allowed recipients were not sent yet ({deferred} "
+                   f"deferred, {uncertain} uncertain).", err=True)
+    if deferred:
+        click.echo(f"  Rerun `mailer send {campaign} --yes` to retry the deferred.", err=True)
+    if uncertain:
+        click.echo(f"  Uncertain messages may have arrived: check, then `mailer send {campaign} --yes "
+                   "--retry-uncertain` sends them again.", err=True)
+    return deferred + uncertain
 
 
 def _show_plan(plan: Plan) -> None:
