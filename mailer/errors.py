@@ -81,6 +81,11 @@ class StoreError(MailerError):
     """The database could not be opened or written."""
 
 
+class DatabaseMissing(StoreError):
+    """The configured database does not exist (or holds nothing of mailer's): only an explicit
+    create makes one, so a lost or mistyped database never looks like a new, empty one."""
+
+
 class NotFound(InputError):
     """A named thing (list, campaign, contact) does not exist."""
 

@@ -14,7 +14,7 @@ from types import TracebackType
 from .addresses import lookup_hashes, mailbox_hash
 from .config import Config, database_url_with_password, load_config
 from .owner_only import too_open
-from .store import Store
+from .store import Store, redacted
 from .tokens import Keys
 from .transport import Transport, open_transport, transport_class
 
@@ -67,8 +67,12 @@ class Workspace:
         self.close()
 
 
-def open_workspace(config_path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Workspace:
+def open_workspace(config_path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *,
+                   create: bool = False) -> Workspace:
     """Load `config_path`, open its database and derive the keys.
+
+    The database must exist (`DatabaseMissing` otherwise) unless `create`: only an explicit
+    create makes one, so a mistyped or lost database never passes for a new campaign's.
 
     `environ` (default: `os.environ`) supplies the secrets the config names: the
     unsubscribe secret, the SMTP password, the DKIM key. Raises `ConfigError` for a bad
@@ -78,7 +82,7 @@ def open_workspace(config_path: str | os.PathLike[str], environ: Mapping[str, st
     config = load_config(Path(config_path))
     if config.database_password_env:  # render workers get the config: the url they open is complete
         config = replace(config, database_url=database_url_with_password(config, environ))
-    store = Store.open(config.database_url)
+    store = Store.open(config.database_url, create=create)
     variable = config.unsubscribe.secret_env
     try:
         secret, generated = store.settings.secret(environ.get(variable) or None, variable)
@@ -92,3 +96,18 @@ def open_workspace(config_path: str | os.PathLike[str], environ: Mapping[str, st
         notes.append(f"${variable} is not set; created a random secret for unsubscribe tokens and kept it in the "
                      f"database. In production, set ${variable}.")
     return Workspace(config, store, Keys.derive(secret), generated, environ, notes)
+
+
+def create_database(config_path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+                    ) -> tuple[str, bool, list[str]]:
+    """Create the database `config_path` names, with its schema: (its url, password hidden; whether it
+    was created now; notes). Nothing else is written: the unsubscribe secret is kept at first use,
+    so the secret a later command brings in the environment is the one the database keeps."""
+    environ = dict(os.environ if environ is None else environ)
+    config = load_config(Path(config_path))
+    url = database_url_with_password(config, environ) if config.database_password_env else config.database_url
+    store = Store.open(url, create=True)
+    try:
+        return redacted(config.database_url), store.created, list(store.notes)
+    finally:
+        store.close()

@@ -195,12 +195,15 @@ def _plain(value: Any) -> Any:
 
 
 @pytest.fixture
-def project(tmp_path: Path, database: str):
+def project(tmp_path: Path, database: str, request: pytest.FixtureRequest):
     p = Project(tmp_path, CliRunner(), database)
     p.write("config.toml", p.base_config)
     p.write("campaigns/offer.toml", CAMPAIGN)
     p.write("templates/offer.html.j2", HTML)
     p.write("contacts.csv", CSV)
+    if getattr(request.module, "CREATE_DATABASE", True):  # only an explicit init makes a database
+        created = p.run("db", "init")
+        assert created.exit_code == 0, created.output
     yield p
     if p._engine is not None:
         p._engine.dispose()

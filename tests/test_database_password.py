@@ -76,6 +76,7 @@ if POSTGRES_URL:  # the server .ci/run starts; these need its real authenticatio
                                                                          fresh_postgres: sqlalchemy.engine.URL) -> None:
         real = str(fresh_postgres.password)
         use(project, fresh_postgres.set(password=None).render_as_string(), '\npassword_env = "MAILER_DB_PASSWORD"')
+        assert project.run("db", "init", env={"MAILER_DB_PASSWORD": real}).exit_code == 0
         result = project.run("suppress", "add", "jean@example.com", env={"MAILER_DB_PASSWORD": real})
         assert result.exit_code == 0, result.output
         wrong = project.run("suppress", "list", env={"MAILER_DB_PASSWORD": PASSWORD})

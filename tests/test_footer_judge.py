@@ -384,6 +384,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Project:
     p.write("config.toml", CONFIG)
     p.write("campaigns/offer.toml", CAMPAIGN)
     p.write("contacts.csv", CSV)
+    assert p.run("db", "init").exit_code == 0
     return p
 
 

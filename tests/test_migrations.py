@@ -62,6 +62,9 @@ industries = ["software", "telecom"]
 
 # --------------------------------------------------------------------------- helpers
 
+#: the tests put a database of their own where the project points (a 0.1.0 one, or none)
+CREATE_DATABASE = False
+
 def load_0_1_0(project: Project) -> None:
     """Put the 0.1.0 database where the project's config points."""
     if project.is_postgres:
@@ -162,14 +165,14 @@ def test_db_upgrade_says_what_it_did(project: Project) -> None:
     load_0_1_0(project)
     result = project.run("db", "upgrade")
     assert result.exit_code == 0 and result.output.count(NOTE) == 1, result.output
-    store = Store.open(url_of(project))
+    store = Store.open(url_of(project), create=True)
     assert store.notes == []
     store.close()
 
 
 def test_collected_at_may_now_be_unknown(project: Project) -> None:
     load_0_1_0(project)
-    store = Store.open(url_of(project))
+    store = Store.open(url_of(project), create=True)
     assert store.notes == [NOTE]
     store.close()
     column = next(c for c in sqlalchemy.inspect(engine_for(url_of(project))).get_columns("contacts")
@@ -236,7 +239,7 @@ def test_upgrade_reports_from_and_to_and_then_nothing(project: Project) -> None:
 def test_the_downgrade_to_0001_dates_unknown_collections(project: Project) -> None:
     load_0_1_0(project)
     schema_of_0_1_0 = schema(url_of(project))
-    Store.open(url_of(project)).close()
+    Store.open(url_of(project), create=True).close()
     project.sql("UPDATE contacts SET collected_at = NULL WHERE email_key = ?", "paul.martin@telco.example")
     engine = engine_for(url_of(project))
     assert migrate.downgrade(engine, "0001") == ("0003", "0001")
@@ -251,8 +254,9 @@ def test_the_downgrade_to_0001_dates_unknown_collections(project: Project) -> No
 # --------------------------------------------------------------------------- other databases
 
 def test_a_new_database_is_built_by_the_migrations_and_matches_the_tables(project: Project) -> None:
-    result = project.run("status", "nothing-yet")
-    assert "Upgraded" not in result.output  # a new database: created, no note
+    assert "there is no mailer database" in project.run("status", "nothing-yet").output  # only init creates one
+    result = project.run("db", "init")
+    assert "Created the database" in result.output and "Upgraded" not in result.output  # new: created, no note
     assert project.sql("SELECT version_num FROM alembic_version") == [(migrate.head_revision(),)]
     engine = engine_for(url_of(project))
     with engine.connect() as conn:
@@ -263,7 +267,7 @@ def test_a_new_database_is_built_by_the_migrations_and_matches_the_tables(projec
 
 
 def test_a_database_from_a_newer_mailer_is_refused(project: Project) -> None:
-    Store.open(url_of(project)).close()
+    Store.open(url_of(project), create=True).close()
     project.sql("UPDATE alembic_version SET version_num = '0042'")
     result = project.run("status", "2026-12-cloud-audit")
     assert result.exit_code == 1
@@ -271,14 +275,14 @@ def test_a_database_from_a_newer_mailer_is_refused(project: Project) -> None:
     assert "upgrade mailer" in result.output
     assert project.sql("SELECT version_num FROM alembic_version") == [("0042",)]
     with pytest.raises(StoreError, match="0042"):
-        Store.open(url_of(project))
+        Store.open(url_of(project), create=True)
 
 
 def test_tables_of_mailer_names_without_its_history_are_refused(project: Project) -> None:
     load_0_1_0(project)
     project.sql("UPDATE settings SET value = '7' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="schema version 7 and no migration history"):
-        Store.open(url_of(project))
+        Store.open(url_of(project), create=True)
     assert project.sql("SELECT value FROM settings WHERE key = 'schema_version'") == [("7",)]
 
 
@@ -301,7 +305,7 @@ go = sys.argv[2]
 print("ready", flush=True)
 while not os.path.exists(go):
     time.sleep(0.001)
-store = Store.open(sys.argv[1])
+store = Store.open(sys.argv[1], create=True)
 print(json.dumps(store.notes), flush=True)
 store.close()
 """

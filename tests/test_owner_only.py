@@ -82,5 +82,5 @@ def test_files_open_to_others_are_named_once_with_the_fix(project: Project, perm
 def test_the_library_creates_a_new_database_owner_only(tmp_path: Path, permissive_umask: None) -> None:
     config = tmp_path / "config.toml"
     config.write_text((Path(mailer.__file__).parent / "sample" / "config.toml").read_text())
-    with mailer.open_workspace(config, {"MAILER_SECRET": SECRET}):
+    with mailer.open_workspace(config, {"MAILER_SECRET": SECRET}, create=True):
         assert mode(tmp_path / "mailer.db") == 0o600

@@ -11,7 +11,7 @@ from mailer.store import Store
 
 @pytest.fixture
 def store(tmp_path: Path):
-    opened = Store.open(f"sqlite:///{tmp_path / 'mailer.db'}")
+    opened = Store.open(f"sqlite:///{tmp_path / 'mailer.db'}", create=True)
     yield opened
     opened.close()
 

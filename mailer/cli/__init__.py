@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import __version__
 from ..config import find_config_path
-from ..errors import InvalidRows, ListNotFound, MailerError
+from ..errors import DatabaseMissing, InvalidRows, ListNotFound, MailerError
 from ..store import describe_failure
 from ..workspace import Workspace, open_workspace
 
@@ -66,6 +66,9 @@ def _hint(exc: MailerError) -> str | None:
     if isinstance(exc, InvalidRows):
         return (f"fix these rows (nothing was imported), or rerun with --skip-invalid to import the "
                 f"{exc.good_rows} good rows")
+    if isinstance(exc, DatabaseMissing):
+        return ("create it with `mailer db init` (or `mailer init`); if it should exist, check [database] url in "
+                "config.toml: a new database would start with an empty suppression list")
     if isinstance(exc, ListNotFound):
         return f"import contacts into it first: mailer contacts import FILE --list {exc.list_name}"
     return exc.hint

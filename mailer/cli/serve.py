@@ -1,6 +1,7 @@
 """mailer init (a sample project) and mailer serve (the unsubscribe endpoint)."""
 from __future__ import annotations
 
+import os
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -48,6 +49,13 @@ def init(directory: str) -> None:
         click.echo(f"  wrote {target / name}")
     for name in kept:
         click.echo(f"  kept  {target / name} (exists)")
+    # The sample's database: created here, as `mailer db init` does (no other command creates one).
+    from ..workspace import create_database
+    url, created, notes = create_database(target / "config.toml", os.environ)
+    for note in notes:
+        click.echo(f"Note: {note}", err=True)
+    if created:
+        click.echo(f"  created the database {url}")
     click.echo(f"\nNext: cd {target} && mailer check campaigns/cloud-audit.toml")
 
 

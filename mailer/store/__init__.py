@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlmodel import create_engine
 
 from .. import owner_only
-from ..errors import StoreError
+from ..errors import DatabaseMissing, StoreError
 from ..states import DELIVERED_STATES, PENDING_STATES, SendState
 from . import migrate
 from .campaigns import Campaigns
@@ -125,14 +125,29 @@ class Store:
         self.campaigns = Campaigns(engine)
         self.people = People(engine)
         self.settings = Settings(engine)
+        self.created = False  # Store.open made a new database
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """Open the database, its schema created (empty) or upgraded (older) to this code's:
-        `notes` then says what was done ("Upgraded the database schema from 0001 to 0002.")."""
+    def open(cls, url: str, *, create: bool = False) -> Store:
+        """Open the database, its schema upgraded (older) to this code's: `notes` then says what
+        was done ("Upgraded the database schema from 0001 to 0002."). A database that does not
+        exist, or holds no table, is created only with `create` (`created` then says it was);
+        else DatabaseMissing: a lost or mistyped database must not start an empty suppression list."""
         store = cls(cls._engine(url))
         try:
-            store.notes.extend(store._owner_only())
+            # The file first, without connecting (which would make SQLite's -wal and -shm files
+            # before their modes are checked); then, connected, whether any table is there.
+            store.created = store._no_file()
+            if not store.created:
+                store.notes.extend(store._owner_only())
+                store.created = store._no_table()
+            if store.created and not create:
+                raise DatabaseMissing(
+                    f"there is no mailer database at {redacted(url)!r}",
+                    hint="create it explicitly (open it with create=True); if it should exist, check [database] "
+                         "url: a new database would start with an empty suppression list")
+            if store.created:
+                store.notes.extend(store._owner_only())
             store.notes.extend(store._check_schema_version())
         except BaseException:
             store.close()
@@ -155,6 +170,23 @@ class Store:
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+
+    def _no_file(self) -> bool:
+        """A SQLite database whose file does not exist (or is empty)."""
+        database = self.engine.url.database
+        if self.dialect == "sqlite" and database and database != ":memory:" and not database.startswith("file:"):
+            path = Path(database)
+            return not path.exists() or path.stat().st_size == 0
+        return False
+
+    def _no_table(self) -> bool:
+        """A database holding no table of any kind."""
+        try:
+            return not inspect(self.engine).get_table_names()
+        except (OperationalError, ProgrammingError) as exc:
+            url = self.engine.url.render_as_string(hide_password=False)
+            raise StoreError(f"cannot open database {redacted(url)!r}: {_without(exc.orig, url)}",
+                             hint=_open_hint(self.dialect)) from None
 
     def _owner_only(self) -> list[str]:
         """A new SQLite file is created 0600 before SQLite opens it (its -wal and -shm take its
