@@ -192,10 +192,7 @@ def normalise_domain(value: str) -> str:
     "@Bücher.Example." -> "xn--bcher-kva.example". A value that is not a valid domain is
     returned lower-cased and stripped, so that it still compares equal to itself.
     """
-    domain = value.strip().lstrip("@").rstrip(".").lower()
-    if not domain:
-        return ""
-    return _domain(domain) or domain
+    return valid_domain(value) or value.strip().lstrip("@").rstrip(".").lower()
 
 
 def valid_domain(value: str) -> str | None:
@@ -247,7 +244,8 @@ def mailbox_hash(secret: bytes, key: str) -> str:
 
 def lookup_hashes(secret: bytes, key: str) -> tuple[str, ...]:
     """Every hash an entry about this address may have been stored under: the canonical
-    mailbox's, and the normalised key's (entries made before the mailbox was canonical)."""
+    mailbox's first, the normalised key's own last (entries made before the mailbox was
+    canonical; erased send-log rows, which must stay apart per spelling). One when they agree."""
     canonical = canonical_mailbox(key)
     if canonical == key:
         return (address_hash(secret, key),)
