@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ from urllib.parse import quote
 import inscriptis
 import jinja2
 from inscriptis.model.config import ParserConfig
+from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 
@@ -149,37 +152,76 @@ class View(SimpleNamespace):
     """What templates see of a contact, the organization or the campaign: plain data only."""
 
 
+class _BoundedConcat(CodeGenerator):
+    """Jinja's code generator, with `a ~ b` checked against the output budget once joined (each
+    piece is already bounded, so a doubling loop stops at the first value past the budget)."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded((")
+        super().visit_Concat(node, frame)
+        self.write("))")
+
+
+def _too_large() -> BudgetExceeded:
+    return BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
+
+
+def _check_size(size: int) -> None:
+    if size > OUTPUT_LIMIT:
+        raise _too_large()
+
+
+_TEXT = (str, bytes, bytearray)
+
+
 class Sandbox(SandboxedEnvironment):
-    """Jinja's sandbox, with a direct path for the data of a View.
+    """Jinja's sandbox, with a direct path for the data of a View, and the output budget applied
+    before every C call that could make a value of any size in one go.
 
     The sandbox checks every attribute it reads; a View's public attributes are
     plain values (strings, booleans, a dict of strings), so reading them needs no
     check. Everything else, a View's "_" names included, goes through the sandbox.
+
+    A timer stops a template between two steps (see _time_budget), not inside one C call:
+    "x" * 10**9, "%0999999999d", s.replace("x", s), sep.join(many), "{:{}}".format(1, 10**9) or
+    an indent of a long string on every line would exhaust memory before it rings. Those are
+    refused when what they would make is larger than OUTPUT_LIMIT.
     """
 
-    # Repetition and formatting widths are checked: "x" * 10**9 or "%0999999999d" would exhaust
-    # memory in one C call, which no timer can interrupt.
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _BoundedConcat
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # No constant folding: it would evaluate {{ 'x'|center(10**9) }} while compiling, outside
         # any budget.
         super().__init__(*args, optimized=False, **kwargs)
-        for name in ("center", "indent", "wordwrap", "truncate"):
+        for name in ("center", "truncate"):
             self.filters[name] = _bounded_width(self.filters[name])
+        self.filters["indent"] = _bounded_indent(self.filters["indent"])
+        self.filters["wordwrap"] = _bounded_wordwrap(self.filters["wordwrap"])
         self.filters["format"] = _bounded_format(self.filters["format"])
+        self.filters["replace"] = _bounded_replace_filter(self.filters["replace"])
+        self.filters["join"] = _bounded_join_filter(self.filters["join"])
+        self.filters["tojson"] = _bounded_tojson(self.filters["tojson"])
         self.filters["sum"] = _bounded_sum
+
+    @staticmethod
+    def bounded(value: Any) -> Any:
+        """The result of `a ~ b`, if within the output budget."""
+        _check_size(len(value))
+        return value
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "%" and isinstance(left, str):
             _check_format(left)
-        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+        elif operator == "**" and isinstance(right, int) and abs(right) > 64:
             raise BudgetExceeded("an exponent above 64")
-        if operator == "*":
+        elif operator == "*":
             count, sequence = (right, left) if isinstance(right, int) else (left, right)
-            if isinstance(count, int) and isinstance(sequence, (str, list, tuple)) and \
-                    len(sequence) * count > OUTPUT_LIMIT:
-                raise BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
+            if isinstance(count, int) and isinstance(sequence, (*_TEXT, list, tuple)):
+                _check_size(len(sequence) * count)
+        elif operator == "+" and isinstance(left, (*_TEXT, list, tuple)) and hasattr(right, "__len__"):
+            _check_size(len(left) + len(right))
         return super().call_binop(context, operator, left, right)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
@@ -190,34 +232,157 @@ class Sandbox(SandboxedEnvironment):
                 pass
         return super().getattr(obj, attribute)
 
+    def wrap_str_format(self, value: Any) -> Any:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            _check_format(value.__self__)
+        return wrapped
 
-_WIDTH = re.compile(r"%[-#0 +]*(\d+)|\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(obj, "__self__", None)
+        if isinstance(owner, (*_TEXT, list)):
+            args = _check_method(owner, getattr(obj, "__name__", ""), args, kwargs)
+        return super().call(context, obj, *args, **kwargs)
 
 
-def _check_format(text: str) -> None:
-    """A format string asking for a field wider than the output budget."""
+def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any = None) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+def _replaced_size(text: Any, old: Any, new: Any, count: Any = -1) -> int:
+    if not (isinstance(text, _TEXT) and isinstance(old, _TEXT) and isinstance(new, _TEXT)):
+        return 0
+    try:
+        found = text.count(old) if old else len(text) + 1  # type: ignore[arg-type]
+    except TypeError:  # str and bytes mixed: the call itself will say so
+        return 0
+    if isinstance(count, int) and count >= 0:
+        found = min(found, count)
+    return len(text) + found * (len(new) - len(old))
+
+
+def _joined(separator: Any, items: Any) -> tuple[list[Any], int]:
+    """The items, as a list (an iterator is read once, here), and the size of their join."""
+    items = list(items)
+    size = sum(len(item) for item in items if isinstance(item, _TEXT))
+    return items, size + len(separator) * max(0, len(items) - 1)
+
+
+def _check_method(owner: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Refuse a string or list method whose result would pass the output budget; the arguments
+    to call it with (an iterator given to join or extend is read here, so it is passed as a list)."""
+    if name == "replace":
+        _check_size(_replaced_size(owner, _argument(args, kwargs, 0, "old"), _argument(args, kwargs, 1, "new"),
+                                   _argument(args, kwargs, 2, "count", -1)))
+    elif name in ("center", "ljust", "rjust", "zfill"):
+        width = _argument(args, kwargs, 0, "width", 0)
+        if isinstance(width, int):
+            _check_size(width)
+    elif name == "expandtabs" and isinstance(owner, _TEXT):
+        tabsize = _argument(args, kwargs, 0, "tabsize", 8)
+        if isinstance(tabsize, int):
+            tabs = owner.count("\t") if isinstance(owner, str) else owner.count(b"\t")
+            _check_size(len(owner) + tabs * tabsize)
+    elif name == "join" and args:
+        items, size = _joined(owner, args[0])
+        _check_size(size)
+        return (items, *args[1:])
+    elif name == "extend" and isinstance(owner, list) and args:
+        items = list(args[0])
+        _check_size(len(owner) + len(items))
+        return (items, *args[1:])
+    elif name in ("append", "insert") and isinstance(owner, list):
+        _check_size(len(owner) + 1)
+    return args
+
+
+_WIDTH = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?|\{[^{}]*:([^{}]*\{|[^{}]*?\d{7})")
+
+
+def _check_format(text: Any) -> None:
+    """A format string asking for a field wider or more precise than the output budget, or for a
+    width or precision given as an argument (`%*d`, `{:{}}`), which could be anything."""
+    if not isinstance(text, str):
+        return
     for match in _WIDTH.finditer(text):
-        width = match.group(1) or match.group(2)
-        if width and len(width) > 6:
-            raise BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
+        width, precision, braces = match.group(1), match.group(2), match.group(3)
+        if braces or "*" in (width, precision) or len(width or "") > 6 or len(precision or "") > 6:
+            raise _too_large()
 
 
-def _bounded_width(filter_: Any) -> Any:
-    def bounded(*args: Any, **kwargs: Any) -> Any:
-        widths = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, int) and not isinstance(a, bool)]
-        if any(abs(w) > OUTPUT_LIMIT for w in widths):
-            raise BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
-        return filter_(*args, **kwargs)
+def _keeps_flags(bounded: Any, filter_: Any) -> Any:
     for attribute in ("jinja_pass_arg",):
         if hasattr(filter_, attribute):
             setattr(bounded, attribute, getattr(filter_, attribute))
     return bounded
 
 
+def _bounded_width(filter_: Any) -> Any:
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        widths = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, int) and not isinstance(a, bool)]
+        if any(abs(w) > OUTPUT_LIMIT for w in widths):
+            raise _too_large()
+        return filter_(*args, **kwargs)
+    return _keeps_flags(bounded, filter_)
+
+
+def _bounded_indent(filter_: Any) -> Any:
+    """indent(s, width=4, first=False, blank=False): the indent, a number or a string, goes before
+    every line."""
+    def bounded(s: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
+        size = width if isinstance(width, int) else len(width) if isinstance(width, str) else 0
+        lines = str(s).count("\n") + 1
+        _check_size(len(str(s)) + lines * abs(size))
+        return filter_(s, width, *args, **kwargs)
+    return _keeps_flags(bounded, filter_)
+
+
+def _bounded_wordwrap(filter_: Any) -> Any:
+    """wordwrap(environment, s, width=79, break_long_words=True, wrapstring=None, ...): the wrap
+    string goes between every two lines, at most one line per character."""
+    def bounded(environment: Any, s: Any, width: Any = 79, break_long_words: Any = True, wrapstring: Any = None,
+                *args: Any, **kwargs: Any) -> Any:
+        if isinstance(width, int) and not isinstance(width, bool):
+            _check_size(abs(width))
+        text = str(s)
+        if isinstance(wrapstring, str):
+            lines = 2 * len(text) // max(1, width if isinstance(width, int) and width > 0 else 1) + text.count("\n") + 1
+            _check_size(len(text) + lines * len(wrapstring))
+        return filter_(environment, s, width, break_long_words, wrapstring, *args, **kwargs)
+    return _keeps_flags(bounded, filter_)
+
+
+def _bounded_replace_filter(filter_: Any) -> Any:
+    """replace(eval_ctx, s, old, new, count=None)."""
+    def bounded(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> Any:
+        _check_size(_replaced_size(str(s), str(old), str(new), -1 if count is None else count))
+        return filter_(eval_ctx, s, old, new, count)
+    return _keeps_flags(bounded, filter_)
+
+
+def _bounded_join_filter(filter_: Any) -> Any:
+    """join(eval_ctx, value, d="", attribute=None): the items are read once, here."""
+    def bounded(eval_ctx: Any, value: Any, d: Any = "", attribute: Any = None) -> Any:
+        items = list(value)
+        _check_size(sum(len(str(item)) for item in items if isinstance(item, (str, int, float)))
+                    + len(str(d)) * max(0, len(items) - 1))
+        return filter_(eval_ctx, items, d, attribute)
+    return _keeps_flags(bounded, filter_)
+
+
+def _bounded_tojson(filter_: Any) -> Any:
+    """tojson(eval_ctx, value, indent=None): an indent is repeated on every line, times the depth."""
+    def bounded(eval_ctx: Any, value: Any, indent: Any = None) -> Any:
+        if isinstance(indent, int) and not isinstance(indent, bool) and abs(indent) > 64 or \
+                isinstance(indent, str) and len(indent) > 64:
+            raise _too_large()
+        return filter_(eval_ctx, value, indent)
+    return _keeps_flags(bounded, filter_)
+
+
 def _bounded_format(filter_: Any) -> Any:
     def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(value, str):
-            _check_format(value)
+        _check_format(value)
         return filter_(value, *args, **kwargs)
     return bounded
 
@@ -293,13 +458,15 @@ def _template_line(exc: BaseException, path: Path | None) -> int | None:
     return line
 
 
-#: What one message's template may take: beyond either, the run stops before sending.
-TIME_LIMIT = 2.0          # seconds
-OUTPUT_LIMIT = 1_000_000  # characters
+#: What one message's template may take: beyond any, the run stops before sending.
+TIME_LIMIT = 2.0          # seconds of CPU
+OUTPUT_LIMIT = 1_000_000  # characters (or items) in any one value and in the output
+MEMORY_LIMIT = 256 << 20  # bytes the process may grow by while rendering one message
+_TICK = 0.05              # the budget is looked at every 50 ms of CPU
 
 
 class BudgetExceeded(BaseException):
-    """A template took more than its time or output budget for one message.
+    """A template took more than its time, output or memory budget for one message.
 
     A BaseException, as KeyboardInterrupt is: the timer's signal lands wherever the work is, and
     an `except Exception` there (in a library, or around a C call that returned) must not swallow it.
@@ -308,34 +475,58 @@ class BudgetExceeded(BaseException):
 
 _timing = threading.local()
 _timing_installed = False
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _resident() -> int | None:
+    """This process's resident memory in bytes (Linux), None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _install_timing() -> None:
     global _timing_installed
-    signal.signal(signal.SIGVTALRM, _out_of_time)
+    signal.signal(signal.SIGVTALRM, _tick)
     _timing_installed = True
 
 
-def _out_of_time(signum: int, frame: Any) -> None:
-    if getattr(_timing, "armed", False):
+def _tick(signum: int, frame: Any) -> None:
+    """Every _TICK of CPU while a message renders: past the time budget, or grown past the memory
+    budget since the first tick, the work stops wherever it is. A message that renders in less
+    than a tick (all of them, normally) costs nothing here."""
+    if not getattr(_timing, "armed", False):
+        return
+    if time.process_time() - _timing.started >= TIME_LIMIT:  # not ticks: one C call gets one tick
         raise BudgetExceeded(f"more than {TIME_LIMIT:g} s")
+    resident = _resident()
+    if resident is None:
+        return
+    if _timing.baseline is None:
+        _timing.baseline = resident
+    elif resident - _timing.baseline > MEMORY_LIMIT:
+        raise BudgetExceeded(f"more than {MEMORY_LIMIT >> 20} MB of memory")
 
 
 @contextmanager
 def _time_budget() -> Iterator[None]:
-    """SIGVTALRM after TIME_LIMIT seconds of CPU, where signals can be used (the main thread of a
-    process: the CLI, render workers); a loop nested in a loop is then stopped wherever it is.
-    CPU time (ITIMER_VIRTUAL), not the wall clock: the real-time timer belongs to alarm() users
-    such as pytest-timeout, and a runaway template is one that computes. The handler is
-    installed once per process (installing it costs more than rendering a small template)."""
+    """SIGVTALRM every _TICK of CPU, where signals can be used (the main thread of a process: the
+    CLI, render workers); a loop nested in a loop, or one piling up values, is then stopped
+    wherever it is. CPU time (ITIMER_VIRTUAL), not the wall clock: the real-time timer belongs to
+    alarm() users such as pytest-timeout, and a runaway template is one that computes. The handler
+    is installed once per process (installing it costs more than rendering a small template).
+    One C call cannot be interrupted: the sandbox refuses beforehand those that would make a value
+    larger than OUTPUT_LIMIT (see Sandbox)."""
     if getattr(_timing, "armed", False) or threading.current_thread() is not threading.main_thread() \
             or not hasattr(signal, "setitimer"):
         yield
         return
     if not _timing_installed:
         _install_timing()
-    _timing.armed = True
-    signal.setitimer(signal.ITIMER_VIRTUAL, TIME_LIMIT)
+    _timing.armed, _timing.started, _timing.baseline = True, time.process_time(), None
+    signal.setitimer(signal.ITIMER_VIRTUAL, _TICK, _TICK)
     try:
         yield
     finally:
@@ -524,6 +715,13 @@ class Renderer:
             line = _template_line(exc, path)
             where = f"{path}:{line}" if path and line else (str(path) if path else what)
             raise TemplateError(f"{where}: the template took {exc} for one message (rendering for {contact.email})",
+                                hint="look for a loop inside a loop, or a repeated string; one message may take "
+                                     f"{TIME_LIMIT:g} s and {OUTPUT_LIMIT:,} characters") from None
+        except MemoryError as exc:
+            line = _template_line(exc, path)
+            where = f"{path}:{line}" if path and line else (str(path) if path else what)
+            raise TemplateError(f"{where}: the template asked for more memory than this machine has for one "
+                                f"message (rendering for {contact.email})",
                                 hint="look for a loop inside a loop, or a repeated string; one message may take "
                                      f"{TIME_LIMIT:g} s and {OUTPUT_LIMIT:,} characters") from None
         except jinja2.UndefinedError as exc:

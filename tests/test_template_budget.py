@@ -46,6 +46,54 @@ FOLDED_OR_IN_ONE_CALL = {
     "list sum": "<p>{{ ([[0] * 1000] * 3000)|sum(start=[]) }}</p>",
 }
 
+# Each makes a value of 2 to 10 million characters or items that the message never shows (so the
+# output budget alone would let it through), in one C call, or in steps too few for the timer:
+# at 1,000 times that size it would exhaust the machine's memory before any timer rang.
+AMPLIFIED_IN_ONE_CALL = {
+    "replace method": '{% set s = ("x" * 999999).replace("x", "xx") %}',
+    "replace filter": '{% set s = ("x" * 999999)|replace("x", "xx") %}',
+    "join method": '{% set s = "ab".join(["x"] * 999999) %}',
+    "join filter": '{% set s = (["xy"] * 999999)|join %}',
+    "ljust": '{% set s = "x".ljust(2000000) %}',
+    "zfill": '{% set s = "1".zfill(2000000) %}',
+    "expandtabs": '{% set s = ("\t" * 1000).expandtabs(5000) %}',
+    "format width from an argument": '{% set s = "{:{}}".format(1, 2000000) %}',
+    "percent width from an argument": '{% set s = "%*d" % (2000000, 1) %}',
+    "percent precision": '{% set s = "%.2000000f" % 1.0 %}',
+    "format precision": '{% set s = "{:.2000000f}".format(1.0) %}',
+    "doubling with ~": '{% set ns = namespace(s="x") %}{% for i in range(21) %}{% set ns.s = ns.s ~ ns.s %}'
+                       '{% endfor %}',
+    "doubling with +": '{% set ns = namespace(s="x") %}{% for i in range(21) %}{% set ns.s = ns.s + ns.s %}'
+                       '{% endfor %}',
+    "list extended by itself": '{% set s = [0] %}{% for i in range(21) %}{% set _ = s.extend(s) %}{% endfor %}',
+    "indent string on every line": '{% set s = ("a\n" * 1000)|indent("x" * 2000) %}',
+    "wrap string between lines": '{% set s = ("ab " * 1000)|wordwrap(2, true, "z" * 2000) %}',
+    "json indent": '{% set s = [[[[1]]]]|tojson(indent=500000) %}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(AMPLIFIED_IN_ONE_CALL))
+def test_a_value_larger_than_the_output_budget_is_refused_before_it_is_made(project: Project, name: str) -> None:
+    project.write("templates/offer.html.j2", "<p>Bonjour {{ contact.first_name }}</p>"
+                                             + AMPLIFIED_IN_ONE_CALL[name] + "<p>{{ s|length > 0 }}</p>")
+    result = project.send()
+    assert result.exit_code == 2, result.output
+    assert "offer.html.j2" in result.output and "1,000,000 characters of output for one message" in result.output
+    assert project.messages() == []
+
+
+def test_a_template_piling_up_values_stops_at_the_memory_budget(project: Project) -> None:
+    """Each value is small and each step quick; within its 2 s the loop could hold gigabytes."""
+    project.write("templates/offer.html.j2", "<p>Bonjour {{ contact.first_name }}</p>{% set s = [] %}"
+                                             "{% for i in range(100000) %}{% set _ = s.append('x' * 199999 ~ i) %}"
+                                             "{% endfor %}<p>{{ s|length }}</p>")
+    started = time.monotonic()
+    result = project.send()
+    assert time.monotonic() - started < 30, "the send hung"
+    assert result.exit_code == 2, result.output
+    assert "offer.html.j2" in result.output and "MB of memory for one message" in result.output
+    assert project.messages() == []
+
 
 @pytest.mark.parametrize("name", sorted(FOLDED_OR_IN_ONE_CALL))
 def test_work_no_timer_could_stop_is_refused_before_it_starts(project: Project, name: str) -> None:
@@ -62,6 +110,13 @@ def test_work_no_timer_could_stop_is_refused_before_it_starts(project: Project, 
 
 def test_ordinary_filters_still_work(project: Project) -> None:
     project.write("templates/offer.html.j2", "<p>{{ contact.first_name|center(20) }} {{ '%05d'|format(42) }} "
-                                             "{{ [1, 2, 3]|sum }} {{ 'ab'|indent(2) }}</p>")
-    assert project.send().exit_code == 0
-    assert b"00042" in project.messages()[0]
+                                             "{{ [1, 2, 3]|sum }} {{ 'ab'|indent(2) }} {{ ['a', 'b']|join(', ') }} "
+                                             "{{ 'a-b'|replace('-', ' et ') }} {{ 'un deux trois'|wordwrap(5) }} "
+                                             "{{ {'k': [1]}|tojson(indent=2) }} {{ 'x'.ljust(3, '.') }} "
+                                             "{{ '{:>6}'.format('y') }} {{ '%.2f' % 3.14159 }} "
+                                             "{{ ' / '.join(['c', 'd']) }} {{ contact.first_name ~ '!' }}</p>")
+    result = project.send()
+    assert result.exit_code == 0, result.output
+    message = project.messages()[0]
+    for expected in (b"00042", b"a, b", b"a et b", b"x..", b"3.14", b"c / d"):
+        assert expected in message
