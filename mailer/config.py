@@ -201,13 +201,22 @@ class Campaign:
 
 # --------------------------------------------------------------------------- loading
 
-def find_config_path(explicit: str | os.PathLike[str] | None, environ: dict[str, str]) -> Path:
-    """--config, else $MAILER_CONFIG, else ./config.toml."""
+def find_config_path(explicit: str | os.PathLike[str] | None, environ: dict[str, str],
+                     beside: str | os.PathLike[str] | None = None) -> Path:
+    """--config, else $MAILER_CONFIG, else ./config.toml, else the config.toml nearest the
+    campaign file `beside` (its folder, then each parent): `mailer send demo/campaigns/x.toml`
+    from outside the project finds demo/config.toml."""
     if explicit:
         return Path(explicit)
     if environ.get("MAILER_CONFIG"):
         return Path(environ["MAILER_CONFIG"])
-    return Path("config.toml")
+    here = Path("config.toml")
+    if here.is_file() or beside is None or not Path(beside).is_file():
+        return here
+    for folder in Path(beside).resolve().parents:
+        if (folder / "config.toml").is_file():
+            return folder / "config.toml"
+    return here
 
 
 def _read_toml(path: Path, what: str, hint: str) -> tuple[dict[str, Any], str]:
@@ -310,7 +319,8 @@ def _sqlite_url_relative_to(base: Path, url: str) -> str:
 def load_config(path: Path) -> Config:
     """Read and validate config.toml. Raises ConfigError listing every problem."""
     data, text = _read_toml(path, "config file",
-                            "pass --config PATH, set MAILER_CONFIG, or run `mailer init` to create one")
+                            "pass --config PATH, set MAILER_CONFIG, run from the project's folder, or run `mailer init` to "
+                            "create one")
     model: ConfigModel = _validate(ConfigModel, path, data, text)
     base = path.resolve().parent
     transport = model.transport.model_copy(update={"path": str(_resolve(base, model.transport.path))})

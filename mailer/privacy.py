@@ -67,8 +67,19 @@ class Explanation:
         return self.contact is None and not self.sent and not self.decisions
 
 
-def explain_person(ws: Workspace, email: str) -> Explanation:
+def _person(email: str) -> NormalisedAddress:
+    """The address a person asked about; one that is not an address at all is an input error
+    (exit 2) rather than an answer saying we hold nothing about it."""
     address = normalise(email)
+    local, at, domain = address.key.rpartition("@")
+    if not (local and at and domain) or any(c.isspace() for c in address.key):
+        raise InputError(f"{email!r} is not an email address",
+                         hint="give the address as the person wrote it, e.g. jeanne@client.example")
+    return address
+
+
+def explain_person(ws: Workspace, email: str) -> Explanation:
+    address = _person(email)
     key = address.key
     org = ws.config.organization
     explanation = Explanation(
@@ -117,9 +128,7 @@ def forget_person(ws: Workspace, email: str, *, by: str, reason: str = "request"
     "request" the hash goes on the suppression list (origin `erasure`), so the
     person is never mailed or imported again.
     """
-    address = normalise(email)
-    if "@" not in address.key:
-        raise InputError(f"{email!r} is not an email address")
+    address = _person(email)
     # The mailbox, however it was spelt when stored (+tags; at Gmail dots and googlemail.com).
     others = [NormalisedAddress(key=k, send_to=k, valid=True) for k in ws.store.people.spellings(address.key)
               if k != address.key]

@@ -152,6 +152,54 @@ class View(SimpleNamespace):
     """What templates see of a contact, the organization or the campaign: plain data only."""
 
 
+_TOP_LEVEL = ("contact", "campaign", "organization", "unsubscribe_url")
+
+
+class _Undefined(jinja2.StrictUndefined):
+    """StrictUndefined whose error names the variable as the template wrote it and the closest
+    names that exist (`contact.firstname` -> did you mean contact.first_name?)."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        if self._undefined_hint:  # the sandbox's own messages (unsafe attribute, …)
+            return str(self._undefined_hint)
+        name, owner = self._undefined_name, self._undefined_obj
+        if owner is jinja2.utils.missing:
+            fields = [f"contact.{field}" for field in _CONTACT_FIELDS]
+            return _unknown(f"{name}", list(_TOP_LEVEL), list(_TOP_LEVEL) + fields)
+        if isinstance(owner, View):
+            fields = [k for k in vars(owner) if not k.startswith("_")]
+            what = "contact" if "first_name" in fields else "organization" if "postal_address" in fields else "campaign"
+            names = [f"{what}.{field}" for field in fields]
+            return _unknown(f"{what}.{name}", names, names)
+        if isinstance(owner, dict) and isinstance(name, str):
+            names = [f"contact.attrs.{key}" for key in owner]
+            message = _unknown(f"contact.attrs.{name}", [], names)
+            return message + (f" (the CSV's extra columns: {', '.join(map(str, owner))})" if 0 < len(owner) < 30
+                              else " (the CSV has no extra columns)" if not owner else "")
+        return str(super()._undefined_message)
+
+
+_CONTACT_FIELDS = ("email", "first_name", "last_name", "company", "job_title", "industry", "country", "kind",
+                   "source", "member", "attrs")
+
+
+def _unknown(written: str, listed: list[str], candidates: list[str]) -> str:
+    """`written` is not defined; the closest of `candidates` (compared by their last part), and
+    the `listed` names."""
+    import difflib
+    leaves = {c.rsplit(".", 1)[-1].lower(): c for c in candidates}
+    close = difflib.get_close_matches(written.rsplit(".", 1)[-1].lower(), list(leaves), n=1, cutoff=0.6)
+    message = f"{written} is not defined"
+    if close:
+        message += f": did you mean {leaves[close[0]]}?"
+    if listed:
+        message += f" (known: {', '.join(listed)})"
+    return message
+
+
 class _BoundedConcat(CodeGenerator):
     """Jinja's code generator, with `a ~ b` checked against the output budget once joined (each
     piece is already bounded, so a doubling loop stops at the first value past the budget)."""
@@ -403,7 +451,7 @@ def _bounded_sum(environment: Any, iterable: Any, attribute: Any = None, start: 
 def _environment(folder: Path | None, autoescape: bool) -> SandboxedEnvironment:
     env = Sandbox(
         loader=jinja2.FileSystemLoader(str(folder)) if folder else None,
-        undefined=jinja2.StrictUndefined,
+        undefined=_Undefined,
         autoescape=autoescape,
         keep_trailing_newline=True,
     )
@@ -567,9 +615,9 @@ class _Footer:
 
     def __init__(self) -> None:
         folder = resources.files("mailer") / "footer"
-        env = Sandbox(undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=True)
+        env = Sandbox(undefined=_Undefined, autoescape=True, keep_trailing_newline=True)
         self.html = env.from_string((folder / "footer.html.j2").read_text("utf-8"))
-        text_env = Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        text_env = Sandbox(undefined=_Undefined, autoescape=False, keep_trailing_newline=True)
         self.text = text_env.from_string((folder / "footer.txt.j2").read_text("utf-8"))
 
 
@@ -610,7 +658,7 @@ class RenderedMessage:
         return "".join(self.html_pieces) if self.html_pieces else None
 
 
-def contact_context(contact: ContactData) -> View:
+def contact_context(contact: ContactData) -> View:  # its fields are _CONTACT_FIELDS
     return View(
         email=contact.email, first_name=contact.first_name, last_name=contact.last_name,
         company=contact.company, job_title=contact.job_title, industry=contact.industry,

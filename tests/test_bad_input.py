@@ -6,6 +6,7 @@ import re
 from email import policy
 from email.header import decode_header, make_header
 
+import pytest
 from conftest import CONFIG, HEADER, Project
 from smtp_server import RecordingHandler, SmtpServer
 
@@ -69,11 +70,25 @@ def test_misspelt_variable_is_an_error_before_anything_is_sent(project: Project)
     project.write("templates/offer.html.j2", "<p>Hello</p>\n<p>{{ contact.firstname }}</p>\n")
     result = project.run("check", str(project.campaign), "--no-dns")
     assert result.exit_code == 2
-    assert "offer.html.j2:2:" in result.output and "firstname" in result.output
+    assert "offer.html.j2:2: contact.firstname is not defined: did you mean contact.first_name?" in result.output
     assert "contact.attrs.NAME" in result.output
     send = project.send()
     assert send.exit_code == 2
     assert project.messages() == []
+
+
+@pytest.mark.parametrize(("written", "said"), [
+    ("firstname", "firstname is not defined: did you mean contact.first_name?"),
+    ("organization.adress", "organization.adress is not defined: did you mean organization.postal_address?"),
+    ("campaign.identifier", "campaign.identifier is not defined (known: campaign.id, campaign.kind, campaign.locale)"),
+    ("contact.attrs.segmnt", "contact.attrs.segmnt is not defined (the CSV has no extra columns)"),
+])
+def test_an_unknown_name_is_named_as_written_with_the_closest_that_exists(project: Project, written: str,
+                                                                         said: str) -> None:
+    project.write("templates/offer.html.j2", f"<p>Hello</p>\n<p>{{{{ {written} }}}}</p>\n")
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert result.exit_code == 2
+    assert f"offer.html.j2:2: {said}" in result.output
 
 
 def test_sandbox_refuses_unsafe_attribute_access(project: Project) -> None:

@@ -6,6 +6,7 @@ from email import policy
 from pathlib import Path
 
 import click
+import pytest
 from click.testing import CliRunner
 from conftest import SECRET, Project, in_a_terminal
 
@@ -164,3 +165,18 @@ def test_long_steps_before_sending_show_progress_in_a_terminal(project: Project)
     # Piped (no terminal), the output stays the plain report.
     piped = project.run("check", str(project.campaign), "--no-dns")
     assert "Reading" not in piped.output and "Rendering and checking" not in piped.output
+
+
+def test_the_config_beside_the_campaign_file_is_found_from_another_folder(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mailer send demo/campaigns/x.toml` from outside the project: demo/config.toml, not an error."""
+    runner = CliRunner()
+    env = {"MAILER_SECRET": SECRET, "MAILER_CONFIG": ""}
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(cli, ["init", "demo"], env=env).exit_code == 0
+    result = runner.invoke(cli, ["send", "demo/campaigns/cloud-audit.toml", "--dry-run"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "Campaign 2026-12-cloud-audit" in result.output
+    # An id, not a file: the current folder's config or none
+    result = runner.invoke(cli, ["status", "2026-12-cloud-audit"], env=env)
+    assert result.exit_code == 2 and "config.toml: config file not found" in result.output

@@ -5,6 +5,7 @@ import json
 import shutil
 from datetime import date, timedelta
 
+import pytest
 from conftest import Project, counts
 
 BOTH_DATABASES = True  # also run on PostgreSQL when MAILER_TEST_POSTGRES_URL is set
@@ -201,3 +202,11 @@ def test_retention_apply_removes_the_preview_copies_too(project: Project) -> Non
     applied = project.run("retention", "--apply", "--yes")
     assert applied.exit_code == 0 and "Removed 1 preview files" in applied.output
     assert not (folder / "earlier.eml").exists()
+
+
+@pytest.mark.parametrize("command", ["explain", "forget"])
+def test_explain_and_forget_refuse_what_is_not_an_address(project: Project, command: str) -> None:
+    result = project.run(command, "not an email", *(["--yes"] if command == "forget" else []))
+    assert result.exit_code == 2, result.output
+    assert "'not an email' is not an email address" in result.output
+    assert "Vous nous avez" not in result.output

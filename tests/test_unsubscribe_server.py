@@ -206,6 +206,17 @@ def test_mailer_serve_command_runs_the_endpoint(project: Project) -> None:
     assert "claire" not in server.output and "paul" not in server.output
 
 
+def test_mailer_serve_on_a_port_in_use_says_so_in_one_line_and_exits_1(project: Project) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = project.run("serve", "--port", str(port))
+    assert result.exit_code == 1, result.output
+    assert f"cannot listen on 127.0.0.1:{port}: the port is in use by another program" in result.output
+    assert "--port" in result.output and "Errno" not in result.output and "Unsubscribe endpoint on" not in result.output
+
+
 # ---------------------------------------------------------------- hostile clients
 
 def post_headers(port: int, url: str, framing: str) -> socket.socket:

@@ -84,7 +84,10 @@ class Env:
 
     @property
     def config_path(self) -> Path:
-        return find_config_path(self.config_option, self.environ)
+        """--config, $MAILER_CONFIG, ./config.toml, else the nearest beside the command's campaign file."""
+        context = click.get_current_context(silent=True)
+        campaign_file = context.params.get("campaign") if context is not None else None
+        return find_config_path(self.config_option, self.environ, campaign_file if isinstance(campaign_file, str) else None)
 
     def workspace(self) -> Workspace:
         if self._workspace is None:
@@ -103,7 +106,8 @@ pass_env = click.make_pass_decorator(Env)
 
 @click.group(cls=MailerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
-              help="config.toml to use (default: $MAILER_CONFIG, else ./config.toml).")
+              help="config.toml to use (default: $MAILER_CONFIG, else ./config.toml, else the nearest one "
+                   "beside the campaign file).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="mailer")
 @click.pass_context

@@ -1,13 +1,16 @@
 """mailer init (a sample project) and mailer serve (the unsubscribe endpoint)."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 from importlib import resources
 from pathlib import Path
 
 import click
 
+from ..errors import MailerError
 from . import Env, cli, pass_env
 
 #: request line and headers; a token URL is under 500 bytes and providers send no cookies
@@ -89,10 +92,33 @@ def serve(env: Env, host: str, port: int) -> None:
 
     from ..server import create_app, header_deadline_protocol
     app = create_app(env.workspace())
+    listening = _listen(host, port)  # before saying where: a port in use is one line, exit 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     click.echo(f"Unsubscribe endpoint on http://{host}:{port}/ (public URL: {env.workspace().config.unsubscribe.base_url})")
     # h11, not httptools even when installed: the header limit below is h11's
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", server_header=False,
-                http=header_deadline_protocol(HEADER_SECONDS), h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-                limit_concurrency=MAX_CONNECTIONS,
-                timeout_keep_alive=KEEP_ALIVE_SECONDS)
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning", server_header=False,
+                            http=header_deadline_protocol(HEADER_SECONDS),
+                            h11_max_incomplete_event_size=MAX_HEADER_BYTES, limit_concurrency=MAX_CONNECTIONS,
+                            timeout_keep_alive=KEEP_ALIVE_SECONDS)
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one sentence saying why there cannot be one."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise MailerError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                          hint="--host takes an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+        listening.listen(2048)
+    except OSError as exc:
+        listening.close()
+        reason = "the port is in use by another program" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise MailerError(f"cannot listen on {host}:{port}: {reason}",
+                          hint="choose another port with --port, or stop the program using it") from None
+    listening.set_inheritable(True)
+    return listening
