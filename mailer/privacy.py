@@ -295,16 +295,23 @@ def _jsonable(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- wording
 
-def _date(value: date | datetime | None) -> str:
-    if value is None:
-        return "—"
-    return value.date().isoformat() if isinstance(value, datetime) else value.isoformat()
+def _date_in(locale: str) -> Any:
+    """How dates are written to the person: "12 juin 2026", "12 June 2026"."""
+    from .locales import long_date
+
+    def written(value: date | datetime | None) -> str:
+        if value is None:
+            return "—"
+        day = value.date() if isinstance(value, datetime) else value
+        return long_date(locale, day.day, day.month, day.year)
+    return written
 
 
 def render_explanation(e: Explanation, locale: str, fmt: str, retention_years: int) -> str:
     """The answer to send to the person, in their language, as text or markdown."""
     from .locales import strings
     w = strings(locale).explain
+    _date = _date_in(locale)
     md = fmt == "markdown"
     out: list[str] = []
 

@@ -8,6 +8,7 @@ in the campaign's locale, and `check_footer` verifies that a reader would see it
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -50,7 +51,7 @@ from .isolation import (
     text_problems,
     value_mark,
 )
-from .locales import strings
+from .locales import fill, strings, typeset
 from .mime import CRLF, Fixed, build_message, encode_words, mailbox
 from .tokens import Keys, sign
 
@@ -727,8 +728,9 @@ class Renderer:
         # unsubscribe URL: render it once with markers, fill them in per message.
         marked = {"organization": self.organization, "unsubscribe_url": _URL, "text": self.strings,
                   "source_sentence": _SENTENCE, "locale": campaign.locale}
-        self._html_footer = _split_markers(self.footer.html.render(marked))
         self._text_footer = _split_markers(self.footer.text.render(marked).strip("\n") + "\n")
+        typeset_strings = {k: typeset(campaign.locale, v) for k, v in dataclasses.asdict(self.strings).items()}
+        self._html_footer = _split_markers(self.footer.html.render({**marked, "text": View(**typeset_strings)}))
         self.from_header = mailbox(display_name(self.from_name), self.from_address, "From")
         self.reply_to_header = ""
         if campaign.reply_to:
@@ -739,7 +741,7 @@ class Renderer:
 
     def source_sentence(self, contact: ContactData) -> str:
         if self.campaign.kind == "members" and contact.member:
-            return self.strings.member.format(organization=self.organization.name)
+            return fill(self.campaign.locale, self.strings.member, organization=self.organization.name)
         if contact.source:
             return self.strings.collected.format(source=contact.source)
         if self.roles.exempt(contact.address.key, contact.kind):
@@ -834,7 +836,8 @@ class Renderer:
             # follows it as the last child of <body> (mailer.isolation).
             isolated = self._rebuild(contact, html_body, url)
             before, after = isolated.around_footer(self.campaign.locale)
-            html_pieces = (before, *_fill(self._html_footer, str(escape(sentence)), str(escape(url))), after)
+            html_pieces = (before, *_fill(self._html_footer, str(escape(typeset(self.campaign.locale, sentence))),
+                                          str(escape(url))), after)
             problems += [self._where_in_html(p) for p in isolated.problems]
             too_big = size_problem("".join(html_pieces))
             if too_big:

@@ -100,7 +100,7 @@ def test_adding_a_language_is_adding_one_file(tmp_path: Path) -> None:
      "en.toml: has an unknown table [explian] (did you mean [explain]?)"),
     ("en.toml", 'title = "Unsubscribe"', "title = 3",
      "en.toml: [unsubscribe_page] title: must be a string, not int"),
-    ("fr.toml", "collectée ainsi : {source}.", "collectée ainsi : {sourc}.",
+    ("fr.toml", "Origine de votre adresse : {source}.", "Origine de votre adresse : {sourc}.",
      "[footer] collected: the files use different placeholders (en.toml: {source}; fr.toml: {sourc})"),
 ])
 def test_a_file_lacking_a_key_or_with_an_unknown_one_fails_naming_the_file_and_the_key(

@@ -33,10 +33,10 @@ def test_explain_a_b2b_prospect_in_french(project: Project) -> None:
     assert "Acme SAS, 12 rue de la Paix, 75002 Paris, France" in out and "dpo@acme.example" in out
     for fact in ("Prénom : Zoé", "Nom : Quintal", "Fonction : CTO", "segment : gold", "prospects"):
         assert fact in out
-    assert "Source : Salon VivaTech 2026 (collectée directement auprès de vous), le 2026-06-01." in out
+    assert "Source : Salon VivaTech 2026 (collectée directement auprès de vous), le 1er juin 2026." in out
     assert "intérêt légitime" in out
     assert "campagne 2026-12-cloud-audit — « Zoé, votre audit cloud offert »" in out
-    assert "Nous supprimerons vos données le 2029-06-01" in out
+    assert "Nous supprimerons vos données le 1er juin 2029" in out
     assert "désabonnement en un clic" in out
 
 
@@ -44,7 +44,7 @@ def test_explain_a_consumer_with_consent_proof_in_english_and_json(project: Proj
     people(project)
     out = project.run("explain", "yann.vasseur@home.example", "--locale", "en").output
     assert "Consent: given (opt-in)" in out
-    assert "your consent, given on 2026-05-05 (https://acme.example/form (case cochée))" in out
+    assert "your consent, given on 5 May 2026 (https://acme.example/form (case cochée))" in out
     assert "not sent (outside the audience)" not in out
     markdown = project.run("explain", "yann.vasseur@home.example", "--locale", "en", "--format", "markdown").output
     assert "## The data we hold" in markdown

@@ -175,7 +175,7 @@ def test_english_campaign_gets_the_english_footer(project: Project) -> None:
     project.campaign.write_text(project.campaign.read_text().replace('locale = "fr"', 'locale = "en"'))
     project.send()
     text, html = parts(parse(project.messages()[0]))
-    assert "You receive this message because your address was collected from: Salon VivaTech 2026." in text
+    assert "Where we got your address: Salon VivaTech 2026." in text
     assert "unsubscribe in one click" in html
 
 
@@ -236,3 +236,25 @@ def test_templates_can_use_jinja_globals_range_and_namespace(project: Project) -
     assert result.exit_code == 0, result.output
     html = email.message_from_bytes(project.messages()[0], policy=policy.default).get_body(("html",)).get_content()
     assert "012-7 " in html
+
+
+def test_the_footer_is_under_1_5_kb_and_written_as_a_french_reader_expects(project: Project) -> None:
+    assert project.send().exit_code == 0
+    text, html = parts(parse(project.messages()[0]))
+    footer = html[html.index('<div id="mailer-footer"'):]
+    footer = footer[:footer.index("</div>") + len("</div>")]
+    assert len(footer.encode()) < 1500, len(footer.encode())
+    assert "Origine de votre adresse\u00a0: Salon VivaTech 2026." in footer  # no-break space before ":"
+    assert " :" not in footer.replace("\u00a0:", "")
+    assert "Origine de votre adresse : Salon VivaTech 2026." in text  # plain text keeps plain spaces
+
+
+def test_a_members_footer_elides_de_before_a_vowel(project: Project) -> None:
+    project.write("config.toml", project.config.read_text().replace('name = "Acme SAS"', 'name = "Association Élan"'))
+    project.campaign.write_text(project.campaign.read_text().replace('kind = "prospecting"', 'kind = "members"'))
+    project.csv.write_text(HEADER.rstrip("\n") + ",member\n"
+                           + "claire@client.example,Claire,Durand,Client SA,CTO,banking,b2b,Adhésion,2026-06-01,yes\n")
+    result = project.send()
+    assert result.exit_code == 0, result.output
+    text, html = parts(parse(project.messages()[0]))
+    assert "en tant que membre d'Association Élan." in text

@@ -80,6 +80,8 @@ class Explain:
     """The answer to a person asking what we hold about them (`mailer explain`)."""
 
     label_separator: str  # between a label and its value: " : " in French, ": " in English
+    months: str           # the twelve month names, space-separated
+    first_day: str        # how the first day of a month is written ("1er" in French)
     greeting: str
     intro: str
     who: str
@@ -290,3 +292,29 @@ def strings(locale: str) -> Locale:
         return _catalog()[locale]
     except KeyError:
         raise KeyError(f"no locale {locale!r} (mailer/locales/ has {', '.join(available())})") from None
+
+
+_VOWEL = re.compile(r"[aeiouyàâäéèêëîïôöùûüœæ]", re.IGNORECASE)
+
+
+def fill(code: str, text: str, **values: str) -> str:
+    """text.format(**values), with French elision: "de {org}" before a vowel reads "d'Acme"."""
+    if code.split("-")[0] == "fr":
+        for name, value in values.items():
+            if value[:1] and _VOWEL.match(value[:1]):
+                text = re.sub(r"\b([dD])e \{" + name + r"\}", r"\1'{" + name + "}", text)
+    return text.format(**values)
+
+
+def long_date(code: str, day: int, month: int, year: int) -> str:
+    """A date as a person writes it in this language: "12 juin 2026", "1er juin 2026", "12 June 2026"."""
+    words = strings(code).explain
+    return f"{words.first_day if day == 1 else day} {words.months.split()[month - 1]} {year}"
+
+
+def typeset(code: str, text: str) -> str:
+    """A sentence for HTML: in French, a no-break space before ":", ";", "!" and "?" (so the sign
+    never starts a line)."""
+    if code.split("-")[0] == "fr":
+        return re.sub(r" ([:;!?])", "\u00a0\\1", text)
+    return text
