@@ -10,7 +10,9 @@ callbacks the caller passes in.
 from __future__ import annotations
 
 import asyncio
+import html as html_lib
 import os
+import re
 import signal
 import socket
 from collections import Counter
@@ -56,6 +58,28 @@ def plan_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, check
 
 
 @dataclass
+class PreviewEntry:
+    """One candidate of a preview: the gate's decision, and the files of its message if rendered."""
+
+    key: str
+    decision: str          # "allowed", "already-sent" or the rule that blocks it
+    detail: str = ""
+    subject: str = ""
+    sender: str = ""
+    to: str = ""
+    stem: str | None = None  # NNNNN-address: the .eml and .html files' name, when rendered
+
+    @property
+    def verdict(self) -> str:
+        if self.decision == "allowed":
+            return "would be sent"
+        if self.decision == "already-sent":
+            return "already sent"
+        return f"would not be sent: {self.decision}, {self.detail}" if self.detail else \
+            f"would not be sent: {self.decision}"
+
+
+@dataclass
 class PreviewResult:
     plan: Plan
     folder: Path
@@ -63,14 +87,32 @@ class PreviewResult:
     first: bytes | None = None                          # the first message's bytes, for a reviewer
     #: warnings for the person running it (the folder is open to other users)
     notes: list[str] = field(default_factory=list)
+    #: every candidate, in the plan's order (index.html lists them)
+    entries: list[PreviewEntry] = field(default_factory=list)
+    #: files of an earlier preview removed from the folder
+    replaced: int = 0
+
+    @property
+    def already_sent(self) -> int:
+        return self.plan.counts.get("already-sent", 0)
+
+
+#: the files a preview writes, and only those: a new preview removes the previous one's
+_PREVIEW_FILE = re.compile(r"^\d{5}-[^/]*\.(?:eml|html)$")
 
 
 def preview_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-                     to: str | None = None, limit: int | None = None, progress: Progress | None = None
-                     ) -> PreviewResult:
-    """Write the messages that would go out, footer and headers included, to `out_dir`:
-    one .eml and one .html per allowed recipient (only `to`'s, when given; at most `limit`).
-    Sends nothing and records no decision. Raises NotFound when `to` is not a recipient."""
+                     to: str | None = None, limit: int | None = None, include_sent: bool = False,
+                     progress: Progress | None = None) -> PreviewResult:
+    """Write the messages that would go out, footer and headers included, to `out_dir`: one .eml
+    and one .html page per message (the page shows Subject, From and To above the message), and
+    index.html listing every candidate with the gate's decision. The files of an earlier preview
+    in that folder are replaced.
+
+    Without `to`: the messages that would go out (at most `limit`), and with include_sent those
+    already sent too. With `to`: that person's message whatever their state, marked with the
+    decision when it would not be sent. Sends nothing and records no decision. Raises NotFound
+    when `to` is not a candidate."""
     prepared = prepare_campaign(ws, Path(campaign_path))
     renderer = prepared.renderer
     wanted = normalise(to).key if to else None
@@ -79,28 +121,98 @@ def preview_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], out_d
     # The one write of a preview: where its copies are, for `forget` to find them.
     ws.store.settings.record_preview_folder(str(folder.resolve()), socket.gethostname())
     result = PreviewResult(Plan(prepared.campaign, Counter()), folder, notes=list(filter(None, [too_open(folder)])))
+    result.replaced = _clear_preview(folder)
+    sender = f"{renderer.from_name} <{renderer.from_address}>" if renderer.from_name else renderer.from_address
 
-    def write(contact: ContactData, rendered: RenderedMessage) -> None:
-        """Called by the plan with each message it rendered and found compliant: written once."""
-        if (wanted is not None and contact.address.key != wanted) or \
-                (limit is not None and len(result.written) >= limit):
-            return
+    def write(contact: ContactData, rendered: RenderedMessage, entry: PreviewEntry) -> None:
         data = renderer.build_mime(rendered, renderer.message_id())
-        stem = f"{len(result.written) + 1:05d}-{preview_name(contact.address.key)}"
-        owner_only.write_file(folder / f"{stem}.eml", data)
+        entry.stem = f"{len(result.written) + 1:05d}-{preview_name(contact.address.key)}"
+        entry.subject, entry.sender = rendered.subject, sender
+        entry.to = f"{rendered.to_name} <{rendered.to_address}>" if rendered.to_name else rendered.to_address
+        owner_only.write_file(folder / f"{entry.stem}.eml", data)
         if rendered.html is not None:
-            owner_only.write_file(folder / f"{stem}.html", rendered.html.encode("utf-8"))
-        result.written.append(folder / f"{stem}.eml")
+            owner_only.write_file(folder / f"{entry.stem}.html", _message_page(entry, rendered.html).encode("utf-8"))
+        result.written.append(folder / f"{entry.stem}.eml")
         result.first = result.first or data
 
-    result.plan = decide_campaign(ws, prepared, render_check=True, persist=False, on_rendered=write,
-                                  progress=progress or no_progress)
+    def wanted_here(contact: ContactData) -> bool:
+        return (wanted is None or contact.address.key == wanted) and (limit is None or len(result.written) < limit)
+
+    def allowed(contact: ContactData, rendered: RenderedMessage) -> None:
+        """Called by the plan with each message it rendered and found compliant: written once."""
+        entry = PreviewEntry(contact.address.key, "allowed")
+        result.entries.append(entry)
+        if wanted_here(contact):
+            write(contact, rendered, entry)
+
+    def blocked(contact: ContactData, rule: str, detail: str) -> None:
+        entry = PreviewEntry(contact.address.key, rule, detail)
+        result.entries.append(entry)
+        asked = wanted is not None or (include_sent and rule == "already-sent")
+        if asked and wanted_here(contact):
+            write(contact, renderer.render(contact), entry)
+
+    result.plan = decide_campaign(ws, prepared, render_check=True, persist=False, on_rendered=allowed,
+                                  on_blocked=blocked, progress=progress or no_progress)
     if wanted is not None:
         result.plan.recipients = [r for r in result.plan.recipients or [] if r.key == wanted]
         if not result.plan.recipients:
             raise NotFound(f"{to} is not among the recipients of {result.plan.campaign.id}",
                            hint=f"is it in the list {result.plan.campaign.list_name!r}?")
+    owner_only.write_file(folder / "index.html", _index_page(result).encode("utf-8"))
     return result
+
+
+def _clear_preview(folder: Path) -> int:
+    """Remove the files an earlier preview wrote in `folder` (and nothing else)."""
+    removed = 0
+    for path in folder.iterdir():
+        if (path.name == "index.html" or _PREVIEW_FILE.match(path.name)) and path.is_file() \
+                and not path.is_symlink():
+            path.unlink()
+            removed += 1
+    return removed
+
+
+_PAGE_STYLE = ("body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222}"
+               "table{border-collapse:collapse}th,td{text-align:left;padding:4px 8px;vertical-align:top}"
+               "th{color:#555;font-weight:600}tr+tr td,tr+tr th{border-top:1px solid #eee}"
+               ".blocked{color:#a11}.sent{color:#555}iframe{width:100%;height:80vh;border:1px solid #ccc}")
+
+
+def _message_page(entry: PreviewEntry, message_html: str) -> str:
+    """A reviewer's page for one message: its headers and decision, then the HTML part exactly
+    as it goes out, in a sandboxed frame (no script, no form, nothing of it reaches the page)."""
+    e = html_lib.escape
+    rows = "".join(f"<tr><th>{label}</th><td>{e(value)}</td></tr>" for label, value in
+                   (("Subject", entry.subject), ("From", entry.sender), ("To", entry.to), ("Decision", entry.verdict)))
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(entry.subject)}</title>'
+            f"<style>{_PAGE_STYLE}</style></head><body>"
+            f'<p><a href="index.html">All messages</a> · <a href="{e(entry.stem or "")}.eml">.eml</a></p>'
+            f'<table class="headers">{rows}</table>'
+            f'<iframe title="The message" sandbox="allow-popups allow-popups-to-escape-sandbox" '
+            f'srcdoc="{e(message_html, quote=True)}"></iframe></body></html>\n')
+
+
+def _index_page(result: PreviewResult) -> str:
+    """index.html: every candidate, its decision, and links to the messages rendered."""
+    e = html_lib.escape
+    plan = result.plan
+    rows = []
+    for number, entry in enumerate(result.entries, 1):
+        cls = "" if entry.decision == "allowed" else "sent" if entry.decision == "already-sent" else "blocked"
+        links = (f'<a href="{e(entry.stem)}.html">message</a> · <a href="{e(entry.stem)}.eml">.eml</a>'
+                 if entry.stem else "")
+        rows.append(f'<tr class="{cls}"><td>{number}</td><td>{e(entry.to or entry.key)}</td>'
+                    f"<td>{e(entry.verdict)}</td><td>{e(entry.subject)}</td><td>{e(entry.sender)}</td>"
+                    f"<td>{links}</td></tr>")
+    counts = ", ".join(f"{name} {count}" for name, count in sorted(plan.counts.items(), key=lambda kv: -kv[1]))
+    title = f"Preview of {plan.campaign.id}"
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
+            f"<style>{_PAGE_STYLE}</style></head><body><h1>{e(title)}</h1>"
+            f"<p>{len(result.entries)} candidates: {e(counts)}. {len(result.written)} messages rendered.</p>"
+            "<table><thead><tr><th>#</th><th>To</th><th>Decision</th><th>Subject</th><th>From</th><th>Files</th>"
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></body></html>\n")
 
 
 def preview_name(key: str) -> str:

@@ -63,7 +63,7 @@ def test_preview_writes_eml_and_html_and_prints_one(project: Project) -> None:
     out = project.root / "preview"
     result = project.run("preview", str(project.campaign), "--out", str(out))
     assert result.exit_code == 0
-    assert len(list(out.glob("*.eml"))) == 2 and len(list(out.glob("*.html"))) == 2
+    assert len(list(out.glob("0*.eml"))) == 2 and len(list(out.glob("0*.html"))) == 2 and (out / "index.html").exists()
     assert "List-Unsubscribe: <https://mail.acme.fr/u/" in result.output
     assert "marc@soft.example" in result.output and "not-relevant" in result.output
     assert project.messages() == []

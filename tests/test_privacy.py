@@ -166,7 +166,8 @@ def test_forget_removes_the_preview_copies_of_the_person_and_keeps_the_others(pr
         result = project.run("preview", str(project.campaign), "--out", str(folder))
         assert result.exit_code == 0, result.output
     assert {p.name for p in first.iterdir()} == {"00001-claire@client.example.eml", "00001-claire@client.example.html",
-                                                "00002-paul@telco.example.eml", "00002-paul@telco.example.html"}
+                                                "00002-paul@telco.example.eml", "00002-paul@telco.example.html",
+                                                "index.html"}
     (second / "index.html").write_text("<li>Claire.Durand: claire@client.example</li>")  # named in the content only
     (second / "notes.txt").write_text("ask xclaire@client.example and claire@client.example.org")  # others
     (project.root / "gone").mkdir()
@@ -174,7 +175,7 @@ def test_forget_removes_the_preview_copies_of_the_person_and_keeps_the_others(pr
     shutil.rmtree(project.root / "gone")  # a folder removed since: nothing to do there
     result = project.run("forget", "Claire@Client.example", "--yes")
     assert result.exit_code == 0, result.output
-    assert "Removed 5 preview files (mailer preview) that held them." in result.output
+    assert "Removed 6 preview files (mailer preview) that held them." in result.output  # the indexes too
     for folder in (first, second):
         for file in folder.iterdir():
             assert b"claire@client.example" not in file.read_bytes().lower().replace(b"xclaire", b"").replace(
@@ -200,8 +201,8 @@ def test_retention_apply_removes_the_preview_copies_too(project: Project) -> Non
     assert project.run("preview", str(project.campaign), "--out", str(folder)).exit_code == 0
     (folder / "earlier.eml").write_bytes(b"To: Olga <OLD.TIMER@legacy.example>\r\n\r\nBonjour Olga\r\n")
     applied = project.run("retention", "--apply", "--yes")
-    assert applied.exit_code == 0 and "Removed 1 preview files" in applied.output
-    assert not (folder / "earlier.eml").exists()
+    assert applied.exit_code == 0 and "Removed 2 preview files" in applied.output  # and index.html, listing them
+    assert not (folder / "earlier.eml").exists() and not (folder / "index.html").exists()
 
 
 @pytest.mark.parametrize("command", ["explain", "forget"])

@@ -57,37 +57,50 @@ def check(env: Env, campaign: str, no_dns: bool, no_smtp: bool) -> None:
 
 @cli.command()
 @click.argument("campaign", type=click.Path(dir_okay=False))
-@click.option("--to", "to", help="Render only the message for this address.")
+@click.option("--to", "to", help="Render only this person's message, whatever their state (sent, or blocked: "
+                                 "marked with the rule that blocks it).")
+@click.option("--include-sent", is_flag=True, help="Also render the messages already sent.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="preview", show_default=True,
-              help="Folder for the .eml and .html files.")
+              help="Folder for the .eml and .html files and index.html (an earlier preview there is replaced).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Write at most N messages.")
 @pass_env
-def preview(env: Env, campaign: str, to: str | None, out: str, limit: int | None) -> None:
+def preview(env: Env, campaign: str, to: str | None, include_sent: bool, out: str, limit: int | None) -> None:
     """Render the messages that would go out (footer and headers included).
 
-    Writes one .eml and one .html per allowed recipient into --out, prints the
-    first message, and lists the gate's decisions.
+    Writes one .eml and one .html page per message into --out, and index.html
+    listing every candidate with the gate's decision and links to the messages
+    (open it in a browser); prints the first message and the decisions.
 
     \b
     Example:  mailer preview campaigns/cloud-audit.toml --to jeanne@client.example
     """
     ws = env.workspace()
     with Steps() as steps:
-        result = preview_campaign(ws, campaign, out, to=to, limit=limit, progress=steps)
+        result = preview_campaign(ws, campaign, out, to=to, limit=limit, include_sent=include_sent, progress=steps)
     for note in result.notes:
         click.echo(f"Note: {note}", err=True)
     if result.first is not None:
         click.echo(readable(result.first))
         click.echo("-" * 72)
-    click.echo(f"Wrote {len(result.written)} messages to {result.folder}/")
+    if to is not None:
+        entry = next((e for e in result.entries if e.stem is not None), None)
+        if entry is not None and entry.decision != "allowed":
+            click.echo(f"{to}: {entry.verdict}")
+    replaced = f" (replacing {result.replaced} files of the previous preview)" if result.replaced else ""
+    count = len(result.written)
+    click.echo(f"Wrote {count} message{'' if count == 1 else 's'} to {result.folder}/{replaced}; open "
+               f"{result.folder / 'index.html'} to review them")
+    if result.already_sent and not include_sent and to is None:
+        click.echo(f"{result.already_sent} messages were already sent: --include-sent renders them too, "
+                   "--to ADDRESS one of them")
     print_counts(result.plan)
-    blocked = [r for r in result.plan.recipients or [] if r.blocked_by]
+    blocked = [r for r in result.plan.recipients or [] if r.blocked_by and r.blocked_by != "already-sent"]
     if blocked:
         click.echo("Blocked:")
         for r in blocked[:100]:
             click.echo(f"  {r.key:<40} {r.blocked_by:<20} {r.detail}")
         if len(blocked) > 100:
-            click.echo(f"  … and {len(blocked) - 100} more (mailer status shows them after a send)")
+            click.echo(f"  … and {len(blocked) - 100} more (index.html lists them all)")
 
 
 @cli.command()
