@@ -15,9 +15,10 @@ import os
 import re
 import signal
 import socket
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import owner_only
@@ -25,7 +26,7 @@ from .addresses import normalise
 from .config import load_campaign
 from .contacts import ContactData
 from .delivery import DeliveryReport
-from .errors import ComplianceRefusal, NotFound
+from .errors import ComplianceRefusal, InputError, NotFound
 from .gate import RULE_IDS
 from .importer import ImportOutcome, Progress, no_progress
 from .lease import keep_campaign, take_campaign, this_process
@@ -36,6 +37,7 @@ from .sending import LARGE_SEND, SendReport, deliver_campaign, start_render_work
 from .states import SendState
 from .store import Run, SendLog
 from .transport import Transport
+from .transport.base import Delivery, Envelope
 from .workspace import Workspace
 
 #: Called with each delivery outcome as it is known ("sent", "failed", "deferred",
@@ -145,7 +147,9 @@ def preview_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], out_d
         if wanted_here(contact):
             write(contact, rendered, entry)
 
-    def blocked(contact: ContactData, rule: str, detail: str) -> None:
+    def blocked(contact: ContactData, rule: str | None, detail: str) -> None:
+        if rule is None:
+            return  # allowed: written when rendered
         entry = PreviewEntry(contact.address.key, rule, detail)
         result.entries.append(entry)
         asked = wanted is not None or (include_sent and rule == "already-sent")
@@ -153,7 +157,7 @@ def preview_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], out_d
             write(contact, renderer.render(contact), entry)
 
     result.plan = decide_campaign(ws, prepared, render_check=True, persist=False, on_rendered=allowed,
-                                  on_blocked=blocked, progress=progress or no_progress)
+                                  on_decided=blocked, progress=progress or no_progress)
     if wanted is not None:
         result.plan.recipients = [r for r in result.plan.recipients or [] if r.key == wanted]
         if not result.plan.recipients:
@@ -213,6 +217,76 @@ def _index_page(result: PreviewResult) -> str:
             f"<p>{len(result.entries)} candidates: {e(counts)}. {len(result.written)} messages rendered.</p>"
             "<table><thead><tr><th>#</th><th>To</th><th>Decision</th><th>Subject</th><th>From</th><th>Files</th>"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table></body></html>\n")
+
+
+@dataclass
+class TestSend:
+    """What `send_test` sent."""
+
+    to: str                # the address the test went to
+    contact: str           # whose message it is
+    subject: str           # as sent, "[TEST] " first
+    target: str            # where the transport delivered it
+    delivery: Delivery
+    #: the gate's decision for that contact, when it would not be sent to them
+    verdict: str = ""
+
+
+def send_test(ws: Workspace, campaign_path: str | os.PathLike[str], to: str, *, as_contact: str | None = None,
+              progress: Progress | None = None) -> TestSend:
+    """Send one contact's message (default: the first allowed one) to `to` through the configured
+    transport, subject prefixed "[TEST]". Nothing is recorded: not in the send log, not as a
+    contact, and its unsubscribe link and mailto record nothing when used. `to` need not be a
+    contact. Raises NotFound when `as_contact` is not a candidate, InputError for a bad `to`."""
+    address = normalise(to)
+    if not address.valid:
+        raise InputError(f"--test-to {to!r} is not an email address: {address.reason}")
+    prepared = prepare_campaign(ws, Path(campaign_path))
+    wanted = normalise(as_contact).key if as_contact else None
+    chosen: list[tuple[ContactData, str | None, str]] = []
+
+    sent_already: list[tuple[ContactData, str | None, str]] = []
+
+    def pick(contact: ContactData, rule: str | None, detail: str) -> None:
+        """The contact asked for, else the first allowed, else the first already sent to."""
+        if not chosen and (contact.address.key == wanted if wanted else rule is None):
+            chosen.append((contact, rule, detail))
+        elif not wanted and rule == "already-sent" and not sent_already:
+            sent_already.append((contact, None, ""))
+
+    decide_campaign(ws, prepared, persist=False, keep_recipients=False, on_decided=pick,
+                    progress=progress or no_progress)
+    chosen = chosen or sent_already
+    if not chosen:
+        if wanted:
+            raise NotFound(f"{as_contact} is not among the recipients of {prepared.campaign.id}",
+                           hint=f"is it in the list {prepared.campaign.list_name!r}?")
+        raise NotFound(f"no recipient of {prepared.campaign.id} may be sent this message",
+                       hint="pick one with --as ADDRESS (mailer preview shows each decision)")
+    contact, rule, detail = chosen[0]
+    renderer = prepared.renderer
+    renderer.test = True
+    rendered = renderer.render(contact)
+    if rendered.footer_problems:
+        raise ComplianceRefusal(list(rendered.footer_problems))
+    rendered = replace(rendered, subject=f"[TEST] {rendered.subject}", to_address=address.send_to, to_name="")
+    data = renderer.build_mime(rendered, renderer.message_id())
+    transport = ws.open_transport()
+    wire = getattr(transport, "wire_format", None)
+    envelope = Envelope(key=f"test.{uuid.uuid4().hex}", mail_from=ws.config.smtp.bounce_address or
+                        renderer.from_address, rcpt_to=address.send_to, data=wire(data) if wire else data,
+                        wire=wire is not None)
+
+    async def deliver() -> Delivery:
+        await transport.open()
+        try:
+            return await transport.deliver(envelope)
+        finally:
+            await transport.close()
+
+    delivery = asyncio.run(deliver())
+    verdict = "" if rule is None else f"{rule}, {detail}" if detail else rule
+    return TestSend(address.send_to, contact.address.key, rendered.subject, transport.target, delivery, verdict)
 
 
 def preview_name(key: str) -> str:

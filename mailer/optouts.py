@@ -135,6 +135,8 @@ def record_mailto_optouts(ws: Workspace, paths: Iterable[Path]) -> InboundResult
             if raw is None:
                 raise InvalidToken("no unsubscribe-TOKEN in the subject")
             token = verify(ws.keys, raw)
+            if token.test:
+                raise InvalidToken("the token of a test message (mailer send --test-to): nothing to record")
         except InvalidToken as exc:
             result.rejected.append(f"{path}: {exc}")
             continue

@@ -95,7 +95,7 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
                   transport: Transport | None = None, persist: bool = True, run_id: int | None = None,
                   keep_recipients: bool = True,
                   on_rendered: Callable[[ContactData, RenderedMessage], None] | None = None,
-                  on_blocked: Callable[[ContactData, str, str], None] | None = None,
+                  on_decided: Callable[[ContactData, str | None, str], None] | None = None,
                   progress: Progress = no_progress) -> Plan:
     """Import the campaign's CSV, recover a crashed run, and decide for every candidate.
 
@@ -108,7 +108,7 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
     `footer-missing` (and any template error) is known now; `send` checks each
     message as it renders it instead. on_rendered receives each message that
     rendered with a visible footer (preview writes it, instead of rendering again);
-    on_blocked receives each other candidate with its rule and reason.
+    on_decided receives every candidate with the rule that blocks it (None: allowed) and why.
     """
     campaign = prepared.campaign
     now = utcnow()
@@ -166,8 +166,8 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
             elif on_rendered is not None:
                 on_rendered(contact, rendered)
         plan.counts[blocked_by or "allowed"] += 1
-        if blocked_by is not None and on_blocked is not None:
-            on_blocked(contact, blocked_by, detail)
+        if on_decided is not None:
+            on_decided(contact, blocked_by, detail)
         if blocked_by is None and plan.first_allowed is None:
             plan.first_allowed = contact
         if plan.recipients is not None:

@@ -720,6 +720,8 @@ class Renderer:
                                             privacy_url=org.privacy_url, contact_email=org.contact_email)
         self.campaign_view = View(id=campaign.id, kind=campaign.kind, locale=campaign.locale)
         self.roles = config.compliance.role_addresses()
+        #: messages for `send --test-to`: their unsubscribe tokens record nothing when used
+        self.test = False
         #: the rebuild of a probe rendering per shape of contact (None: rebuilt for each message)
         self._reuse: dict[tuple[Any, ...], Reuse | None] = {}
         self.base_url = config.unsubscribe.base_url.rstrip("/")
@@ -750,7 +752,7 @@ class Renderer:
 
     def unsubscribe_for(self, contact: ContactData) -> tuple[str, str, str | None]:
         digest = mailbox_hash(self.keys.address, contact.address.key)
-        token = sign(self.keys, self.campaign.id, self.campaign.locale, digest)
+        token = sign(self.keys, self.campaign.id, self.campaign.locale, digest, test=self.test)
         url = f"{self.base_url}/u/{token}"
         mailto = None
         if self.config.unsubscribe.mailto:

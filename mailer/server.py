@@ -108,6 +108,8 @@ class UnsubscribeApp:
             token = verify(self.ws.keys, raw)
         except InvalidToken:
             return None
+        if token.test:  # signed by us, and records nothing: its campaign may never have been sent
+            return token
         if token.campaign_id not in self._campaigns:
             if not self.ws.store.campaigns.known(token.campaign_id):
                 return None
@@ -124,11 +126,12 @@ class UnsubscribeApp:
         if token is None:
             return self._bad()
         t = strings(token.locale).unsubscribe_page
-        if await run_in_threadpool(self._suppressed, token):
+        if not token.test and await run_in_threadpool(self._suppressed, token):
             return self._done(token.locale, already=True)
         options = "".join(f'<option value="{k}">{html.escape(v)}</option>' for k, v in t.reasons.items())
         action = html.escape(request.url.path)
-        body = (f"<h1>{t.title}</h1><p>{self._fill(t.intro)}</p><p>{t.question}</p>"
+        body = (f"<h1>{t.title}</h1>" + (f'<p role="note">{t.test}</p>' if token.test else "")
+                + f"<p>{self._fill(t.intro)}</p><p>{t.question}</p>"
                 f'<form method="post" action="{action}">'
                 f'<input type="hidden" name="via" value="page">'
                 f'<label for="reason">{t.why}</label><select id="reason" name="reason">{options}</select>'
@@ -146,6 +149,9 @@ class UnsubscribeApp:
         token = await run_in_threadpool(self._token, request.path_params["token"])
         if token is None:
             return self._bad()
+        if token.test:  # a test message's link (send --test-to): nothing to record
+            t = strings(token.locale).unsubscribe_page
+            return _page(token.locale, t.title, f'<h1>{t.title}</h1><p role="status">{t.test}</p>')
         fields = await _form_fields(request)
         origin = "link" if fields.get("via") == "page" else "one-click"
         reason = fields.get("reason", "")

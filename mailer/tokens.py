@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from .locales import available
 
 VERSION = "1"
+#: the version field of a test message's token (`mailer send --test-to`): it verifies, and
+#: records nothing when used
+TEST_VERSION = "t1"
 _SHAPE = re.compile(r"^[A-Za-z0-9_\-.]{40,400}$")
 
 
@@ -40,6 +43,7 @@ class UnsubscribeToken:
     campaign_id: str
     locale: str
     address_hash: str  # hex, as kept on the suppression list
+    test: bool = False  # from a test message: using it records nothing
 
 
 class InvalidToken(ValueError):
@@ -62,10 +66,10 @@ def _unb64(text: str) -> bytes:
     return data
 
 
-def sign(keys: Keys, campaign_id: str, locale: str, address_hash: str) -> str:
+def sign(keys: Keys, campaign_id: str, locale: str, address_hash: str, *, test: bool = False) -> str:
     if locale not in available():
         raise ValueError(f"no locale {locale!r}: a token's locale is one of {', '.join(available())} (mailer/locales/)")
-    body = ".".join((VERSION, _b64(campaign_id.encode("utf-8")), locale,
+    body = ".".join((TEST_VERSION if test else VERSION, _b64(campaign_id.encode("utf-8")), locale,
                      _b64(bytes.fromhex(address_hash))))
     mac = hmac.new(keys.token, body.encode("ascii"), hashlib.sha256).digest()
     return f"{body}.{_b64(mac)}"
@@ -81,7 +85,7 @@ def verify(keys: Keys, token: str) -> UnsubscribeToken:
     if not hmac.compare_digest(given, expected):
         raise InvalidToken("bad signature")
     parts = body.split(".")
-    if len(parts) != 4 or parts[0] != VERSION or parts[2] not in available():
+    if len(parts) != 4 or parts[0] not in (VERSION, TEST_VERSION) or parts[2] not in available():
         raise InvalidToken("unknown token format")
     try:
         campaign_id = _unb64(parts[1]).decode("utf-8")
@@ -90,4 +94,5 @@ def verify(keys: Keys, token: str) -> UnsubscribeToken:
     digest = _unb64(parts[3])
     if len(digest) != 32:
         raise InvalidToken("malformed token")
-    return UnsubscribeToken(campaign_id=campaign_id, locale=parts[2], address_hash=digest.hex())
+    return UnsubscribeToken(campaign_id=campaign_id, locale=parts[2], address_hash=digest.hex(),
+                            test=parts[0] == TEST_VERSION)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ..campaign import campaign_status, plan_campaign, preview_campaign, send_campaign
+from ..campaign import campaign_status, plan_campaign, preview_campaign, send_campaign, send_test
 from ..errors import ComplianceRefusal, InputError, NotFound, TransportError
 from ..gate import RULE_IDS
 from ..planning import Plan
@@ -110,16 +110,31 @@ def preview(env: Env, campaign: str, to: str | None, include_sent: bool, out: st
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Send at most N messages in this run.")
 @click.option("--retry-uncertain", is_flag=True,
               help="Resend deliveries a crash left uncertain (they may then arrive twice).")
+@click.option("--test-to", "test_to", metavar="EMAIL",
+              help="Send one test message to EMAIL instead (subject '[TEST] …'); nothing is recorded.")
+@click.option("--as", "as_contact", metavar="CONTACT",
+              help="With --test-to: whose message to send (default: the first allowed recipient).")
 @pass_env
-def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, retry_uncertain: bool) -> None:
+def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, retry_uncertain: bool,
+         test_to: str | None, as_contact: str | None) -> None:
     """Plan, confirm, send with a progress bar, and print a summary.
 
     Rerunning resumes: nobody is mailed twice for one campaign.
 
+    With --test-to, one recipient's message goes to EMAIL through the configured
+    transport, subject prefixed [TEST]: nothing is recorded in the send log, and
+    its unsubscribe link records nothing when used.
+
     \b
-    Example:  mailer send campaigns/cloud-audit.toml --yes
+    Examples:  mailer send campaigns/cloud-audit.toml --yes
+               mailer send campaigns/cloud-audit.toml --test-to me@acme.example --as jeanne@client.example
     """
+    if as_contact and not test_to:
+        raise click.UsageError("--as goes with --test-to")
     ws = env.workspace()
+    if test_to:
+        _send_test(ws, campaign, test_to, as_contact)
+        return
     bar = SendingBar()
 
     def confirm(plan: Plan, to_send: int) -> bool:
@@ -232,3 +247,18 @@ def status(env: Env, campaign: str, show: str | None) -> None:
             f"{row.smtp_code or '':<4} {row.smtp_text or row.detail}"
         click.echo(f"  {row.address_key:<40} {extra}")
 
+
+
+def _send_test(ws: Workspace, campaign: str, to: str, as_contact: str | None) -> None:
+    with Steps() as steps:
+        sent = send_test(ws, campaign, to, as_contact=as_contact, progress=steps)
+    if sent.verdict:
+        click.echo(f"Note: {sent.contact} would not be sent this campaign ({sent.verdict}); the test shows their "
+                   "message anyway", err=True)
+    if sent.delivery.state != "sent":
+        answer = f" ({sent.delivery.code} {sent.delivery.text})" if sent.delivery.code else \
+            f" ({sent.delivery.text})" if sent.delivery.text else ""
+        raise TransportError(f"the test message to {sent.to} was not delivered: {sent.delivery.state}{answer}")
+    click.echo(f"Sent a test of {sent.contact}'s message to {sent.to} via {sent.target.rstrip('/')}: "
+               f"{sent.subject}")
+    click.echo("Nothing was recorded; its unsubscribe link records nothing when used.")

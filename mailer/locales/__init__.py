@@ -70,6 +70,7 @@ class UnsubscribePage:
     done: str
     already: str
     privacy: str
+    test: str
     bad_title: str
     bad: str
     reasons: Mapping[str, str]  # reason id ("" for none) -> label, in the order shown
