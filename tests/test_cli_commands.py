@@ -180,3 +180,27 @@ def test_the_config_beside_the_campaign_file_is_found_from_another_folder(tmp_pa
     # An id, not a file: the current folder's config or none
     result = runner.invoke(cli, ["status", "2026-12-cloud-audit"], env=env)
     assert result.exit_code == 2 and "config.toml: config file not found" in result.output
+
+
+def test_contacts_list_show_and_remove(project: Project) -> None:
+    assert project.send().exit_code == 0
+    listed = project.run("contacts", "list").output
+    assert listed.splitlines()[0].split() == ["EMAIL", "NAME", "COMPANY", "JOB", "TITLE", "KIND", "SOURCE",
+                                              "COLLECTED", "LISTS"]
+    assert "claire@client.example" in listed and "paul@telco.example" in listed and "marc@soft.example" in listed
+    found = project.run("contacts", "list", "--search", "TELCO", "--list", "prospects").output
+    assert "paul@telco.example" in found and "claire@client.example" not in found
+    assert "No contact matches." in project.run("contacts", "list", "--search", "50%_off").output
+    limited = project.run("contacts", "list", "--limit", "1").output
+    assert "… 2 more" in limited
+    shown = project.run("contacts", "show", "Claire@Client.example").output
+    for line in ("email:", "claire@client.example", "company:", "Client SA", "lists:", "prospects",
+                 "suppressed:", "no", "campaign 2026-12-cloud-audit:", "sent"):
+        assert line in shown
+    assert project.run("contacts", "show", "nobody@else.example").exit_code == 2
+    removed = project.run("contacts", "remove", "paul@telco.example", "--list", "prospects")
+    assert removed.exit_code == 0 and "Removed paul@telco.example from the list 'prospects'" in removed.output
+    again = project.run("contacts", "remove", "paul@telco.example", "--list", "prospects")
+    assert again.exit_code == 2 and "is not in the list 'prospects'" in again.output
+    assert "paul@telco.example" not in project.run("contacts", "list", "--list", "prospects").output
+    assert "paul@telco.example" in project.run("contacts", "list").output  # the contact stays

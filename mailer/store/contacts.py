@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.engine import Engine
 
 from ..addresses import NormalisedAddress
@@ -136,6 +136,43 @@ class Contacts:
     def count(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(CONTACTS)).scalar_one()
+
+    def search(self, *, list_name: str | None = None, text: str = "", limit: int = 100
+               ) -> tuple[list[tuple[ContactData, list[str]]], int]:
+        """Contacts (of one list, when given) whose address, name, company or job title contains
+        `text` (any case), in import order, each with its lists; at most `limit`, and how many match."""
+        table, members, lists = CONTACTS, LIST_MEMBERS, LISTS
+        where: list[Any] = []
+        if list_name is not None:
+            list_id = self.list_id(list_name)
+            where.append(table.c.id.in_(select(members.c.contact_id).where(members.c.list_id == list_id)))
+        if text:
+            pattern = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append(or_(*(func.lower(column).like(pattern, escape="\\") for column in
+                               (table.c.email_key, table.c.first_name, table.c.last_name, table.c.company,
+                                table.c.job_title))))
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+            rows = list(conn.execute(select(table).where(*where).order_by(table.c.id).limit(limit)).mappings())
+            ids = [row["id"] for row in rows]
+            names: dict[int, list[str]] = {i: [] for i in ids}
+            if ids:
+                query = (select(members.c.contact_id, lists.c.name).join(lists, lists.c.id == members.c.list_id)
+                         .where(members.c.contact_id.in_(ids)).order_by(lists.c.name))
+                for contact_id, name in conn.execute(query):
+                    names[contact_id].append(name)
+        return [(contact_from_row(row), names[row["id"]]) for row in rows], total
+
+    def remove_from_list(self, key: str, list_name: str) -> bool:
+        """Take the contact with this normalised address out of a list (the contact stays)."""
+        list_id = self.list_id(list_name)
+        with self.engine.begin() as conn:
+            contact_id = conn.execute(select(CONTACTS.c.id).where(CONTACTS.c.email_key == key)).scalar()
+            if contact_id is None:
+                return False
+            removed = conn.execute(LIST_MEMBERS.delete().where(LIST_MEMBERS.c.list_id == list_id,
+                                                               LIST_MEMBERS.c.contact_id == contact_id))
+        return bool(removed.rowcount)
 
 
 _contacts = CONTACTS
