@@ -179,6 +179,9 @@ def test_suppressions_match_every_spelling_of_a_domain_and_a_mailbox(project: Pr
     check = project.run("suppress", "check", "R@EU.Client.Example")
     assert "suppressed" in check.output and "@client.example" in check.output
     assert "not on the suppression list" in project.run("suppress", "check", "jeanne@other.example").output
+    several = project.run("suppress", "check", "jeanne@other.example", "JEANNE+x@pme.example").output.splitlines()
+    assert several[0] == "jeanne@other.example: not on the suppression list."
+    assert several[1] == "JEANNE+x@pme.example: suppressed." and "the mailbox (manual)" in several[2]
     # Removing the mailbox under another spelling removes it.
     assert project.run("suppress", "remove", "jeanne+zz@pme.example", "--yes").exit_code == 0
     assert "not on the suppression list" in project.run("suppress", "check", "jeanne@pme.example").output

@@ -17,6 +17,7 @@ from ..optouts import (
     suppressions_covering,
     unsuppress,
 )
+from ..workspace import Workspace
 from . import Env, cli, pass_env
 
 #: Finished, but some inbound messages could not be read (the spec's "some failed").
@@ -171,18 +172,24 @@ def suppress_export(env: Env) -> None:
 
 
 @suppress_group.command("check")
-@click.argument("value")
+@click.argument("values", nargs=-1, required=True)
 @pass_env
-def suppress_check(env: Env, value: str) -> None:
-    """Say whether mail to an address (or a @domain) is stopped, and by which entries.
+def suppress_check(env: Env, values: tuple[str, ...]) -> None:
+    """Say whether mail to each address (or @domain) is stopped, since when and by what; nothing else.
 
     An address entry covers the mailbox however it is spelt (+tags; dots and
     googlemail.com at Gmail); a domain entry covers its subdomains.
 
     \b
-    Example:  mailer suppress check jean+news@example.com
+    Example:  mailer suppress check jean+news@example.com @client.example
     """
-    entries = suppressions_covering(env.workspace(), value)
+    ws = env.workspace()
+    for value in values:
+        _check_one(ws, value)
+
+
+def _check_one(ws: Workspace, value: str) -> None:
+    entries = suppressions_covering(ws, value)
     if not entries:
         click.echo(f"{value}: not on the suppression list.")
         return
