@@ -31,8 +31,10 @@ class Settings:
             conn.execute(insert_ignore(self.dialect, SETTINGS), [{"key": key, "value": value}])
 
     def record_preview_folder(self, folder: str, host: str) -> None:
-        """Remember that `preview` wrote personal data to `folder` on `host` (once per folder)."""
-        self.put_if_absent(PREVIEW_FOLDER + folder, host)
+        """Remember that `preview` wrote personal data to `folder` on `host` (once per folder: a folder
+        already recorded costs no write, so previewing again works while a send holds the write lock)."""
+        if self.get(PREVIEW_FOLDER + folder) is None:
+            self.put_if_absent(PREVIEW_FOLDER + folder, host)
 
     def preview_folders(self) -> list[tuple[str, str]]:
         """(folder, host) for every folder `preview` wrote to."""
@@ -60,7 +62,10 @@ class Settings:
                 created = existing == generated
             secret = existing.encode("ascii")
         fingerprint = hmac.new(secret, b"mailer/secret-fingerprint/v1", hashlib.sha256).hexdigest()[:32]
-        self.put_if_absent("secret_fingerprint", fingerprint)
+        # Read first: every command opens the workspace, and a read-only one (status, suppress list)
+        # must not wait for, or fail on, the write lock a send holds (INSERT OR IGNORE takes it).
+        if self.get("secret_fingerprint") is None:
+            self.put_if_absent("secret_fingerprint", fingerprint)
         if self.get("secret_fingerprint") != fingerprint:
             raise StoreError(
                 f"the unsubscribe secret (${variable}, or the one kept in the database) is not the one this "
