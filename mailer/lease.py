@@ -36,8 +36,13 @@ def take_campaign(store: Store, campaign_id: str, owner: str | None = None) -> s
     owner = owner or this_process()
     taken, holder, until = store.campaigns.take_lease(campaign_id, owner, LEASE_SECONDS, _dead_here)
     if not taken:
-        when = f" until {until:%H:%M:%S} UTC" if until else ""
-        raise TransportError(f"campaign {campaign_id} is being sent by another process ({holder}){when}",
+        host, _, pid = holder.rpartition(":")
+        who = f"host {host}, pid {pid}" if host and pid.isdigit() else holder or "unknown"
+        run = store.campaigns.last_run(campaign_id)
+        if run is not None and run.outcome == "running":
+            who += f", sending since {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
+        when = f"; its lease runs until {until:%H:%M:%S} UTC" if until else ""
+        raise TransportError(f"campaign {campaign_id} is being sent by another process ({who}{when})",
                              hint="wait for it to finish; if it died on another machine, rerun once its lease "
                                   "has expired")
     return owner

@@ -458,7 +458,8 @@ def test_a_second_send_of_a_campaign_being_sent_is_refused(project: Project) -> 
         _wait_for(lambda: len(handler.received) >= 3)
         second = project.send()
         assert second.exit_code == 1
-        assert "is being sent by another process" in second.output
+        assert "is being sent by another process (host " in second.output
+        assert f"pid {first.pid}, sending since " in second.output  # who, and since when
         output, _ = first.communicate(timeout=60)
         assert first.returncode == 0, output
         assert project.send().exit_code == 0  # the lease was released

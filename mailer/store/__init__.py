@@ -209,6 +209,8 @@ class Store:
             url = self.engine.url.render_as_string(hide_password=False)
             raise StoreError(f"cannot open database {redacted(url)!r}: {_without(exc.orig, url)}",
                              hint=_open_hint(self.dialect)) from None
+        # Of processes creating one database together, only the one that ran the migrations created it.
+        self.created = self.created and before is None
         note = migrate.upgrade_note(before, after)
         return [note] if note else []
 

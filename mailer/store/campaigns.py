@@ -27,11 +27,18 @@ class Campaigns:
         """Become the one process sending this campaign, for `seconds` (renewable).
 
         Succeeds when nobody holds the lease, it expired, it is ours, or its owner
-        is a dead process on this host. Returns (taken, current owner, until).
+        is a dead process on this host. Returns (taken, holder, until): when not taken,
+        the process that holds it now.
+
+        The row is locked before it is read (a no-op UPDATE: PostgreSQL's row lock, SQLite's
+        write lock), so two processes starting together do not both read it free: the second
+        one, refused, named its holder as "" ("being sent by another process ()").
         """
         table = CAMPAIGNS
         now = utcnow()
         with self.engine.begin() as conn:
+            conn.execute(update(table).where(table.c.id == campaign_id)
+                         .values(lease_owner=table.c.lease_owner))
             row = conn.execute(select(table.c.lease_owner, table.c.lease_until)
                                .where(table.c.id == campaign_id)).first()
             if row is None:
@@ -42,11 +49,22 @@ class Campaigns:
             free = not holder or holder == owner or until is None or until < now or owner_is_dead(holder)
             if not free:
                 return False, holder, until
-            taken = conn.execute(update(table).where(
-                table.c.id == campaign_id,
-                table.c.lease_owner == holder).values(
-                lease_owner=owner, lease_until=now + timedelta(seconds=seconds))).rowcount
-        return taken == 1, holder, until
+            until = now + timedelta(seconds=seconds)
+            conn.execute(update(table).where(table.c.id == campaign_id).values(lease_owner=owner, lease_until=until))
+        return True, owner, until
+
+    def lease(self, campaign_id: str) -> tuple[str, datetime | None]:
+        """Who holds the campaign's lease and until when ("" and None: nobody). Reads only."""
+        table = CAMPAIGNS
+        with self.engine.connect() as conn:
+            row = conn.execute(select(table.c.lease_owner, table.c.lease_until)
+                               .where(table.c.id == campaign_id)).first()
+        if row is None or not row.lease_owner:
+            return "", None
+        until = row.lease_until
+        if until is not None and until.tzinfo is None:
+            until = until.replace(tzinfo=UTC)
+        return row.lease_owner, until
 
     def release_lease(self, campaign_id: str, owner: str) -> None:
         table = CAMPAIGNS
