@@ -29,7 +29,7 @@ from .delivery import DeliveryReport
 from .errors import ComplianceRefusal, InputError, NotFound
 from .gate import RULE_IDS
 from .importer import ImportOutcome, Progress, no_progress
-from .lease import keep_campaign, take_campaign, this_process
+from .lease import being_sent, keep_campaign, take_campaign, this_process
 from .owner_only import too_open
 from .planning import Plan, PreparedCampaign, decide_campaign, expected_recipients, prepare_campaign
 from .render import RenderedMessage
@@ -476,6 +476,9 @@ class CampaignStatus:
     last_run: Run | None
     #: rows in the state asked for (`show`), in plan order
     rows: list[SendLog] = field(default_factory=list)
+    #: the last run is recorded as running but no live process sends the campaign (it crashed or
+    #: was killed): the rows it left in `sending` are counted (and shown) as uncertain
+    dead_run: bool = False
 
     @property
     def allowed(self) -> int:
@@ -490,6 +493,15 @@ def campaign_status(ws: Workspace, campaign: str | os.PathLike[str], *, show: st
         raise NotFound(f"no send log for campaign {campaign_id!r}",
                        hint="send the campaign first (or check the id)")
     states, rules = ws.store.sendlog.status_counts(campaign_id)
+    last_run = ws.store.campaigns.last_run(campaign_id)
+    shown = [show] if show else []
+    # Nobody sends it now: what a run left in flight may or may not have left (the next send says
+    # which); status only reads, so the rows keep their state until then.
+    dead_run = not being_sent(ws.store, campaign_id) and (
+        bool(states.get(SendState.SENDING)) or (last_run is not None and last_run.outcome == "running"))
+    if dead_run and states.get(SendState.SENDING):
+        states[SendState.UNCERTAIN] = states.get(SendState.UNCERTAIN, 0) + states.pop(SendState.SENDING)
+        if show == SendState.UNCERTAIN:
+            shown.append(SendState.SENDING)
     return CampaignStatus(campaign_id, states, rules, ws.store.suppressions.bounces_recorded(campaign_id),
-                          ws.store.campaigns.last_run(campaign_id),
-                          ws.store.sendlog.rows(campaign_id, [show]) if show else [])
+                          last_run, ws.store.sendlog.rows(campaign_id, shown) if show else [], dead_run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -29,6 +30,15 @@ def _dead_here(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def being_sent(store: Store, campaign_id: str) -> bool:
+    """True while a live process holds the campaign's lease: held, not expired, and not a process
+    of this host that no longer runs. Reads only (`status` uses it)."""
+    holder, until = store.campaigns.lease(campaign_id)
+    if not holder or until is None or until < datetime.now(UTC):
+        return False
+    return not _dead_here(holder)
 
 
 def take_campaign(store: Store, campaign_id: str, owner: str | None = None) -> str:

@@ -239,7 +239,11 @@ def status(env: Env, campaign: str, show: str | None) -> None:
             click.echo(f"    {rule:<18} {rules[rule]:>7}")
     run = found.last_run
     if run is not None:
-        click.echo(f"Last run: {run.started_at:%Y-%m-%d %H:%M} UTC, {run.outcome}")
+        outcome = run.outcome
+        if found.dead_run and outcome == "running":
+            outcome = ("stopped without finishing (its process is gone); the messages it was sending are "
+                       "counted uncertain, and the next `mailer send` resumes")
+        click.echo(f"Last run: {run.started_at:%Y-%m-%d %H:%M} UTC, {outcome}")
         if run.counts.get("duplicate"):
             click.echo(f"  {run.counts['duplicate']} repeated rows in the CSV were skipped as duplicates")
     for row in found.rows:
