@@ -191,6 +191,12 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
     unreachable = [0]
     give_up_after = max(5, transport.concurrency)
 
+    def halt(delivery: Delivery) -> None:
+        """The transport says no further message can go in this run: stop after those in flight."""
+        if delivery.stop_run and not stop.is_set():
+            report.aborted = delivery.stop_run
+            stop.set()
+
     async def deliver_one(message: Outgoing, claimed: bool = True) -> None:
         """Deliver a claimed message (retrying temporary failures); or, with claimed=False, claim
         it while the transport opens the transaction: only DATA waits for the claim."""
@@ -198,6 +204,10 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
             await pace.wait()
             if claimed:
                 delivery = await transport.deliver(message.envelope)
+                halt(delivery)
+                if delivery.state == "withheld":
+                    committer.outcome(message, Delivery("planned", text=delivery.text or "stopped before delivery"))
+                    return
             else:
                 if ready is not None:  # claim only once a connection is there for the message
                     await ready()
@@ -209,11 +219,12 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
                 delivery = await transport.deliver(message.envelope, permit=permit)
                 answer = await claim
                 claimed = True
+                halt(delivery)
                 if answer != "go":  # opted out meanwhile, or another process has the row: nothing was sent
                     finish(answer)
                     return
                 if delivery.state == "withheld":  # stopping: the message goes back to the queue
-                    committer.outcome(message, Delivery("planned", text="stopped before delivery"))
+                    committer.outcome(message, Delivery("planned", text=delivery.text or "stopped before delivery"))
                     return
             if delivery.state == "deferred" and message.attempts < retry.max_attempts and not stop.is_set():
                 committer.outcome(message, Delivery("sending", delivery.code, delivery.text))

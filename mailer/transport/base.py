@@ -27,13 +27,17 @@ class Delivery:
 
     state: "sent", "failed" (permanent), "deferred" (temporary, retry later),
     "uncertain" (the connection died after DATA started: it may have left) or
-    "withheld" (the permit was refused: nothing was delivered).
+    "withheld" (the permit was refused, or the transport stops the run: nothing was delivered).
+
+    stop_run: why no further message can go in this run (one sentence); the engine stops
+    after the messages in flight, and the rest waits for the next run.
     """
 
     state: str
     code: int | None = None
     text: str = ""
     hard_bounce: bool = False
+    stop_run: str = ""
 
 
 class Transport(Protocol):

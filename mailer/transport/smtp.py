@@ -109,6 +109,8 @@ class SmtpTransport:
         self._idle_waiters: deque[asyncio.Future[None]] = deque()
         self._where = f"{s.host}:{s.port}"
         self.target = self._where
+        self._answered = False  # a transaction command (MAIL, RCPT, DATA…) got a reply in this run
+        self._silent = ""  # why the run stops: the server answers no transaction on any connection
 
     # ---------------------------------------------------------------- connections
 
@@ -210,11 +212,24 @@ class SmtpTransport:
             await self._slots.acquire()
         try:
             while True:
+                if self._silent:
+                    return Delivery("withheld", text=self._silent, stop_run=self._silent)
                 session = await self._session()
                 if isinstance(session, Delivery):
                     return session
                 reused = session.delivered > 0
                 delivery, reusable = await session.transaction(envelope, permit)
+                if session.replies:
+                    self._answered = True
+                elif session.timed_out and delivery.state == "deferred" and not self._answered:
+                    # It greets and answers EHLO, then nothing: every connection would wait out its
+                    # timeout and every retry too (197 s over 59 connections). Stop after this round;
+                    # nothing of the message was written, so it goes back to planned.
+                    self._discard(session)
+                    self._silent = (f"the SMTP server {self._where} accepted the connection and answered EHLO, "
+                                    f"but answered no MAIL command within {self.settings.timeout_seconds:g} s "
+                                    "([smtp] timeout_seconds); nothing was sent")
+                    return Delivery("withheld", text=self._silent, stop_run=self._silent)
                 if reusable:
                     self._give_back(session)
                 else:
@@ -354,6 +369,8 @@ class _Session(asyncio.Protocol):
         self.size_limit = size_limit  # the server's SIZE, in bytes
         self.delivered = 0  # messages this connection has carried
         self.lost: str | None = None  # why the connection is gone
+        self.replies = 0  # replies read to our commands (after EHLO)
+        self.timed_out = False  # the connection was closed because a reply did not come in time
         self._transport = transport
         self._timeout = timeout
         self._where = where
@@ -427,13 +444,18 @@ class _Session(asyncio.Protocol):
             self._wanted = count
             waiter = self._waiter = self._loop.create_future()
             timeout = timeout or self._timeout
-            timer = self._loop.call_later(timeout, self._break, f"no answer within {timeout:g} s")
+            timer = self._loop.call_later(timeout, self._time_out, timeout)
             try:
                 await waiter
             finally:
                 timer.cancel()
                 self._waiter = None
+        self.replies += count
         return [replies.popleft() for _ in range(count)]
+
+    def _time_out(self, timeout: float) -> None:
+        self.timed_out = True
+        self._break(f"no answer within {timeout:g} s")
 
     async def _reset(self) -> bool:
         """RSET after a refused transaction; False when the connection is not worth keeping."""
