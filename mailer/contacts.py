@@ -4,6 +4,8 @@ from __future__ import annotations
 import codecs
 import csv
 import itertools
+import re
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -94,7 +96,8 @@ def parse_bool(value: str) -> bool:
 
 
 def _lines(path: Path) -> Iterator[str]:
-    """The file's lines, decoded one at a time (a large file is never all in memory)."""
+    """The file's lines, decoded one at a time (a large file is never all in memory). A line
+    ends with LF, CRLF or a lone CR (old Mac files): csv.reader only splits on the first two."""
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed by the generator
     except FileNotFoundError:
@@ -102,32 +105,83 @@ def _lines(path: Path) -> Iterator[str]:
     except OSError as exc:
         raise CsvError([f"{path}: cannot read: {exc.strerror}"]) from None
     with handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1:
-                raw = raw.removeprefix(codecs.BOM_UTF8)
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise CsvError([f"{path}:{number}: not UTF-8 (byte {raw[exc.start]:#x})"],
-                               hint="save the file as UTF-8 (in Excel: 'CSV UTF-8')") from None
+        number = 0
+        for chunk in handle:
+            if number == 0:
+                chunk = chunk.removeprefix(codecs.BOM_UTF8)
+            pieces = _LONE_CR.split(chunk) if b"\r" in chunk[:-2] or chunk[-1:] == b"\r" else [chunk]
+            for raw in pieces:
+                if not raw:
+                    continue
+                number += 1
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise CsvError([f"{path}:{number}: not UTF-8 (byte {raw[exc.start]:#x})"],
+                                   hint="save the file as UTF-8 (in Excel: 'CSV UTF-8')") from None
+
+
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 
 
 def _delimiter(header_line: str) -> str:
     return ";" if header_line.count(";") > header_line.count(",") else ","
 
 
-def _rows(lines: Iterator[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+class _Replayable:
+    """Lines for csv.reader that remembers those of the row being read, so that after a syntax
+    error the row costs only its first line: the lines after it are read again as rows of their
+    own (a quote never closed otherwise swallows every row down to the end of the file)."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self._again: deque[str] = deque()
+        self.row: list[str] = []
+
+    def __iter__(self) -> _Replayable:
+        return self
+
+    def __next__(self) -> str:
+        line = self._again.popleft() if self._again else next(self._lines)
+        self.row.append(line)
+        return line
+
+    def replay(self, lines: list[str]) -> None:
+        self._again.extendleft(reversed(lines))
+
+
+def _rows(lines: Iterator[str], delimiter: str) -> Iterator[tuple[int, list[str] | _CsvSyntax]]:
+    """(line where the row starts, its fields), or a syntax error in place of the fields."""
+    source = _Replayable(lines)
+    reader = csv.reader(source, delimiter=delimiter, strict=True)
     start = 1
     while True:
+        source.row = []
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise _CsvSyntax(start, str(exc)) from None
+            read = source.row
+            yield start, _CsvSyntax(start, _csv_problem(str(exc), len(read)))
+            source.replay(read[1:])
+            start += 1
+            continue
         yield start, row
-        start = reader.line_num + 1
+        start += len(source.row)
+
+
+def _csv_problem(said: str, lines: int) -> str:
+    """What Python's csv module said, in the words of someone fixing the file."""
+    if said.startswith("unexpected end of data"):
+        return ("a quoted value starts on this line and is never closed (the file ends inside it); "
+                'close its quote, or write a quote inside a value as ""')
+    if said.startswith("field larger than field limit"):
+        closed = "; is a closing quote missing?" if lines > 1 else ""
+        return f"a value longer than {csv.field_size_limit():,} characters (no contact field is that long{closed})"
+    if "expected after" in said:
+        return 'a quote inside a quoted value must be doubled ("like ""this""")'
+    return f"CSV syntax error: {said}"
 
 
 class _CsvSyntax(Exception):
@@ -143,7 +197,8 @@ class ContactsCsv:
     error at once). `collected_at`, when given, is the collection date of the rows
     that have none (the operator's statement for the whole file). An address with
     bad syntax is *not* a problem here: the gate blocks it, so the marketer sees
-    it in `check` and `preview`.
+    it in `check` and `preview`. A row the CSV syntax cannot read is a problem of its
+    line: the rows around it are read.
     """
 
     def __init__(self, path: Path, *, today: date, collected_at: date | None = None) -> None:
@@ -160,10 +215,9 @@ class ContactsCsv:
                            hint="the first line must be a header with at least 'email' and 'kind'")
         self.delimiter = _delimiter(first)
         self._rows = _rows(itertools.chain([first], lines), self.delimiter)
-        try:
-            _, header = next(self._rows, (1, []))
-        except _CsvSyntax as exc:
-            raise _syntax_error(path, exc) from None
+        _, header = next(self._rows, (1, []))
+        if isinstance(header, _CsvSyntax):
+            raise _syntax_error(path, header)
         columns = tuple(h.strip().lower().lstrip("\ufeff") for h in header)
         missing = [c for c in ("email", "kind") if c not in columns]
         if missing:
@@ -186,24 +240,24 @@ class ContactsCsv:
 
     def __iter__(self) -> Iterator[ContactData]:
         columns, path = self.columns, self.path
-        try:
-            for line, row in self._rows:
-                if not any(cell.strip() for cell in row):
-                    continue
-                if len(row) != len(columns):
-                    self.problems.append(f"{path}:{line}: {len(row)} fields, but the header has {len(columns)}"
-                                         f" (is a value with a '{self.delimiter}' missing its quotes?)")
-                    continue
-                record = _record(path, line, dict(zip(columns, row, strict=True)), self.today, self.problems,
-                                 self.collected_at)
-                if record is not None:
-                    yield record
-        except _CsvSyntax as exc:
-            raise _syntax_error(path, exc) from None
+        for line, row in self._rows:
+            if isinstance(row, _CsvSyntax):
+                self.problems.append(f"{path}:{line}: {row}")
+                continue
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(columns):
+                self.problems.append(f"{path}:{line}: {len(row)} fields, but the header has {len(columns)}"
+                                     f" (is a value with a '{self.delimiter}' missing its quotes?)")
+                continue
+            record = _record(path, line, dict(zip(columns, row, strict=True)), self.today, self.problems,
+                             self.collected_at)
+            if record is not None:
+                yield record
 
 
 def _syntax_error(path: Path, exc: _CsvSyntax) -> CsvError:
-    return CsvError([f"{path}:{exc.line}: CSV syntax error: {exc}"],
+    return CsvError([f"{path}:{exc.line}: {exc}"],
                     hint="check the quotes on that line: a value with a quote must be written \"like \"\"this\"\"\"")
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from .errors import TransportError
 from .store import Store

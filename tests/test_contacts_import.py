@@ -110,3 +110,47 @@ def test_a_file_that_cannot_be_read_keeps_its_own_hint(project: Project) -> None
     assert f"{path}:2: not UTF-8" in result.output
     assert "save the file as UTF-8" in result.output
     assert "--skip-invalid" not in result.output
+
+
+GOOD = "email,first_name,kind\nfirst@x.example,Ann,b2b\n"
+AFTER = "after@x.example,Bob,b2b\n"
+
+
+def _cases() -> dict[str, tuple[bytes, int, str]]:
+    """name -> (file, line of the bad row, what is said of it)."""
+    return {
+        "cut inside a quoted value": ((GOOD + 'cut@x.example,"Zo\u00e9,b2b\n' + AFTER).encode(), 3,
+                                      "a quoted value starts on this line and is never closed"),
+        "a 1 MB value": ((GOOD + "big@x.example," + "x" * 1_000_000 + ",b2b\n" + AFTER).encode(), 3,
+                         "a value longer than 131,072 characters"),
+        "a NUL in an address": ((GOOD + "n\x00ul@x.example,Nul,b2b\n" + AFTER).encode(), 3,
+                                "a NUL character in email"),
+        "a NUL in a name": ((GOOD + "name@x.example,N\x00ame,b2b\n" + AFTER).encode(), 3,
+                            "a NUL character in first_name"),
+        "a stray quote": ((GOOD + 'quote@x.example,"Ann" Lee,b2b\n' + AFTER).encode(), 3,
+                          "a quote inside a quoted value must be doubled"),
+    }
+
+
+def test_rows_csv_cannot_read_are_named_and_skippable_and_the_rows_around_them_kept(project: Project) -> None:
+    for name, (data, line, said) in _cases().items():
+        result, path = imp(project, data)
+        assert result.exit_code == 2, f"{name}: {result.output}"
+        assert f"{path}:{line}: {said}" in result.output, f"{name}: {result.output}"
+        assert "Traceback" not in result.output and "field limit" not in result.output
+        assert project.sql("select count(*) from contacts") == [(0,)], name  # all or nothing
+
+        skipped, _ = imp(project, data, "--skip-invalid")
+        assert skipped.exit_code == 0, f"{name}: {skipped.output}"
+        assert f"{path}:{line}: {said}" in skipped.output
+        assert sorted(project.sql("select email_key from contacts")) == [("after@x.example",), ("first@x.example",)], \
+            f"{name}: the good rows before and after the bad one, and nothing of it"
+        project.sql("delete from list_members")
+        project.sql("delete from contacts")
+
+
+def test_a_file_with_old_mac_line_endings_imports(project: Project) -> None:
+    result, _ = imp(project, (GOOD + AFTER).replace("\n", "\r").encode())
+    assert result.exit_code == 0, result.output
+    assert sorted(project.sql("select email_key, first_name from contacts")) == [
+        ("after@x.example", "Bob"), ("first@x.example", "Ann")]
