@@ -12,6 +12,7 @@ from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from urllib.parse import unquote
 
+import idna
 from email_validator import EmailNotValidError, validate_email
 
 # Role addresses reach a function, not a person: CNIL treats them as outside the
@@ -335,7 +336,10 @@ def is_loopback(host: str) -> bool:
 
 
 def parse_from_header(value: str) -> tuple[str, str]:
-    """Split `Name <addr@domain>` into (name, address); raise ValueError with a fix."""
+    """Split `Name <addr@domain>` into (name, address); raise ValueError with a fix.
+
+    A domain whose labels mix scripts (a Cyrillic "а" in "acme") is refused: it is another
+    domain that looks like ours (`mixed_script_problem`)."""
     if any(ch in value for ch in "\r\n"):
         raise ValueError("must be on one line")
     name, address = parseaddr(value)
@@ -345,4 +349,60 @@ def parse_from_header(value: str) -> tuple[str, str]:
         result = validate_email(address, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise ValueError(f"{address!r} is not a valid address: {exc}") from None
+    problem = mixed_script_problem(result.domain)
+    if problem is not None:
+        raise ValueError(f"{address!r}: {problem}")
     return name, result.ascii_email or result.normalized
+
+
+# Scripts a label may combine (UTS #39 "highly restrictive"): Japanese, Chinese, Korean writing.
+_SCRIPT_MIXES = (frozenset({"Latin", "Han", "Hiragana", "Katakana"}), frozenset({"Latin", "Han", "Bopomofo"}),
+                 frozenset({"Latin", "Han", "Hangul"}))
+_SCRIPT_WORDS = {"CJK": "Han", "HANGUL": "Hangul", "HIRAGANA": "Hiragana", "KATAKANA": "Katakana",
+                 "BOPOMOFO": "Bopomofo"}
+
+
+def _script(ch: str) -> tuple[str, str] | None:
+    """(script, character name) of a letter or of a mark proper to a script; None for what every
+    script shares (digits, the hyphen, combining accents). Read from the character's Unicode name,
+    whose first word is its script for letters ("CYRILLIC SMALL LETTER A", "CJK UNIFIED IDEOGRAPH-…")."""
+    category = unicodedata.category(ch)
+    if category[0] not in "LM":
+        return None
+    name = unicodedata.name(ch, "")
+    words = name.split()
+    if not words or words[0] in ("COMBINING", "MODIFIER", "KATAKANA-HIRAGANA"):
+        return None
+    word = words[1] if words[0] in ("HALFWIDTH", "FULLWIDTH") and len(words) > 1 else words[0]
+    return _SCRIPT_WORDS.get(word, word.capitalize()), name
+
+
+def mixed_script_problem(domain: str) -> str | None:
+    """Why `domain` (Unicode or xn-- form) looks like another one, or None: a label mixing scripts,
+    such as "аcme" with a Cyrillic "а", which IDNA encodes to xn--cme-5cd without a word. Each
+    label must be of one script, digits, hyphens and accents aside ("bücher" is Latin); Han may go
+    with Hiragana, Katakana, Bopomofo or Hangul as Japanese, Chinese and Korean are written."""
+    for label in domain.strip().rstrip(".").split("."):
+        if label[:4].lower() == "xn--":
+            try:
+                label = idna.decode(label)
+            except (idna.IDNAError, UnicodeError):
+                continue  # not a domain: the address check says so
+        scripts: dict[str, str] = {}
+        for ch in label:
+            found = _script(ch)
+            if found is not None:
+                scripts.setdefault(found[0], f"{ch!r} is {found[1]}")
+        if len(scripts) > 1 and not any(scripts.keys() <= allowed for allowed in _SCRIPT_MIXES):
+            said = "; ".join(scripts.values())
+            return (f"the domain label {label!r} mixes {' and '.join(scripts)} letters ({said}): it only looks "
+                    f"like the name you meant (it is sent as {_ascii(domain)}); type the domain again in one script "
+                    "(a letter copied from elsewhere is the usual cause)")
+    return None
+
+
+def _ascii(domain: str) -> str:
+    try:
+        return idna.encode(domain.strip().rstrip("."), uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return domain

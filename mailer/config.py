@@ -322,6 +322,10 @@ def load_config(path: Path) -> Config:
                             "pass --config PATH, set MAILER_CONFIG, run from the project's folder, or run `mailer init` to "
                             "create one")
     model: ConfigModel = _validate(ConfigModel, path, data, text)
+    _refuse_look_alike_addresses(path, text, [
+        (("organization", "contact_email"), model.organization.contact_email),
+        (("unsubscribe", "mailto"), model.unsubscribe.mailto),
+        (("smtp", "bounce_address"), model.smtp.bounce_address)])
     base = path.resolve().parent
     transport = model.transport.model_copy(update={"path": str(_resolve(base, model.transport.path))})
     smtp = model.smtp
@@ -339,6 +343,20 @@ def load_config(path: Path) -> Config:
         dkim=model.dkim,
         database_password_env=model.database.password_env,
     )
+
+
+def _refuse_look_alike_addresses(path: Path, text: str, values: list[tuple[tuple[str, str], str]]) -> None:
+    """ConfigError for an address of ours whose domain mixes scripts (addresses.mixed_script_problem).
+    Whether each is an address at all is the gate's question (a campaign-level refusal)."""
+    from .addresses import mixed_script_problem
+    problems = []
+    for (section, key), value in values:
+        domain = value.strip().rpartition("@")[2].rstrip(">").strip()
+        problem = mixed_script_problem(domain) if "@" in value else None
+        if problem is not None:
+            problems.append(f"{path}:{_line_of(text, (section, key))}: [{section}] {key} {value.strip()!r}: {problem}")
+    if problems:
+        raise ConfigError(problems)
 
 
 def database_url_with_password(config: Config, environ: Mapping[str, str]) -> str:

@@ -7,7 +7,7 @@ from email import policy
 from email.header import decode_header, make_header
 
 import pytest
-from conftest import CONFIG, HEADER, Project
+from conftest import CAMPAIGN, CONFIG, HEADER, Project
 from smtp_server import RecordingHandler, SmtpServer
 
 
@@ -252,3 +252,38 @@ def test_a_subject_longer_than_998_characters_is_a_template_error(project: Proje
     assert "truncate" in result.output and "Traceback" not in result.output
     assert project.send().exit_code == 2
     assert project.messages() == []
+
+
+def test_a_from_domain_mixing_scripts_is_refused_naming_file_value_and_fix(project: Project) -> None:
+    look_alike = "jeanne@\u0430cme.example"  # a Cyrillic а, then Latin "cme"
+    project.write("campaigns/offer.toml", CAMPAIGN.replace(
+        'from = "Jeanne Martin <jeanne@acme.example>"', f'from = "Jeanne Martin <{look_alike}>"'))
+    result = project.send("--dry-run")
+    assert result.exit_code == 2, result.output
+    assert f"{project.campaign}:6: [campaign] from: '{look_alike}': the domain label '\u0430cme' mixes Cyrillic " \
+           "and Latin letters ('\u0430' is CYRILLIC SMALL LETTER A" in result.output
+    assert "(it is sent as xn--cme-5cd.example); type the domain again in one script" in result.output
+    project.write("campaigns/offer.toml", CAMPAIGN.replace('locale = "fr"', f'locale = "fr"\nreply_to = "{look_alike}"'))
+    result = project.send("--dry-run")
+    assert result.exit_code == 2 and "[campaign] reply_to: " in result.output, result.output
+    assert project.messages() == []
+
+
+def test_one_script_per_label_is_accepted_accents_included(project: Project) -> None:
+    for sender in ("jeanne@b\u00fccher.fr", "info@\u65e5\u672c\u8a9e\u3072\u3089\u304c\u306a.jp",
+                   "info@\u0442\u0435\u0441\u0442.\u0440\u0444", "jeanne@acme.example"):
+        project.write("campaigns/offer.toml", CAMPAIGN.replace("jeanne@acme.example", sender))
+        result = project.send("--dry-run")
+        assert result.exit_code == 0, f"{sender}: {result.output}"
+
+
+def test_our_own_addresses_in_config_mixing_scripts_are_refused(project: Project) -> None:
+    project.write("config.toml", project.base_config.replace('contact_email = "dpo@acme.example"',
+                                                             'contact_email = "dpo@\u0430cme.example"')
+                  .replace('mailto = "unsubscribe@acme.example"', 'mailto = "unsubscribe@acm\u0435.example"'))
+    result = project.send("--dry-run")
+    assert result.exit_code == 2, result.output
+    assert "2 problems" in result.output
+    assert f"{project.config}:5: [organization] contact_email 'dpo@\u0430cme.example': the domain label" in result.output
+    assert f"{project.config}:27: [unsubscribe] mailto 'unsubscribe@acm\u0435.example': the domain label" \
+           in result.output
