@@ -56,4 +56,5 @@ async def keep_campaign(store: Store, campaign_id: str, owner: str) -> AsyncIter
         yield
     finally:
         task.cancel()
-        store.campaigns.release_lease(campaign_id, owner)
+        if not store.lost:  # its file removed or replaced: no write may make or touch another
+            store.campaigns.release_lease(campaign_id, owner)
