@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from .errors import TransportError
 from .store import Store
+from .store.reconnect import lost_connection
 
 LEASE_SECONDS = 120.0
 
@@ -52,9 +53,15 @@ async def keep_campaign(store: Store, campaign_id: str, owner: str) -> AsyncIter
             store.campaigns.take_lease(campaign_id, owner, LEASE_SECONDS, _dead_here)
 
     task = asyncio.create_task(renew())
+    failure: BaseException | None = None
     try:
         yield
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         task.cancel()
-        if not store.lost:  # its file removed or replaced: no write may make or touch another
+        # Not into a database file removed or replaced (it would make or touch another one), nor
+        # after the server stayed away (waiting for it again would only delay that error).
+        if not store.lost and not (failure is not None and lost_connection(failure)):
             store.campaigns.release_lease(campaign_id, owner)

@@ -45,7 +45,7 @@ def test_a_file_that_is_not_a_mailer_database_or_is_damaged_is_named_with_what_t
         project.db.write_bytes(b"not a database, whatever its name says\n" * 200)
         for suffix in ("-wal", "-shm"):
             Path(f"{project.db}{suffix}").unlink(missing_ok=True)
-        expected = f"is not a mailer database, or is damaged beyond reading: restore it from a backup"
+        expected = "is not a mailer database, or is damaged beyond reading: restore it from a backup"
     else:
         with sqlite3.connect(project.db) as conn:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

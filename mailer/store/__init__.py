@@ -146,6 +146,8 @@ class Store:
 
     @staticmethod
     def _engine(url: str, busy_timeout: float = 30.0, may_create: list[bool] | None = None) -> Engine:
+        """The engine of a url. With `may_create`, a SQLite connection makes a missing database file
+        only while may_create[0] is true (without it, as SQLite does, always)."""
         try:
             # Statement parameters hold addresses and names: never in an error's text. A pooled
             # PostgreSQL connection is tested before use: after a server restart it is dead.
@@ -157,8 +159,8 @@ class Store:
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas(busy_timeout))
             path = _sqlite_file(engine.url.database)
-            if path is not None:
-                allowed = may_create if may_create is not None else [False]
+            if path is not None and may_create is not None:
+                allowed = may_create
 
                 def existing_only(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
                     """SQLite creates a missing file on connect: only while creating is allowed."""

@@ -132,8 +132,8 @@ def _postgresql(original: BaseException, said: str, url: str) -> str | None:
         return (f"PostgreSQL at {where} refused the user of [database] url ({reason}): check the user and password "
                 "([database] url and password_env in config.toml, or PGPASSWORD / ~/.pgpass)")
     if state == "3D000" or ("database" in words and "does not exist" in words):
-        return (f"there is no database {database!r} on PostgreSQL at {where}: create it on the server and run "
-                "`mailer db init`, or check [database] url in config.toml")
+        return (f"the database {database!r} does not exist on PostgreSQL at {where}: create it on the server and "
+                "run `mailer db init`, or check [database] url in config.toml")
     if state in _SHUTTING_DOWN or any(w in words for w in SHUTTING_DOWN_WORDS):
         return (f"PostgreSQL at {where} is shutting down or restarting, so the database {database!r} cannot be used: "
                 "wait until the server is up again (or raise [database] reconnect_seconds), then rerun")

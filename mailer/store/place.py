@@ -18,7 +18,7 @@ from typing import Any
 from .. import owner_only
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _identity(path: str) -> tuple[int, int] | None:
     try:
         found = os.stat(path)
     except FileNotFoundError:
@@ -37,30 +37,33 @@ class DatabaseFile:
     #: what happened to the file when it was found gone ("removed", "replaced"), else ""
     lost: str = field(default="")
 
+    def __post_init__(self) -> None:
+        self._main, self._wal = str(self.path), f"{self.path}-wal"  # checked at every commit: no Path work
+
     @classmethod
     def opened(cls, database: str) -> DatabaseFile | None:
         """The file a SQLite url's database names, None for anything else (memory, a file: uri)."""
         if not database or database == ":memory:" or database.startswith("file:"):
             return None
         path = Path(database).absolute()
-        identity = _identity(path)
+        identity = _identity(str(path))
         return cls(path, identity) if identity is not None else None
 
     def watch_wal(self) -> None:
         """Also watch the -wal file: while a connection is open SQLite keeps it, so another one
         there later is not ours (the run's writes would go where no other program reads)."""
         if self.wal is None:
-            self.wal = _identity(Path(f"{self.path}-wal"))
+            self.wal = _identity(self._wal)
 
     def change(self) -> str:
         """"" while the files at the path are still the ones opened; else "removed" or "replaced"."""
-        now = _identity(self.path)
+        now = _identity(self._main)
         if now is None:
             return "removed"
         if now != self.identity:
             return "replaced"
         if self.wal is not None:
-            wal = _identity(Path(f"{self.path}-wal"))
+            wal = _identity(self._wal)
             if wal is None:
                 return "removed"
             if wal != self.wal:
