@@ -3,6 +3,7 @@ writing into the deleted file and ended "sent 5000", and the next run knew none 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -113,3 +114,21 @@ def test_a_database_replaced_while_sending_stops_the_run_without_writing_into_th
     assert project.db.read_bytes() == before
     rescued = sorted(project.root.glob("mailer.db.rescued-*"))
     assert len(rescued) == 1 and rows_by_state(rescued[0]).get("sent") == sent
+
+
+def test_a_database_whose_folder_is_removed_says_how_many_messages_are_not_recorded(project: Project) -> None:
+    """No copy can be kept (its folder went too): the sentence counts what went out unrecorded."""
+    project.write("config.toml", project.base_config.replace("sqlite:///mailer.db", "sqlite:///data/mailer.db"))
+    (project.root / "data").mkdir()
+    assert project.run("db", "init").exit_code == 0
+    many_contacts(project)
+    watcher = when_outbox_holds(project, 150, lambda: shutil.rmtree(project.root / "data"))
+    result = project.send()
+    watcher.join()
+    assert result.exit_code == 1, result.output
+    found = re.search(rf"the database file {re.escape(str(project.root / 'data' / 'mailer.db'))} was removed while "
+                      r"sending, so nothing more was sent; (\d+) messages handed to the transport since it was last "
+                      r"seen in place are not recorded there: restore the database from a backup", result.output)
+    assert found, result.output
+    assert 0 < int(found.group(1)) < 50 and len(project.messages()) < RECIPIENTS
+    assert not (project.root / "data").exists()

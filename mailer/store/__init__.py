@@ -91,7 +91,6 @@ class Store:
         self.created = False  # Store.open made a new database
         #: the SQLite file as opened, to notice it removed or replaced while working
         self.place: DatabaseFile | None = None
-        self._may_create = [False]
 
     @classmethod
     def open(cls, url: str, *, create: bool = False, busy_timeout: float = 30.0,
@@ -106,7 +105,6 @@ class Store:
         database trouble is a StoreError saying what happened and what to do."""
         may_create = [create]
         store = cls(cls._engine(url, busy_timeout, may_create), Reconnect(reconnect_seconds))
-        store._may_create = may_create
         try:
             # The file first, without connecting (which would make SQLite's -wal and -shm files
             # before their modes are checked); then, connected, whether any table is there.
