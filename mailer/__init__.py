@@ -31,6 +31,7 @@ from .errors import (
     ComplianceRefusal,
     ConfigError,
     CsvError,
+    DatabaseGone,
     DatabaseMissing,
     InputError,
     InvalidRows,
@@ -62,7 +63,8 @@ __all__ = [
     "CampaignStatus", "ComplianceRefusal", "ConfigError", "CsvError", "Delivery", "Envelope", "Explanation",
     "ForgetResult", "ImportOutcome", "InputError", "InvalidRows", "ListNotFound", "MailerError", "NotFound",
     "Plan", "PlannedRecipient", "PreviewResult", "RetentionItem", "RetentionReport", "RunSummary",
-    "SendState", "StoreError", "DatabaseMissing", "TemplateError", "Transport", "TransportError", "Workspace", "__version__",
+    "SendState", "StoreError", "DatabaseGone", "DatabaseMissing", "TemplateError", "Transport", "TransportError",
+    "Workspace", "__version__",
     "campaign_status", "explain", "forget", "import_contacts", "open_workspace", "plan_campaign",
     "preview_campaign", "retention", "send_campaign", "suppress", "unsuppress",
 ]

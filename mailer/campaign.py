@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from . import owner_only
 from .addresses import normalise
 from .config import load_campaign
@@ -36,6 +38,7 @@ from .render import RenderedMessage
 from .sending import LARGE_SEND, SendReport, deliver_campaign, start_render_workers_early
 from .states import SendState
 from .store import Run, SendLog
+from .store.reconnect import lost_connection
 from .transport import Transport
 from .transport.base import Delivery, Envelope
 from .workspace import Workspace
@@ -366,6 +369,7 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
     results: Counter[str] = Counter()
     counts: dict[str, int] = {}
     outcome = "failed"
+    failure: BaseException | None = None
 
     def count(state: str) -> None:
         results[state] += 1
@@ -400,14 +404,32 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
             report = runner.run(_deliver(ws, prepared, plan, transport, limit, count, render_workers,
                                          lease, on_stopping))
         outcome = "aborted" if report.delivered.aborted else "stopped" if report.delivered.stopped else "finished"
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
-        if run_id is not None:
-            ws.store.campaigns.finish_run(run_id, outcome, counts | {f"delivery:{k}": v for k, v in results.items()})
-        if lease is not None:
-            ws.store.campaigns.release_lease(campaign.id, lease)
+        _end_run(ws, campaign.id, run_id, lease, outcome,
+                 counts | {f"delivery:{k}": v for k, v in results.items()}, failure)
     _summarise(summary, report.delivered, report.footer_blocked)
     summary.notes = transport.notes()
     return summary
+
+
+def _end_run(ws: Workspace, campaign_id: str, run_id: int | None, lease: str | None, outcome: str,
+             counts: dict[str, int], failure: BaseException | None) -> None:
+    """Record how the run ended and give up the campaign's lease. Not when the database file
+    is gone (that would make a new file or write into another one), nor when the database
+    already failed: its error says more than a second one would, after waiting again."""
+    if ws.store.lost or (failure is not None and lost_connection(failure)):
+        return
+    try:
+        if run_id is not None:
+            ws.store.campaigns.finish_run(run_id, outcome, counts)
+        if lease is not None:
+            ws.store.campaigns.release_lease(campaign_id, lease)
+    except SQLAlchemyError:
+        if failure is None:
+            raise
 
 
 def _summarise(summary: RunSummary, delivered: DeliveryReport, footer_blocked: int) -> None:

@@ -39,6 +39,10 @@ class Database(_Section):
     url: str = "sqlite:///mailer.db"
     #: the environment variable holding the PostgreSQL password, kept out of the url and the file
     password_env: str = ""
+    #: SQLite: how long a write waits for another program's lock before giving up
+    busy_timeout_seconds: float = Field(default=30.0, ge=0)
+    #: PostgreSQL: how long a run keeps reconnecting (a server restarting) before it stops; 0: never retry
+    reconnect_seconds: float = Field(default=30.0, ge=0)
 
 
 class TransportSettings(_Section):
@@ -116,6 +120,8 @@ class Config:
     compliance: Compliance
     dkim: Dkim
     database_password_env: str = ""
+    database_busy_timeout: float = 30.0
+    database_reconnect_seconds: float = 30.0
 
     @property
     def outbox(self) -> Path:
@@ -342,6 +348,8 @@ def load_config(path: Path) -> Config:
         compliance=model.compliance,
         dkim=model.dkim,
         database_password_env=model.database.password_env,
+        database_busy_timeout=model.database.busy_timeout_seconds,
+        database_reconnect_seconds=model.database.reconnect_seconds,
     )
 
 

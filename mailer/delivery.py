@@ -105,6 +105,7 @@ class _GroupCommitter:
                         future.set_result(refused.get(message.log_id, "go"))
                 self._wakeup.set()
             elif self._closed:
+                self._writer.verify()  # a database file removed at the very end is noticed too
                 return
 
     def close(self) -> None:

@@ -86,6 +86,17 @@ class DatabaseMissing(StoreError):
     create makes one, so a lost or mistyped database never looks like a new, empty one."""
 
 
+class DatabaseGone(StoreError):
+    """The SQLite file a run opened was removed or replaced while it was sending: the run
+    stopped, since what it would record there nobody would read."""
+
+    def __init__(self, message: str, *, hint: str | None = None, unrecorded: int = 0,
+                 rescued: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.unrecorded = unrecorded  # messages handed to the transport not recorded at the path
+        self.rescued = rescued        # the copy of the run's database, when one could be made
+
+
 class NotFound(InputError):
     """A named thing (list, campaign, contact) does not exist."""
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from .errors import TransportError
 from .store import Store
+from .store.reconnect import lost_connection
 
 LEASE_SECONDS = 120.0
 
@@ -67,8 +68,15 @@ async def keep_campaign(store: Store, campaign_id: str, owner: str) -> AsyncIter
             store.campaigns.take_lease(campaign_id, owner, LEASE_SECONDS, _dead_here)
 
     task = asyncio.create_task(renew())
+    failure: BaseException | None = None
     try:
         yield
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         task.cancel()
-        store.campaigns.release_lease(campaign_id, owner)
+        # Not into a database file removed or replaced (it would make or touch another one), nor
+        # after the server stayed away (waiting for it again would only delay that error).
+        if not store.lost and not (failure is not None and lost_connection(failure)):
+            store.campaigns.release_lease(campaign_id, owner)

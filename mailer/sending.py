@@ -166,7 +166,8 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
             rate_per_second=min(rates) if rates else 0,
             retry=RetryPolicy(ws.config.smtp.max_attempts, ws.config.smtp.retry_base_seconds))
     finally:
-        ws.store.sendlog.update(footer_blocked)
+        if not ws.store.lost:  # a removed file must not be made again, a replaced one not written
+            ws.store.sendlog.update(footer_blocked)
     report.footer_blocked = len(footer_blocked)
     return report
 
@@ -212,8 +213,9 @@ def _init_worker(lifeline: Connection, config: Config, campaign: Campaign, keys:
     global _WORKER
     _exit_with_parent(lifeline)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how to stop
-    _WORKER = (Renderer(config, campaign, keys, dkim=dkim), Store.attach(config.database_url), campaign.id, bounce,
-               wire)
+    store = Store.attach(config.database_url, busy_timeout=config.database_busy_timeout,
+                         reconnect_seconds=config.database_reconnect_seconds)
+    _WORKER = (Renderer(config, campaign, keys, dkim=dkim), store, campaign.id, bounce, wire)
 
 
 def _render_in_worker(chunk: list[tuple[int, int]]) -> list[Outgoing | Blocked]:

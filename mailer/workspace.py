@@ -11,10 +11,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .addresses import lookup_hashes, mailbox_hash
 from .config import Config, database_url_with_password, load_config
 from .owner_only import too_open
-from .store import Store, redacted
+from .store import Store, database_failure, redacted
 from .tokens import Keys
 from .transport import Transport, open_transport, transport_class
 
@@ -82,10 +84,14 @@ def open_workspace(config_path: str | os.PathLike[str], environ: Mapping[str, st
     config = load_config(Path(config_path))
     if config.database_password_env:  # render workers get the config: the url they open is complete
         config = replace(config, database_url=database_url_with_password(config, environ))
-    store = Store.open(config.database_url, create=create)
+    store = Store.open(config.database_url, create=create, busy_timeout=config.database_busy_timeout,
+                       reconnect_seconds=config.database_reconnect_seconds)
     variable = config.unsubscribe.secret_env
     try:
         secret, generated = store.settings.secret(environ.get(variable) or None, variable)
+    except SQLAlchemyError as exc:
+        store.close()
+        raise database_failure(exc, config.database_url) from None
     except BaseException:
         store.close()
         raise
@@ -106,7 +112,8 @@ def create_database(config_path: str | os.PathLike[str], environ: Mapping[str, s
     environ = dict(os.environ if environ is None else environ)
     config = load_config(Path(config_path))
     url = database_url_with_password(config, environ) if config.database_password_env else config.database_url
-    store = Store.open(url, create=True)
+    store = Store.open(url, create=True, busy_timeout=config.database_busy_timeout,
+                       reconnect_seconds=config.database_reconnect_seconds)
     try:
         return redacted(config.database_url), store.created, list(store.notes)
     finally:

@@ -50,8 +50,6 @@ class MailerGroup(click.Group):
             env = ctx.find_object(Env)
             url = env._workspace.config.database_url if env is not None and env._workspace is not None else ""
             click.secho(f"Error: {describe_failure(exc, url)}", fg="red", err=True)
-            click.echo("Hint: check that the database is reachable and not full, then rerun (a send resumes where "
-                       "it stopped); rerun with --debug for the traceback.", err=True)
             ctx.exit(1)
         except Exception as exc:  # an unexpected bug: say so plainly
             if ctx.meta.get("mailer.debug"):

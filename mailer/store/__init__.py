@@ -13,14 +13,15 @@ database. Nobody outside this package writes SQL.
 """
 from __future__ import annotations
 
-import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import event, inspect
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import create_engine
 
 from .. import owner_only
@@ -29,7 +30,10 @@ from ..states import DELIVERED_STATES, PENDING_STATES, SendState
 from . import migrate
 from .campaigns import Campaigns
 from .contacts import Contacts, ImportResult, contact_from_row
+from .failures import database_failure, describe_failure, redacted, without_secrets
 from .people import People, erased_key
+from .place import DatabaseFile
+from .reconnect import NEVER, Reconnect
 from .sendlog import DECIDABLE_STATES, LogWriter, SendLogRows
 from .settings import Settings
 from .suppressions import Suppressions
@@ -50,90 +54,57 @@ from .tables import (
 # The schema is alembic's: migrations/versions/, applied by migrate.upgrade when a Store opens.
 
 
-_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|sslpassword|passfile)=)[^&#]*", re.IGNORECASE)
+def _sqlite_pragmas(busy_timeout: float) -> Callable[[Any, Any], None]:
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # The busy timeout first: switching to WAL takes a lock another process may hold (a second
+        # process opening a new database while the first creates its tables was told "locked").
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA secure_delete=ON")
+        cursor.close()
+    return pragmas
 
 
-def redacted(url: str) -> str:
-    """A database url as it may be shown: its password, if any, as *** (also one given in the
-    query, `?password=`). A url SQLAlchemy cannot read is redacted by pattern (whatever sits
-    between `user:` and `@`)."""
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unreadable url is still shown, without its password
-        shown = re.sub(r"(://[^/@:]*:).*@", r"\1***@", url)
-    return _QUERY_SECRET.sub(r"\1***", shown)
-
-
-def _secrets_in(url: str) -> list[str]:
-    """The password of a url, in its authority or its query."""
-    found = [m.group(0).split("=", 1)[1] for m in _QUERY_SECRET.finditer(url)]
-    try:
-        password = make_url(url).password
-    except Exception:  # noqa: BLE001 - unreadable: the pattern above is all there is
-        password = None
-    return [s for s in [*found, str(password) if password else ""] if s]
-
-
-def _open_hint(dialect: str) -> str:
-    """What to check when a database does not open: a SQLite file's folder, a PostgreSQL server."""
-    if dialect == "postgresql":
-        return ("check that the PostgreSQL server is running and reachable at that host and port, and the user "
-                "and password ([database] url and password_env in config.toml, or PGPASSWORD / ~/.pgpass)")
-    return "check [database] url in config.toml and that its folder exists"
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # The busy timeout first: switching to WAL takes a lock another process may hold (a second
-    # process opening a new database while the first creates its tables was told "locked").
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA secure_delete=ON")
-    cursor.close()
-
-
-def _without(exc: BaseException | None, url: str) -> str:
-    """An error's text on one line, the url (SQLAlchemy quotes one it cannot parse) shown
-    redacted, and the password itself (should a driver quote its connection string) as ***."""
-    text = " ".join(str(exc).split()).replace(url, redacted(url))
-    for secret in _secrets_in(url):
-        text = text.replace(secret, "***")
-    return text
-
-
-def describe_failure(exc: BaseException, url: str) -> str:
-    """One line on a database error met while working, for a person: which database (redacted) and
-    what its driver said (first line only: no SQL, no parameters, no row values)."""
-    original = getattr(exc, "orig", None) or exc
-    said = (str(original).strip().splitlines() or [""])[0].split("[SQL:", 1)[0].strip()
-    for secret in _secrets_in(url):
-        said = said.replace(secret, "***")
-    return f"the database {redacted(url)!r} failed: {type(original).__name__}: {said}"
+def _sqlite_file(database: str | None) -> Path | None:
+    """The file a SQLite url names (None: in memory, or a file: uri mailer leaves as given)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 class Store:
     """Everything mailer keeps. Open with `Store.open(url)`; each aggregate is an attribute."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, reconnect: Reconnect = NEVER) -> None:
         self.engine = engine
+        self.reconnect = reconnect
         self.notes: list[str] = []  # what opening did that a person should hear of (a schema upgrade)
-        self.contacts = Contacts(engine)
+        self.contacts = Contacts(engine, reconnect)
         self.suppressions = Suppressions(engine)
-        self.sendlog = SendLogRows(engine)
-        self.campaigns = Campaigns(engine)
+        self.sendlog = SendLogRows(engine, reconnect)
+        self.campaigns = Campaigns(engine, reconnect)
         self.people = People(engine)
         self.settings = Settings(engine)
         self.created = False  # Store.open made a new database
+        #: the SQLite file as opened, to notice it removed or replaced while working
+        self.place: DatabaseFile | None = None
 
     @classmethod
-    def open(cls, url: str, *, create: bool = False) -> Store:
+    def open(cls, url: str, *, create: bool = False, busy_timeout: float = 30.0,
+             reconnect_seconds: float = 30.0) -> Store:
         """Open the database, its schema upgraded (older) to this code's: `notes` then says what
         was done ("Upgraded the database schema from 0001 to 0002."). A database that does not
         exist, or holds no table, is created only with `create` (`created` then says it was);
-        else DatabaseMissing: a lost or mistyped database must not start an empty suppression list."""
-        store = cls(cls._engine(url))
+        else DatabaseMissing: a lost or mistyped database must not start an empty suppression list.
+
+        A SQLite write waits `busy_timeout` seconds for another program's lock; PostgreSQL work
+        that loses its connection is retried on a new one for `reconnect_seconds`. Any other
+        database trouble is a StoreError saying what happened and what to do."""
+        may_create = [create]
+        store = cls(cls._engine(url, busy_timeout, may_create), Reconnect(reconnect_seconds))
         try:
             # The file first, without connecting (which would make SQLite's -wal and -shm files
             # before their modes are checked); then, connected, whether any table is there.
@@ -149,44 +120,65 @@ class Store:
             if store.created:
                 store.notes.extend(store._owner_only())
             store.notes.extend(store._check_schema_version())
+        except SQLAlchemyError as exc:
+            store.close()
+            raise database_failure(exc, url) from None
         except BaseException:
             store.close()
             raise
+        # From now on a connection never creates the file: one removed meanwhile is an error, not a new database.
+        may_create[0] = False
+        store.place = DatabaseFile.opened(store.engine.url.database or "") if store.dialect == "sqlite" else None
+        store.sendlog.place = store.place
         return store
 
     @classmethod
-    def attach(cls, url: str) -> Store:
+    def attach(cls, url: str, *, busy_timeout: float = 30.0, reconnect_seconds: float = 30.0) -> Store:
         """The database another process of this run already opened (a render worker): no schema work."""
-        return cls(cls._engine(url))
+        return cls(cls._engine(url, busy_timeout, [False]), Reconnect(reconnect_seconds))
+
+    @property
+    def lost(self) -> str:
+        """"removed" or "replaced" once a run found its SQLite file so; "" otherwise."""
+        return self.place.lost if self.place is not None else ""
 
     @staticmethod
-    def _engine(url: str) -> Engine:
+    def _engine(url: str, busy_timeout: float = 30.0, may_create: list[bool] | None = None) -> Engine:
+        """The engine of a url. With `may_create`, a SQLite connection makes a missing database file
+        only while may_create[0] is true (without it, as SQLite does, always)."""
         try:
-            # Statement parameters hold addresses and names: never in an error's text.
-            engine = create_engine(url, hide_parameters=True)
+            # Statement parameters hold addresses and names: never in an error's text. A pooled
+            # PostgreSQL connection is tested before use: after a server restart it is dead.
+            engine = create_engine(url, hide_parameters=True,
+                                   pool_pre_ping=url.startswith("postgresql"))
         except (SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
-            raise StoreError(f"cannot use database {redacted(url)!r}: {_without(exc, url)}",
+            raise StoreError(f"cannot use database {redacted(url)!r}: {without_secrets(exc, url)}",
                              hint="check [database] url in config.toml") from None
         if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "connect", _sqlite_pragmas(busy_timeout))
+            path = _sqlite_file(engine.url.database)
+            if path is not None and may_create is not None:
+                allowed = may_create
+
+                def existing_only(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+                    """SQLite creates a missing file on connect: only while creating is allowed."""
+                    if not allowed[0] and cargs:
+                        cargs[0] = f"file:{quote(str(path.absolute()))}?mode=rw"
+                        cparams["uri"] = True
+
+                event.listen(engine, "do_connect", existing_only)
         return engine
 
     def _no_file(self) -> bool:
         """A SQLite database whose file does not exist (or is empty)."""
-        database = self.engine.url.database
-        if self.dialect == "sqlite" and database and database != ":memory:" and not database.startswith("file:"):
-            path = Path(database)
+        path = _sqlite_file(self.engine.url.database) if self.dialect == "sqlite" else None
+        if path is not None:
             return not path.exists() or path.stat().st_size == 0
         return False
 
     def _no_table(self) -> bool:
         """A database holding no table of any kind."""
-        try:
-            return not inspect(self.engine).get_table_names()
-        except (OperationalError, ProgrammingError) as exc:
-            url = self.engine.url.render_as_string(hide_password=False)
-            raise StoreError(f"cannot open database {redacted(url)!r}: {_without(exc.orig, url)}",
-                             hint=_open_hint(self.dialect)) from None
+        return not inspect(self.engine).get_table_names()
 
     def _owner_only(self) -> list[str]:
         """A new SQLite file is created 0600 before SQLite opens it (its -wal and -shm take its
@@ -203,12 +195,7 @@ class Store:
     def _check_schema_version(self) -> list[str]:
         """Run the migrations this database lacks (all of them when it is empty; a 0.1.0
         database is recognised); one at a revision this code does not know is refused."""
-        try:
-            before, after = self._upgrade_when_free()
-        except (OperationalError, ProgrammingError) as exc:
-            url = self.engine.url.render_as_string(hide_password=False)
-            raise StoreError(f"cannot open database {redacted(url)!r}: {_without(exc.orig, url)}",
-                             hint=_open_hint(self.dialect)) from None
+        before, after = self._upgrade_when_free()
         # Of processes creating one database together, only the one that ran the migrations created it.
         self.created = self.created and before is None
         note = migrate.upgrade_note(before, after)
@@ -251,5 +238,6 @@ class Store:
 __all__ = [
     "DECIDABLE_STATES", "DELIVERED_STATES", "PENDING_STATES", "CampaignRecord", "Contact", "ContactList",
     "Erasure", "ImportResult", "Interaction", "ListMember", "LogWriter", "Run", "SendLog", "SendState", "Setting",
-    "Store", "Suppression", "contact_from_row", "erased_key", "redacted", "utcnow",
+    "Store", "Suppression", "contact_from_row", "database_failure", "describe_failure", "erased_key", "redacted",
+    "utcnow",
 ]

@@ -7,14 +7,19 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
+from .reconnect import NEVER, Reconnect
 from .sql import insert_ignore
 from .tables import CAMPAIGNS, RUNS, Run, utcnow
 
 
 class Campaigns:
-    def __init__(self, engine: Engine) -> None:
+    """The writes a send makes around its deliveries go on through a PostgreSQL restart
+    (`reconnect`): each is safe to run again (the lease is ours or not, a run's row by id)."""
+
+    def __init__(self, engine: Engine, reconnect: Reconnect = NEVER) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.reconnect = reconnect
 
     def record(self, campaign_id: str, kind: str, locale: str, list_name: str) -> None:
         with self.engine.begin() as conn:
@@ -34,6 +39,10 @@ class Campaigns:
         write lock), so two processes starting together do not both read it free: the second
         one, refused, named its holder as "" ("being sent by another process ()").
         """
+        return self.reconnect.run(lambda: self._take_lease(campaign_id, owner, seconds, owner_is_dead))
+
+    def _take_lease(self, campaign_id: str, owner: str, seconds: float,
+                    owner_is_dead: Callable[[str], bool]) -> tuple[bool, str, datetime | None]:
         table = CAMPAIGNS
         now = utcnow()
         with self.engine.begin() as conn:
@@ -68,9 +77,13 @@ class Campaigns:
 
     def release_lease(self, campaign_id: str, owner: str) -> None:
         table = CAMPAIGNS
-        with self.engine.begin() as conn:
-            conn.execute(update(table).where(table.c.id == campaign_id, table.c.lease_owner == owner)
-                         .values(lease_owner="", lease_until=None))
+
+        def release() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(update(table).where(table.c.id == campaign_id, table.c.lease_owner == owner)
+                             .values(lease_owner="", lease_until=None))
+
+        self.reconnect.run(release)
 
     def start_run(self, campaign_id: str) -> int:
         with self.engine.begin() as conn:
@@ -80,9 +93,12 @@ class Campaigns:
             return int(key[0])
 
     def finish_run(self, run_id: int, outcome: str, counts: dict[str, int]) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(
-                finished_at=utcnow(), outcome=outcome, counts=counts))
+        def finish() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(
+                    finished_at=utcnow(), outcome=outcome, counts=counts))
+
+        self.reconnect.run(finish)
 
     def last_run(self, campaign_id: str) -> Run | None:
         table = RUNS

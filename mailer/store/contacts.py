@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from ..addresses import NormalisedAddress
 from ..contacts import ContactData
 from ..errors import ListNotFound
+from .reconnect import NEVER, Reconnect
 from .sql import execute_many, insert_ignore, update_by_id
 from .tables import CONTACTS, LIST_MEMBERS, LISTS, utcnow
 
@@ -27,9 +28,10 @@ class ImportResult:
 class Contacts:
     """Contacts, matched on their normalised address, and the lists they belong to."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, reconnect: Reconnect = NEVER) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.reconnect = reconnect
 
     @functools.cached_property
     def _member_insert(self) -> Any:
@@ -126,12 +128,16 @@ class Contacts:
     def by_id(self, ids: Iterable[int]) -> dict[int, ContactData]:
         table = CONTACTS
         wanted = list(ids)
-        found: dict[int, ContactData] = {}
-        with self.engine.connect() as conn:
-            for start in range(0, len(wanted), 500):
-                for row in conn.execute(select(table).where(table.c.id.in_(wanted[start:start + 500]))).mappings():
-                    found[row["id"]] = contact_from_row(row)
-        return found
+
+        def read() -> dict[int, ContactData]:
+            found: dict[int, ContactData] = {}
+            with self.engine.connect() as conn:
+                for start in range(0, len(wanted), 500):
+                    for row in conn.execute(select(table).where(table.c.id.in_(wanted[start:start + 500]))).mappings():
+                        found[row["id"]] = contact_from_row(row)
+            return found
+
+        return self.reconnect.run(read)  # on the send path: goes on through a server restart
 
     def count(self) -> int:
         with self.engine.connect() as conn:

@@ -4,15 +4,20 @@ States and their allowed moves are in `mailer.states`; the statements here follo
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, bindparam, func, literal_column, or_, select, update
 from sqlalchemy.engine import Engine
 
 from ..addresses import domain_and_parents
+from ..errors import DatabaseGone
 from ..states import DELIVERED_STATES, PENDING_STATES, TRANSITIONS, SendState, check_move
+from .place import DatabaseFile
+from .reconnect import NEVER, Reconnect
 from .sql import dialect_insert, execute_many, insert_ignore, update_by_id
 from .suppressions import suppressed_among_sql
 from .tables import SEND_LOG, SUPPRESSIONS, SendLog, utcnow
@@ -30,9 +35,12 @@ DECIDABLE_STATES: tuple[SendState, ...] = tuple(s for s in SendState if s not in
 class SendLogRows:
     """Reads and writes of the send log outside the delivery engine's hot path."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, reconnect: Reconnect = NEVER) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.reconnect = reconnect
+        #: the SQLite file as opened (set by Store.open): the delivery engine checks it is still there
+        self.place: DatabaseFile | None = None
 
     def mark_crashed_uncertain(self, campaign_id: str) -> int:
         """Rows left in `sending` by a process that died: we cannot know if they left."""
@@ -94,8 +102,12 @@ class SendLogRows:
             if run_id is not None:
                 query = query.where(table.c.run_id == run_id)
             take = size if left is None else min(size, left)
-            with self.engine.connect() as conn:
-                rows = [(r.id, r.contact_id) for r in conn.execute(query.order_by(table.c.id).limit(take))]
+
+            def read(query: Any = query, take: int = take) -> list[tuple[int, int]]:
+                with self.engine.connect() as conn:
+                    return [(r.id, r.contact_id) for r in conn.execute(query.order_by(table.c.id).limit(take))]
+
+            rows = self.reconnect.run(read)
             if not rows:
                 return
             yield rows
@@ -108,8 +120,12 @@ class SendLogRows:
         if not changes:
             return
         now = utcnow()
-        with self.engine.begin() as conn:
-            update_by_id(conn, _log, [{"updated_at": now, **change} for change in changes])
+
+        def write() -> None:
+            with self.engine.begin() as conn:
+                update_by_id(conn, _log, [{"updated_at": now, **change} for change in changes])
+
+        self.reconnect.run(write)
 
     def status_counts(self, campaign_id: str) -> tuple[dict[str, int], dict[str, int]]:
         """({state: n}, {rule: n for blocked rows})."""
@@ -131,7 +147,7 @@ class SendLogRows:
 
     def writer(self) -> LogWriter:
         """A connection held for one run's claims and outcomes (see `LogWriter`)."""
-        return LogWriter(self.engine)
+        return LogWriter(self.engine, self.place, self.reconnect)
 
 
 class Claimable(Protocol):
@@ -165,14 +181,29 @@ class CommitAnswer:
     claimed: set[int]        # log ids now in `sending`, ours
 
 
+#: seconds between two checks that the SQLite file is still the one opened
+CHECK_INTERVAL = 0.1
+
+
 class LogWriter:
     """The delivery engine's writes, batched: claims, outcomes and hard bounces of many
     messages in one transaction (group commit), on one connection held for the run
-    (checking one out of the pool at every commit showed in profiles)."""
+    (checking one out of the pool at every commit showed in profiles).
 
-    def __init__(self, engine: Engine) -> None:
+    After a commit (at most every CHECK_INTERVAL, and once at the end: `verify`), the SQLite
+    file at the database's path must still be the one opened (`place`): else nothing this
+    commit claimed goes out, the run's database is copied from the connection still open on
+    the lost file, and DatabaseGone stops the run. A commit that loses its PostgreSQL
+    connection is made again on a new one (`reconnect`)."""
+
+    def __init__(self, engine: Engine, place: DatabaseFile | None = None, reconnect: Reconnect = NEVER) -> None:
         self.engine = engine
+        self.place = place
+        self.reconnect = reconnect
         self._conn: Connection | None = None
+        #: log ids claimed (so handed to the transport) since the file was last found in place
+        self._unverified: set[int] = set()
+        self._next_check = 0.0
 
     def commit(self, claims: Sequence[Claimable], outcomes: Sequence[dict[str, Any]],
                bounces: Sequence[tuple[str, str, str]]) -> CommitAnswer:
@@ -182,6 +213,53 @@ class LogWriter:
         for change in outcomes:
             if change["state"] not in _OUTCOMES:
                 check_move(S.SENDING, change["state"])  # raises, naming the move
+        answer = self.reconnect.run(lambda: self._commit(claims, outcomes, bounces), lost=self._drop)
+        if self.place is not None:
+            self._unverified.update(answer.claimed)
+            # At most every CHECK_INTERVAL: a commit claims a handful of messages, and two stat()
+            # calls per commit showed in a send's profile. What goes out before the check finds
+            # the file gone is still recorded, in the copy the check keeps.
+            if time.monotonic() >= self._next_check:
+                self._check_in_place(answer)
+        return answer
+
+    def verify(self) -> None:
+        """The last check, once the run's final outcomes are committed: raises DatabaseGone."""
+        if self.place is not None and not self.place.lost:
+            self._check_in_place(CommitAnswer({}, set()))
+
+    def _check_in_place(self, answer: CommitAnswer) -> None:
+        if self.place is None:
+            return
+        self.place.watch_wal()  # exists now: this connection keeps it
+        change = self.place.change()
+        if not change:
+            self._unverified.clear()
+            self._next_check = time.monotonic() + CHECK_INTERVAL
+            return
+        self.place.lost = change
+        conn = self._connection()
+        if answer.claimed:  # nothing of this commit goes out: back to planned, in the copy kept below
+            now = utcnow()
+            with conn.begin():
+                update_by_id(conn, _log, [{"id": i, "state": S.PLANNED.value, "updated_at": now,
+                                           "detail": "not sent: the database file was " + change}
+                                          for i in answer.claimed])
+        rescued = self.place.rescue(conn.connection.dbapi_connection)
+        raise _gone(self.place.path, change, len(self._unverified - answer.claimed), rescued)
+
+    def _drop(self) -> None:
+        """The held connection is dead (the server restarted): the next try takes a new one."""
+        if self._conn is not None:
+            try:
+                self._conn.invalidate()
+                self._conn.close()
+            except Exception:  # noqa: BLE001, S110 - it is being thrown away
+                pass
+            self._conn = None
+
+    def _commit(self, claims: Sequence[Claimable], outcomes: Sequence[dict[str, Any]],
+                bounces: Sequence[tuple[str, str, str]]) -> CommitAnswer:
         log, sup = _log, SUPPRESSIONS
         now = utcnow()
         blocked: set[int] = set()
@@ -214,7 +292,8 @@ class LogWriter:
                 execute_many(conn, _BLOCK_PENDING, stopped)
             if going:
                 # Conditional on the row still being pending: when another process sends the
-                # same campaign, only one of them gets each row (its Message-ID is on it).
+                # same campaign, only one of them gets each row (its Message-ID is on it). Made
+                # again after a commit whose answer was lost, it finds its own Message-ID there.
                 claimed = execute_many(conn, _CLAIM_PENDING, going)
                 if claimed == len(going):
                     mine = {(g["_id"], g["_message_id"]) for g in going}
@@ -241,6 +320,21 @@ class LogWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _gone(path: Path, change: str, unrecorded: int, rescued: Path | None) -> DatabaseGone:
+    """The error that stops a run whose database file was removed or replaced."""
+    if rescued is not None:
+        return DatabaseGone(
+            f"the database file {path} was {change} while sending, so nothing more was sent; this run's send "
+            f"log as it stood (every message handed out so far recorded) was saved to {rescued}: check it, put it "
+            f"back in place (mv {rescued} {path}) and rerun the same command to resume",
+            unrecorded=0, rescued=str(rescued))
+    return DatabaseGone(
+        f"the database file {path} was {change} while sending, so nothing more was sent; {unrecorded} messages "
+        "handed to the transport since it was last seen in place are not recorded there: restore the "
+        f"database from a backup (whoever this run mailed since then may be mailed again), then rerun the same "
+        f"command", unrecorded=unrecorded)
 
 
 _DECISION_STATEMENTS: dict[tuple[str, tuple[str, ...]], Any] = {}
