@@ -290,6 +290,8 @@ class CampaignStatus:
     last_run: Run | None
     #: rows in the state asked for (`show`), in plan order
     rows: list[SendLog] = field(default_factory=list)
+    #: opt-outs (of any campaign) waiting in the spool to be recorded (mailer.spool)
+    spooled_optouts: int = 0
 
     @property
     def allowed(self) -> int:
@@ -306,4 +308,5 @@ def campaign_status(ws: Workspace, campaign: str | os.PathLike[str], *, show: st
     states, rules = ws.store.sendlog.status_counts(campaign_id)
     return CampaignStatus(campaign_id, states, rules, ws.store.suppressions.bounces_recorded(campaign_id),
                           ws.store.campaigns.last_run(campaign_id),
-                          ws.store.sendlog.rows(campaign_id, [show]) if show else [])
+                          ws.store.sendlog.rows(campaign_id, [show]) if show else [],
+                          spooled_optouts=ws.spool.pending())

@@ -32,6 +32,7 @@ from .contacts import Contacts, ImportResult, contact_from_row
 from .people import People, erased_key
 from .sendlog import DECIDABLE_STATES, LogWriter, SendLogRows
 from .settings import Settings
+from .sql import BUSY_TIMEOUT_MS
 from .suppressions import Suppressions
 from .tables import (
     CampaignRecord,
@@ -86,7 +87,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # The busy timeout first: switching to WAL takes a lock another process may hold (a second
     # process opening a new database while the first creates its tables was told "locked").
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
