@@ -247,3 +247,26 @@ def test_an_import_with_one_bad_row_writes_nothing_and_touches_no_lock(project: 
     skipped = project.run("contacts", "import", str(bad), "--list", "big", "--skip-invalid")
     assert skipped.exit_code == 0 and "5999 new" in skipped.output
     assert project.sql("select count(*) from contacts") == [(5_999,)]
+
+
+def test_an_opt_out_spooled_while_a_campaign_runs_stops_its_message(project: Project) -> None:
+    """Spooled after the plan (here: while the send asks for confirmation): the delivery engine
+    records the spool before it claims messages, and the claim stops that address's message."""
+    from mailer import send_campaign
+    from mailer.spool import SpooledOptOut
+    from mailer.store import utcnow
+
+    with open_workspace(project.config, {"MAILER_SECRET": SECRET}) as workspace:
+        def spool_claire(plan: object, to_send: int) -> bool:
+            token = workspace.unsubscribe_token("2026-12-cloud-audit", "claire@client.example", "fr")
+            workspace.spool.append(SpooledOptOut(token, "one-click", "", utcnow()))
+            return True
+
+        summary = send_campaign(workspace, project.campaign, confirm=spool_claire)
+    assert summary.to_send == 2 and summary.sent == 1
+    sent_to = b"".join(project.messages())
+    assert b"paul@telco.example" in sent_to and b"claire@client.example" not in sent_to
+    assert project.sql("select origin from suppressions") == [("one-click",)]
+    assert project.sql("select state, rule from send_log where address_key = 'claire@client.example'") == [
+        ("blocked", "suppressed")]
+    assert not spool_file(project).exists()
