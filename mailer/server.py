@@ -16,7 +16,9 @@ to the database, which it waits for and retries for up to `OPTOUT_PATIENCE`
 seconds when it is busy (a long import) or unreachable, or else appended to the
 local spool (mailer.spool), which the next command that writes, and this app
 itself once the database answers again, move to the suppression list. The log
-gets one line then, naming no one; never a traceback. It is a plain ASGI app: `mailer serve` runs it with uvicorn, and any
+gets one line then, naming no one; never a traceback.
+
+It is a plain ASGI app: `mailer serve` runs it with uvicorn, and any
 ASGI server can run `mailer.server:app_from_environment` behind TLS.
 """
 from __future__ import annotations
@@ -210,8 +212,8 @@ class UnsubscribeApp:
             return await anyio.to_thread.run_sync(
                 lambda: record_optout(self.ws, raw, token, origin=origin, reason=reason, patience=self.patience),
                 abandon_on_cancel=True)
-        entry = SpooledOptOut(raw, origin, reason, utcnow())
-        await anyio.to_thread.run_sync(self.ws.spool.append, entry)
+        # In the loop's own thread (an append and an fsync): the worker threads may all be held.
+        self.ws.spool.append(SpooledOptOut(raw, origin, reason, utcnow()))
         return OptOutRecorded(True, time.monotonic() - start, 1, "no answer")
 
     async def health(self, request: Request) -> Response:
