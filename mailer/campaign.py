@@ -501,6 +501,8 @@ class CampaignStatus:
     #: the last run is recorded as running but no live process sends the campaign (it crashed or
     #: was killed): the rows it left in `sending` are counted (and shown) as uncertain
     dead_run: bool = False
+    #: opt-outs (of any campaign) waiting in the spool to be recorded (mailer.spool)
+    spooled_optouts: int = 0
 
     @property
     def allowed(self) -> int:
@@ -526,4 +528,5 @@ def campaign_status(ws: Workspace, campaign: str | os.PathLike[str], *, show: st
         if show == SendState.UNCERTAIN:
             shown.append(SendState.SENDING)
     return CampaignStatus(campaign_id, states, rules, ws.store.suppressions.bounces_recorded(campaign_id),
-                          last_run, ws.store.sendlog.rows(campaign_id, shown) if show else [], dead_run)
+                          last_run, ws.store.sendlog.rows(campaign_id, shown) if show else [], dead_run,
+                          spooled_optouts=ws.spool.pending())

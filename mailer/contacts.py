@@ -239,6 +239,16 @@ class ContactsCsv:
         return frozenset(self.columns)
 
     def __iter__(self) -> Iterator[ContactData]:
+        for line, row, values in self._checked():
+            yield _build(line, row, values, self.collected_at)
+
+    def validated(self) -> Iterator[int]:
+        """The line of each good row, `problems` filling as for iteration, without building the
+        records (a first pass over a file to import, cheaper than the one that writes)."""
+        for line, _, _ in self._checked():
+            yield line
+
+    def _checked(self) -> Iterator[tuple[int, dict[str, str], dict[str, Any]]]:
         columns, path = self.columns, self.path
         for line, row in self._rows:
             if isinstance(row, _CsvSyntax):
@@ -250,10 +260,10 @@ class ContactsCsv:
                 self.problems.append(f"{path}:{line}: {len(row)} fields, but the header has {len(columns)}"
                                      f" (is a value with a '{self.delimiter}' missing its quotes?)")
                 continue
-            record = _record(path, line, dict(zip(columns, row, strict=True)), self.today, self.problems,
-                             self.collected_at)
-            if record is not None:
-                yield record
+            cells = dict(zip(columns, row, strict=True))
+            values = _checked_values(path, line, cells, self.today, self.problems)
+            if values is not None:
+                yield line, cells, values
 
 
 def _syntax_error(path: Path, exc: _CsvSyntax) -> CsvError:
@@ -268,8 +278,9 @@ def parse_contacts_csv(path: Path, *, today: date) -> ParsedCsv:
     return ParsedCsv(path=path, columns=reader.columns, records=records, problems=reader.problems)
 
 
-def _record(path: Path, line: int, row: dict[str, str], today: date, problems: list[str],
-            collected_at: date | None = None) -> ContactData | None:
+def _checked_values(path: Path, line: int, row: dict[str, str], today: date,
+                    problems: list[str]) -> dict[str, Any] | None:
+    """The row's known columns, parsed, or None after adding its problems to `problems`."""
     where = f"{path}:{line}"
     before = len(problems)
     email = row["email"].strip()
@@ -317,6 +328,11 @@ def _record(path: Path, line: int, row: dict[str, str], today: date, problems: l
                 problems.append(f"{where}: {name}: {exc}")
     if len(problems) > before:
         return None
+    values["kind"] = kind
+    return values
+
+
+def _build(line: int, row: dict[str, str], values: dict[str, Any], collected_at: date | None) -> ContactData:
     values.setdefault("collected_at", collected_at)
     attrs = {k: v.strip() for k, v in row.items() if k not in KNOWN_COLUMNS}
-    return ContactData(address=normalise(email), kind=kind, attrs=attrs, line=line, **values)
+    return ContactData(address=normalise(row["email"].strip()), attrs=attrs, line=line, **values)

@@ -46,7 +46,8 @@ class DeliveryReport:
 class _GroupCommitter:
     """Batches claims and outcomes from concurrent workers into shared transactions."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, before_claims: Callable[[], None] | None = None) -> None:
+        self._before_claims = before_claims
         self._writer = store.sendlog.writer()
         self._claims: list[tuple[Outgoing, asyncio.Future[str]]] = []
         self._outcomes: list[dict[str, Any]] = []
@@ -115,6 +116,8 @@ class _GroupCommitter:
     def _flush(self, claims: list[tuple[Outgoing, asyncio.Future[str]]], outcomes: list[dict[str, Any]],
                bounces: list[tuple[str, str, str]]) -> dict[int, str]:
         """One transaction. Returns the claims that did not go: log id -> "suppressed" | "taken"."""
+        if claims and self._before_claims is not None:
+            self._before_claims()
         answer = self._writer.commit([m for m, _ in claims], outcomes, bounces)
         for message, _ in claims:
             if message.log_id in answer.claimed:
@@ -137,15 +140,18 @@ class RetryPolicy:
 async def deliver_all(store: Store, transport: Transport, messages: AsyncIterator[Outgoing] | Iterable[Outgoing],
                       *, campaign_id: str, retry: RetryPolicy | None = None,
                       on_result: Callable[[str], None] | None = None,
-                      stop: asyncio.Event | None = None, rate_per_second: float = 0) -> DeliveryReport:
+                      stop: asyncio.Event | None = None, rate_per_second: float = 0,
+                      before_claims: Callable[[], None] | None = None) -> DeliveryReport:
     """Deliver every message with `transport.concurrency` workers. Returns the counts.
 
     Setting `stop` lets in-flight messages finish, then returns with `stopped`.
+    `before_claims` runs before each transaction that claims messages (to record
+    opt-outs kept elsewhere, which the claim then honours).
     """
     retry = retry or RetryPolicy()
     stop = stop or asyncio.Event()
     report = DeliveryReport()
-    committer = _GroupCommitter(store)
+    committer = _GroupCommitter(store, before_claims)
     writer = asyncio.create_task(committer.run())
     queue: asyncio.Queue[Outgoing | None] = asyncio.Queue(maxsize=max(4, transport.concurrency * 4))
     pace = _Pace(rate_per_second)

@@ -31,28 +31,48 @@ class ImportOutcome:
     undated: int = 0   # rows kept with no collection date (the gate blocks them: retention-expired)
 
 
+#: rows written per transaction: short enough that another writer (an opt-out, `suppress add`)
+#: waits a fraction of a second for the database, long enough to keep an import fast
+IMPORT_BATCH = 2000
+
+
 def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: bool = False,
                     now: datetime | None = None, progress: Progress | None = None,
-                    collected_at: date | None = None) -> ImportOutcome:
+                    collected_at: date | None = None, batch: int = IMPORT_BATCH) -> ImportOutcome:
     """Validate a contacts CSV and upsert it into a list: all or nothing, unless skip_invalid.
 
     `collected_at` is the collection date of the rows that give none; without it such
     rows have no known date, and the gate treats them as past retention.
 
-    The file is read and written in chunks inside one transaction, so memory
-    stays flat however long the file; a bad row anywhere rolls everything back.
+    The whole file is validated first (a bad row anywhere: InvalidRows, nothing written),
+    then read again and written `batch` rows per transaction, so that other writers (an
+    opt-out, `suppress add`, a send) get in between however long the file; memory stays
+    flat either way. An import interrupted while writing has written whole batches:
+    rerunning it gives the same result (rows are upserted).
     """
     now = now or utcnow()
-    reader, outcome, records = _read(ws, path, now, progress or no_progress, f"Importing {path.name}", collected_at)
-
-    def all_or_nothing() -> None:
-        if reader.problems and not skip_invalid:
-            raise InvalidRows(reader.problems, good_rows=outcome.rows)
-
-    outcome.result = ws.store.contacts.upsert(records, list_name, reader.present, now=now,
-                                              before_commit=all_or_nothing)
+    progress = progress or no_progress
+    problems, good_rows = validate_contacts(path, now, progress, collected_at)
+    if problems and not skip_invalid:
+        raise InvalidRows(problems, good_rows=good_rows)
+    reader, outcome, records = _read(ws, path, now, progress, f"Importing {path.name}", collected_at)
+    outcome.result = ws.store.contacts.upsert(records, list_name, reader.present, now=now, batch=batch)
     outcome.skipped = list(reader.problems)
     return outcome
+
+
+def validate_contacts(path: Path, now: datetime, progress: Progress = no_progress,
+                      collected_at: date | None = None) -> tuple[list[str], int]:
+    """Every problem of a contacts CSV (FILE:LINE: what is wrong) and the number of good rows,
+    reading it once without writing; CsvError for a file that cannot be read as a whole."""
+    reader = ContactsCsv(path, today=now.date(), collected_at=collected_at)
+    advance = progress(f"Checking {path.name}", data_lines(path))
+    good = 0
+    for good, _ in enumerate(reader.validated(), start=1):
+        if good % 5000 == 0:
+            advance(5000)
+    advance(good % 5000)
+    return reader.problems, good
 
 
 def read_as_imported(ws: Workspace, path: Path, *, now: datetime | None = None,

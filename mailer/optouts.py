@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .addresses import NormalisedAddress, domain_and_parents, normalise, valid_domain
 from .errors import InputError
-from .store import Suppression
+from .spool import SpooledOptOut
+from .store import Suppression, utcnow
 from .store.people import erased_key
 from .suppression import (
     UnreadableMessage,
@@ -20,7 +24,7 @@ from .suppression import (
     read_suppression_file,
     token_from_message,
 )
-from .tokens import InvalidToken, verify
+from .tokens import InvalidToken, UnsubscribeToken, verify
 from .workspace import Workspace
 
 
@@ -104,6 +108,91 @@ def suppressions_covering(ws: Workspace, value: str) -> list[Suppression]:
 
 def suppressions(ws: Workspace) -> list[Suppression]:
     return ws.store.suppressions.entries()
+
+
+#: How long a one-click opt-out waits for a busy or unreachable database before it is spooled:
+#: well under what mailbox providers give a POST, and past a short batch of an import.
+OPTOUT_PATIENCE = 3.0
+
+
+@dataclass(frozen=True)
+class OptOutRecorded:
+    spooled: bool     # False: on the suppression list; True: in the spool (mailer.spool)
+    waited: float     # seconds spent on the database
+    attempts: int
+    cause: str = ""   # why the database did not take it (an exception's type), when spooled
+
+
+def record_optout(ws: Workspace, raw_token: str, token: UnsubscribeToken, *, origin: str, reason: str = "",
+                  patience: float = OPTOUT_PATIENCE) -> OptOutRecorded:
+    """Put the address of a verified unsubscribe token on the suppression list, durably, trying
+    again while the database is busy or unreachable for up to `patience` seconds; past that,
+    append the opt-out to the workspace's spool (fsync'd), from which the next writer records it.
+    Either way the opt-out is kept when this returns; OSError if even the spool cannot be written."""
+    at = utcnow()
+    row = {"scope": "address", "value": token.address_hash, "origin": origin, "reason": reason,
+           "campaign_id": token.campaign_id, "created_at": at}
+    start = time.monotonic()
+    deadline = start + patience
+    attempts, cause, pause = 0, "", 0.05
+    while True:
+        attempts += 1
+        try:
+            ws.store.suppressions.add_rows([row], patience=max(deadline - time.monotonic(), 0.05))
+            return OptOutRecorded(False, time.monotonic() - start, attempts)
+        except SQLAlchemyError as exc:
+            cause = type(getattr(exc, "orig", None) or exc).__name__
+        left = deadline - time.monotonic()
+        if left <= 0.01:
+            break
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.5)
+    ws.spool.append(SpooledOptOut(raw_token, origin, reason, at))
+    return OptOutRecorded(True, time.monotonic() - start, attempts, cause)
+
+
+@dataclass
+class SpoolApplied:
+    recorded: int = 0   # entries now on the suppression list (new or already there)
+    #: entries whose token does not verify with this workspace's secret: left in the spool
+    unverified: int = 0
+
+
+def apply_spooled_optouts(ws: Workspace, *, patience: float | None = None) -> SpoolApplied:
+    """Move the opt-outs waiting in the spool to the suppression list (idempotent: one already
+    there is not added twice), each with the time the person asked. Raises the database's
+    error, leaving the spool as it was, when the database cannot take them (within `patience`
+    seconds, when given)."""
+    result = SpoolApplied()
+
+    def apply(entries: list[SpooledOptOut]) -> list[SpooledOptOut]:
+        rows, applied = [], []
+        for entry in entries:
+            try:
+                token = verify(ws.keys, entry.token)
+            except InvalidToken:
+                result.unverified += 1  # another secret: kept, for the operator to see
+                continue
+            rows.append({"scope": "address", "value": token.address_hash, "origin": entry.origin,
+                         "reason": entry.reason, "campaign_id": token.campaign_id,
+                         "created_at": entry.at})
+            applied.append(entry)
+        ws.store.suppressions.add_rows(rows, patience=patience)
+        return applied
+
+    result.recorded = ws.spool.drain(apply)
+    return result
+
+
+def spooled_hashes(ws: Workspace) -> set[str]:
+    """The address hashes of the opt-outs waiting in the spool (for a plan that writes nothing)."""
+    found = set()
+    for entry in ws.spool.entries():
+        try:
+            found.add(verify(ws.keys, entry.token).address_hash)
+        except InvalidToken:
+            continue
+    return found
 
 
 @dataclass

@@ -14,6 +14,7 @@ from .dkim_signing import dkim_signer
 from .errors import ComplianceRefusal
 from .gate import FOOTER_MISSING, GateContext, RelevanceMatcher, campaign_notes, campaign_problems, decide
 from .importer import ImportOutcome, Progress, data_lines, import_contacts, no_progress, read_as_imported
+from .optouts import apply_spooled_optouts, spooled_hashes
 from .render import RenderedMessage, Renderer, Templates, load_templates
 from .states import DELIVERED_STATES, SendState
 from .store import DECIDABLE_STATES, utcnow
@@ -100,7 +101,9 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
     """Import the campaign's CSV, recover a crashed run, and decide for every candidate.
 
     With persist=False nothing is written: the CSV is read and merged with the stored
-    contacts in memory, no decision is recorded and no crashed run is recovered.
+    contacts in memory, no decision is recorded and no crashed run is recovered. Opt-outs
+    waiting in the spool (mailer.spool) are recorded first, or, with persist=False, only
+    honoured.
 
     Candidates are streamed and decisions written in batches tagged with
     `run_id`, so a large list is never all in memory (unless keep_recipients,
@@ -111,6 +114,8 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
     on_decided receives every candidate with the rule that blocks it (None: allowed) and why.
     """
     campaign = prepared.campaign
+    if persist:  # opt-outs `mailer serve` could not write at once are on the list before anyone is decided
+        apply_spooled_optouts(ws)
     now = utcnow()
     today = today or now.date()
     imported = read = None
@@ -136,6 +141,7 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
 
     delivered_states = set(DELIVERED_STATES) - ({SendState.UNCERTAIN} if retry_uncertain else set())
     hashes, domains = ws.store.suppressions.sets()
+    hashes |= spooled_hashes(ws)  # those still waiting (a plan that writes nothing, a secret changed)
     relevance = campaign.relevance
     ctx = GateContext(
         today=today, retention_years=ws.config.compliance.retention_years, lookup_hashes=ws.lookup_hashes,

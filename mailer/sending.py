@@ -14,12 +14,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .config import Campaign, Config
 from .contacts import ContactData
 from .delivery import DeliveryReport, Outgoing, RetryPolicy, deliver_all
 from .dkim_signing import DkimSigner
 from .errors import TemplateError
 from .gate import FOOTER_MISSING
+from .optouts import apply_spooled_optouts
 from .planning import Plan, PreparedCampaign
 from .render import Renderer
 from .states import SendState
@@ -164,12 +167,29 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
         report.delivered = await deliver_all(
             ws.store, transport, messages(), campaign_id=campaign.id, on_result=on_result, stop=stop,
             rate_per_second=min(rates) if rates else 0,
-            retry=RetryPolicy(ws.config.smtp.max_attempts, ws.config.smtp.retry_base_seconds))
+            retry=RetryPolicy(ws.config.smtp.max_attempts, ws.config.smtp.retry_base_seconds),
+            before_claims=lambda: record_spooled_optouts_now(ws))
     finally:
         if not ws.store.lost:  # a removed file must not be made again, a replaced one not written
             ws.store.sendlog.update(footer_blocked)
     report.footer_blocked = len(footer_blocked)
     return report
+
+
+#: seconds a running send waits for the database to take the spool's opt-outs before it goes on
+#: (and tries again at its next claim)
+SPOOL_PATIENCE = 1.0
+
+
+def record_spooled_optouts_now(ws: Workspace) -> None:
+    """Opt-outs `mailer serve` spooled while this campaign runs, recorded before the next claim,
+    which then stops their messages. A stat when there is none; never fatal to the send."""
+    try:
+        if not ws.spool.path.exists():
+            return
+        apply_spooled_optouts(ws, patience=SPOOL_PATIENCE)
+    except (SQLAlchemyError, OSError):
+        pass  # the server records them too, as soon as the database answers
 
 
 @dataclass(frozen=True, slots=True)

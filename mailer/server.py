@@ -11,7 +11,14 @@ A forged, altered or unknown token gets a 400 page and nothing is recorded.
 A body over 16 KiB gets 413 (before it is read), one still arriving after
 10 s gets 408: `BodyLimit` wraps the whole app, under any server.
 The app shares the database with the senders, so an opt-out stops the next
-message. It is a plain ASGI app: `mailer serve` runs it with uvicorn, and any
+message. A POST answers 200 only once the opt-out is durable: written (and synced)
+to the database, which it waits for and retries for up to `OPTOUT_PATIENCE`
+seconds when it is busy (a long import) or unreachable, or else appended to the
+local spool (mailer.spool), which the next command that writes, and this app
+itself once the database answers again, move to the suppression list. The log
+gets one line then, naming no one; never a traceback.
+
+It is a plain ASGI app: `mailer serve` runs it with uvicorn, and any
 ASGI server can run `mailer.server:app_from_environment` behind TLS.
 """
 from __future__ import annotations
@@ -20,13 +27,15 @@ import asyncio
 import html
 import logging
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import anyio
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -34,15 +43,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import find_config_path
 from .locales import strings
+from .optouts import OPTOUT_PATIENCE, OptOutRecorded, apply_spooled_optouts, record_optout
+from .spool import SpooledOptOut
+from .store import utcnow
 from .tokens import InvalidToken, UnsubscribeToken, verify
 from .workspace import Workspace, open_workspace
 
 log = logging.getLogger("mailer.server")
+T = TypeVar("T")
 
 #: a one-click POST body is `List-Unsubscribe=One-Click`, the page's form a few fields
 MAX_BODY_BYTES = 16 * 1024
 #: seconds a client has to send its whole body, from the request's start (slow clients hold a connection)
 BODY_DEADLINE = 10.0
+
+#: seconds a read (is the campaign known, is the address already out) may wait for the database
+#: before the page goes on without its answer
+READ_PATIENCE = 2.0
+#: seconds between attempts to move the spool's opt-outs to the database
+DRAIN_INTERVAL = 2.0
 
 REASONS = ("too-many", "not-relevant", "never-signed-up", "other")
 #: the bad-link page's language, when the token (which carries the locale) cannot be read
@@ -77,16 +96,25 @@ def _page(locale: str, title: str, body: str, status: int = 200) -> HTMLResponse
 
 
 class UnsubscribeApp:
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, patience: float = OPTOUT_PATIENCE) -> None:
         self.ws = workspace
+        self.patience = patience
         org = workspace.config.organization
         self.org = org
         self._campaigns: set[str] = set()
+        self._drainer: threading.Thread | None = None
+        self._drainer_lock = threading.Lock()
         self.app = Starlette(routes=[
             Route("/u/{token}", self.show, methods=["GET", "HEAD"]),
             Route("/u/{token}", self.unsubscribe, methods=["POST"]),
             Route("/healthz", self.health, methods=["GET", "HEAD"]),
         ])
+        try:
+            waiting = workspace.spool.pending()
+        except OSError:
+            waiting = 0
+        if waiting:
+            self._drain_in_background()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -103,7 +131,17 @@ class UnsubscribeApp:
         t = strings(locale).unsubscribe_page
         return _page(locale, t.bad_title, f"<h1>{t.bad_title}</h1><p>{self._fill(t.bad)}</p>", status=400)
 
-    def _token(self, raw: str) -> UnsubscribeToken | None:
+    def _unavailable(self, locale: str) -> HTMLResponse:
+        t = strings(locale).unsubscribe_page
+        response = _page(locale, t.unavailable_title,
+                         f"<h1>{t.unavailable_title}</h1><p>{self._fill(t.unavailable)}</p>", status=503)
+        response.headers["Retry-After"] = "60"
+        return response
+
+    async def _token(self, raw: str) -> UnsubscribeToken | None:
+        """The token's content, or None when it is not ours. When the database cannot say whether
+        its campaign is known (busy, unreachable), a token with a valid signature is taken: only
+        this organisation's secret makes one."""
         try:
             token = verify(self.ws.keys, raw)
         except InvalidToken:
@@ -111,22 +149,22 @@ class UnsubscribeApp:
         if token.test:  # signed by us, and records nothing: its campaign may never have been sent
             return token
         if token.campaign_id not in self._campaigns:
-            if not self.ws.store.campaigns.known(token.campaign_id):
+            known = await _bounded(self.ws.store.campaigns.known, token.campaign_id, seconds=READ_PATIENCE)
+            if known is False:
                 return None
-            self._campaigns.add(token.campaign_id)  # campaigns are never deleted
+            if known:
+                self._campaigns.add(token.campaign_id)  # campaigns are never deleted
         return token
-
-    def _suppressed(self, token: UnsubscribeToken) -> bool:
-        return self.ws.store.suppressions.has_hash(token.address_hash)
 
     # ------------------------------------------------------------------ routes
 
     async def show(self, request: Request) -> Response:
-        token = await run_in_threadpool(self._token, request.path_params["token"])
+        token = await self._token(request.path_params["token"])
         if token is None:
             return self._bad()
         t = strings(token.locale).unsubscribe_page
-        if not token.test and await run_in_threadpool(self._suppressed, token):
+        if not token.test and await _bounded(self.ws.store.suppressions.has_hash, token.address_hash,
+                                             seconds=READ_PATIENCE):
             return self._done(token.locale, already=True)
         options = "".join(f'<option value="{k}">{html.escape(v)}</option>' for k, v in t.reasons.items())
         action = html.escape(request.url.path)
@@ -146,7 +184,8 @@ class UnsubscribeApp:
                                            f'<p class="small">{self._fill(t.privacy)}</p>')
 
     async def unsubscribe(self, request: Request) -> Response:
-        token = await run_in_threadpool(self._token, request.path_params["token"])
+        raw = request.path_params["token"]
+        token = await self._token(raw)
         if token is None:
             return self._bad()
         if token.test:  # a test message's link (send --test-to): nothing to record
@@ -156,13 +195,76 @@ class UnsubscribeApp:
         origin = "link" if fields.get("via") == "page" else "one-click"
         reason = fields.get("reason", "")
         reason = reason if reason in REASONS else ""
-        await run_in_threadpool(self.ws.store.suppressions.add, scope="address", value=token.address_hash,
-                                origin=origin, reason=reason, campaign_id=token.campaign_id)
+        try:
+            recorded = await self._record(raw, token, origin, reason)
+        except OSError as exc:
+            log.error("opt-out NOT recorded: the database did not answer and the spool %s cannot be written "
+                      "(%s); answered 503", self.ws.spool.path, exc.strerror or type(exc).__name__)
+            return self._unavailable(token.locale)
+        if recorded.spooled:
+            log.warning("opt-out kept in the spool %s: the database did not take it within %.1f s (%s, %d "
+                        "attempts); it is recorded when the database answers", self.ws.spool.path,
+                        recorded.waited, recorded.cause, recorded.attempts)
+            self._drain_in_background()
+        elif self._spool_waiting():
+            self._drain_in_background()
         return self._done(token.locale)
 
+    async def _record(self, raw: str, token: UnsubscribeToken, origin: str, reason: str) -> OptOutRecorded:
+        """record_optout in a worker thread; should the database hold that thread past its patience
+        (a connection that hangs), the opt-out is spooled here and the thread left to finish
+        (a second record of one opt-out changes nothing)."""
+        start = time.monotonic()
+        with anyio.move_on_after(self.patience + 2.0):
+            return await anyio.to_thread.run_sync(
+                lambda: record_optout(self.ws, raw, token, origin=origin, reason=reason, patience=self.patience),
+                abandon_on_cancel=True)
+        # In the loop's own thread (an append and an fsync): the worker threads may all be held.
+        self.ws.spool.append(SpooledOptOut(raw, origin, reason, utcnow()))
+        return OptOutRecorded(True, time.monotonic() - start, 1, "no answer")
+
     async def health(self, request: Request) -> Response:
-        await run_in_threadpool(self.ws.store.contacts.count)
+        if await _bounded(self.ws.store.contacts.count, seconds=READ_PATIENCE) is None:
+            return PlainTextResponse("database unavailable\n", status_code=503)
         return PlainTextResponse("ok\n")
+
+    # ------------------------------------------------------------------ the spool
+
+    def _spool_waiting(self) -> bool:
+        try:
+            return self.ws.spool.path.exists()
+        except OSError:
+            return False
+
+    def _drain_in_background(self) -> None:
+        """Move the spool's opt-outs to the database as soon as it answers (one thread at a time)."""
+        with self._drainer_lock:
+            if self._drainer is not None and self._drainer.is_alive():
+                return
+            self._drainer = threading.Thread(target=self._drain, name="mailer-spool", daemon=True)
+            self._drainer.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                applied = apply_spooled_optouts(self.ws, patience=self.patience)
+                if applied.recorded:
+                    log.info("recorded %d opt-outs that waited in the spool", applied.recorded)
+                if not self.ws.spool.pending() or applied.unverified:
+                    return
+            except (SQLAlchemyError, OSError):
+                pass  # still busy or unreachable: the next round
+            time.sleep(DRAIN_INTERVAL)
+
+
+async def _bounded(read: Callable[..., T], *args: Any, seconds: float) -> T | None:
+    """`read(*args)` in a worker thread; None when the database fails or takes longer than `seconds`."""
+    with anyio.move_on_after(seconds):
+        try:
+            return await anyio.to_thread.run_sync(lambda: read(*args), abandon_on_cancel=True)
+        except SQLAlchemyError:
+            return None
+    return None
 
 
 async def _form_fields(request: Request) -> dict[str, str]:
@@ -180,7 +282,11 @@ async def _form_fields(request: Request) -> dict[str, str]:
 
 
 class AccessLog:
-    """One line per request, with the token cut out (it carries no address, but no need to keep it)."""
+    """One line per request, with the token cut out (it carries no address, but no need to keep it).
+
+    An exception that escaped the app gets a 500 (if nothing was answered yet) and one more line
+    naming its type only: a traceback's text and values may quote a token or a database row.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -191,19 +297,28 @@ class AccessLog:
             return
         start = time.perf_counter()
         status = 500
+        started = False
 
         async def record(message: Mapping[str, object]) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = int(message["status"])  # type: ignore[call-overload]
+                started = True
             await send(message)  # type: ignore[arg-type]
 
+        path = scope["path"]
+        if path.startswith("/u/"):
+            path = "/u/…"
         try:
             await self.app(scope, receive, record)
+        except Exception as exc:  # noqa: BLE001 - logged in one line, without its text
+            log.error("%s %s failed: %s", scope["method"], path, type(exc).__name__)
+            if not started:
+                try:
+                    await _refuse(send, 500, "Internal error.")
+                except Exception:  # noqa: BLE001 - the client is gone
+                    pass
         finally:
-            path = scope["path"]
-            if path.startswith("/u/"):
-                path = "/u/…"
             log.info("%s %s %d %.1fms", scope["method"], path, status, (time.perf_counter() - start) * 1000)
 
 
@@ -331,8 +446,8 @@ def header_deadline_protocol(seconds: float) -> type:
 
 
 def create_app(workspace: Workspace, max_body_bytes: int = MAX_BODY_BYTES,
-               body_deadline: float = BODY_DEADLINE) -> ASGIApp:
-    return AccessLog(BodyLimit(UnsubscribeApp(workspace), max_body_bytes, body_deadline))
+               body_deadline: float = BODY_DEADLINE, patience: float = OPTOUT_PATIENCE) -> ASGIApp:
+    return AccessLog(BodyLimit(UnsubscribeApp(workspace, patience), max_body_bytes, body_deadline))
 
 
 def app_from_environment() -> ASGIApp:

@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .addresses import lookup_hashes, mailbox_hash
 from .config import Config, database_url_with_password, load_config
 from .owner_only import too_open
+from .spool import OptOutSpool, spool_path
 from .store import Store, database_failure, redacted
 from .tokens import Keys
 from .transport import Transport, open_transport, transport_class
@@ -49,6 +50,11 @@ class Workspace:
         from .addresses import normalise
         from .tokens import sign
         return sign(self.keys, campaign_id, locale, self.hash_address(normalise(email).key))
+
+    @property
+    def spool(self) -> OptOutSpool:
+        """Where `mailer serve` keeps the opt-outs the database could not take in time (mailer.spool)."""
+        return OptOutSpool(spool_path(self.config.database_url, self.config.path))
 
     @property
     def transport_class(self) -> type[Transport]:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import __version__
 from ..config import find_config_path
 from ..errors import DatabaseMissing, InvalidRows, ListNotFound, MailerError
+from ..optouts import apply_spooled_optouts
 from ..store import describe_failure
 from ..workspace import Workspace, open_workspace
 
@@ -79,6 +80,7 @@ class Env:
         self.config_option = config
         self.environ = environ
         self._workspace: Workspace | None = None
+        self._spool_applied = False
 
     @property
     def config_path(self) -> Path:
@@ -87,11 +89,24 @@ class Env:
         campaign_file = context.params.get("campaign") if context is not None else None
         return find_config_path(self.config_option, self.environ, campaign_file if isinstance(campaign_file, str) else None)
 
-    def workspace(self) -> Workspace:
+    def workspace(self, *, writing: bool = False) -> Workspace:
+        """The workspace, opened once. A command that writes (`writing`) first records the opt-outs
+        waiting in the spool (those `mailer serve` could not write when the database was busy)."""
         if self._workspace is None:
             self._workspace = open_workspace(self.config_path, self.environ)
             for note in self._workspace.notes:
                 click.echo(f"Note: {note}", err=True)
+        if writing and not self._spool_applied:
+            self._spool_applied = True
+            applied = apply_spooled_optouts(self._workspace)
+            spool = self._workspace.spool.path
+            if applied.recorded:
+                click.echo(f"Note: recorded {applied.recorded} opt-outs that waited in {spool} (the database was "
+                           "busy or unreachable when they came).", err=True)
+            if applied.unverified:
+                click.secho(f"Warning: {applied.unverified} opt-outs in {spool} carry a token this secret does not "
+                            "verify (was the unsubscribe secret changed?): they stay there until it is restored.",
+                            fg="yellow", err=True)
         return self._workspace
 
     def close(self) -> None:

@@ -131,7 +131,7 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
     """
     if as_contact and not test_to:
         raise click.UsageError("--as goes with --test-to")
-    ws = env.workspace()
+    ws = env.workspace(writing=not dry_run and not test_to)
     if test_to:
         _send_test(ws, campaign, test_to, as_contact)
         return
@@ -246,6 +246,9 @@ def status(env: Env, campaign: str, show: str | None) -> None:
         click.echo(f"Last run: {run.started_at:%Y-%m-%d %H:%M} UTC, {outcome}")
         if run.counts.get("duplicate"):
             click.echo(f"  {run.counts['duplicate']} repeated rows in the CSV were skipped as duplicates")
+    if found.spooled_optouts:
+        click.echo(f"Opt-outs waiting to be recorded: {found.spooled_optouts} (kept in {env.workspace().spool.path} "
+                   "while the database was busy; the next send or import records them)")
     for row in found.rows:
         extra = f"{row.rule:<20} {row.detail}" if show == "blocked" else \
             f"{row.smtp_code or '':<4} {row.smtp_text or row.detail}"

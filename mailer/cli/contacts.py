@@ -43,7 +43,7 @@ def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool, col
         except ValueError:
             raise InputError(f"--collected-at {collected_at!r} is not a date", hint="use YYYY-MM-DD") from None
     with Steps() as steps:
-        outcome = import_contacts(env.workspace(), Path(file), list_name, skip_invalid=skip_invalid, progress=steps,
+        outcome = import_contacts(env.workspace(writing=True), Path(file), list_name, skip_invalid=skip_invalid, progress=steps,
                                   collected_at=day)
     r = outcome.result
     click.echo(f"{file}: {r.inserted} new, {r.updated} updated, {len(outcome.repeated)} repeated rows merged; "
@@ -76,7 +76,7 @@ def contacts_touch(env: Env, email: str, at: str, what: str) -> None:
         day = parse_date(at)
     except ValueError:
         raise InputError(f"--at {at!r} is not a date", hint="use YYYY-MM-DD") from None
-    latest = touch_contact(env.workspace(), email, day, what, utcnow().date())
+    latest = touch_contact(env.workspace(writing=True), email, day, what, utcnow().date())
     click.echo(f"Recorded a {what} on {day.isoformat()}; last contact from {email} is now {latest.isoformat()}.")
 
 

@@ -20,7 +20,7 @@ def db_upgrade(env: Env) -> None:
     \b
     Example:  mailer db upgrade
     """
-    ws = env.workspace()  # opening the workspace upgrades, and prints what it did
+    ws = env.workspace(writing=True)  # opening the workspace upgrades, and prints what it did
     if not ws.notes:
         click.echo("The database schema is up to date.")
 

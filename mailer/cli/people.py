@@ -59,7 +59,7 @@ def forget(env: Env, email: str, yes: bool) -> None:
     \b
     Example:  mailer forget jeanne@client.example --yes
     """
-    ws = env.workspace()
+    ws = env.workspace(writing=True)
     if not yes:
         _confirm(f"Erase everything we hold about {email}?")
     result = privacy.forget(ws, email)
@@ -103,7 +103,7 @@ def retention(env: Env, apply_: bool, yes: bool, days: int) -> None:
     \b
     Example:  mailer retention            # then: mailer retention --apply
     """
-    ws = env.workspace()
+    ws = env.workspace(writing=apply_)
     if apply_ and not yes:
         preview = privacy.retention(ws, apply=False, horizon_days=0)
         if preview.expired:

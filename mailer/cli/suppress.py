@@ -39,7 +39,7 @@ def suppress_add(env: Env, values: tuple[str, ...], reason: str) -> None:
     \b
     Example:  mailer suppress add jean@example.com @competitor.example --reason "asked by phone"
     """
-    result = suppress(env.workspace(), values, reason=reason)
+    result = suppress(env.workspace(writing=True), values, reason=reason)
     click.echo(f"{result.added} added, {result.known} already on the list.")
 
 
@@ -55,7 +55,7 @@ def suppress_remove(env: Env, value: str, yes: bool) -> None:
     \b
     Example:  mailer suppress remove jean@example.com
     """
-    ws = env.workspace()
+    ws = env.workspace(writing=True)
     if not yes and sys.stdin.isatty():
         click.confirm(f"Remove {value} from the suppression list (they will be mailed again)?", abort=True)
     if unsuppress(ws, value):
@@ -72,7 +72,7 @@ def suppress_list(env: Env) -> None:
     \b
     Example:  mailer suppress list
     """
-    entries = suppressions(env.workspace())
+    entries = suppressions(env.workspace(writing=True))
     for e in entries:
         shown = e.value if e.scope == "domain" else e.value[:16] + "…"
         click.echo(f"{e.created_at:%Y-%m-%d}  {e.scope:<7} {shown:<24} {e.origin:<9} {e.campaign_id} {e.reason}")
@@ -89,7 +89,7 @@ def suppress_import(env: Env, file: str, reason: str) -> None:
     \b
     Example:  mailer suppress import old-unsubscribes.csv --reason "previous tool"
     """
-    read, result = import_suppressions(env.workspace(), Path(file), reason=reason)
+    read, result = import_suppressions(env.workspace(writing=True), Path(file), reason=reason)
     click.echo(f"{file}: {read} entries read, {result.added} added, {result.known} already on the list.")
 
 
@@ -109,7 +109,7 @@ def suppress_mailto(env: Env, paths: tuple[str, ...]) -> None:
     \b
     Example:  mailer suppress mailto ~/Maildir/unsubscribe/new
     """
-    result = record_mailto_optouts(env.workspace(), [Path(p) for p in paths])
+    result = record_mailto_optouts(env.workspace(writing=True), [Path(p) for p in paths])
     click.echo(f"{result.added} added, {result.known} already on the list, "
                f"{len(result.rejected)} messages without a valid token.")
     for line in result.rejected[:50]:
@@ -135,7 +135,7 @@ def suppress_bounces(env: Env, paths: tuple[str, ...]) -> None:
     \b
     Example:  mailer suppress bounces ~/Maildir/bounces/new
     """
-    result = record_bounce_reports(env.workspace(), [Path(p) for p in paths])
+    result = record_bounce_reports(env.workspace(writing=True), [Path(p) for p in paths])
     click.echo(f"{result.added} hard bounces added, {result.known} already on the list, {result.passing} not permanent "
                f"(delays, full mailboxes, refused messages), {result.unmatched} not matched to a message mailer sent, "
                f"{result.not_reports} files that are not bounce reports.")
@@ -165,7 +165,7 @@ def suppress_export(env: Env) -> None:
     \b
     Example:  mailer suppress export > suppressions.csv
     """
-    entries = suppressions(env.workspace())
+    entries = suppressions(env.workspace(writing=True))
     click.echo("scope,value,origin,created_at")
     for e in entries:
         click.echo(f"{e.scope},{e.value},{e.origin},{e.created_at:%Y-%m-%dT%H:%M:%SZ}")
@@ -186,6 +186,10 @@ def suppress_check(env: Env, values: tuple[str, ...]) -> None:
     ws = env.workspace()
     for value in values:
         _check_one(ws, value)
+    waiting = ws.spool.pending()
+    if waiting:
+        click.echo(f"Note: {waiting} opt-outs received while the database was busy wait in the spool; the next "
+                   "writing command (send, suppress add, …) records them.", err=True)
 
 
 def _check_one(ws: Workspace, value: str) -> None:

@@ -73,6 +73,8 @@ class UnsubscribePage:
     test: str
     bad_title: str
     bad: str
+    unavailable_title: str  # the opt-out could not be kept at all (503): try again
+    unavailable: str
     reasons: Mapping[str, str]  # reason id ("" for none) -> label, in the order shown
 
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, or_, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from ..addresses import NormalisedAddress
 from ..contacts import ContactData
@@ -54,51 +55,60 @@ class Contacts:
         return found
 
     def upsert(self, records: Iterable[ContactData], list_name: str,
-                        present_columns: frozenset[str], *, now: datetime | None = None,
-                        chunk: int = 500, before_commit: Callable[[], None] | None = None) -> ImportResult:
+               present_columns: frozenset[str], *, now: datetime | None = None,
+               chunk: int = 500, batch: int = 2000) -> ImportResult:
         """Insert or update contacts on their normalised address, and add them to a list.
 
         Only the columns present in the file overwrite stored values; custom
         attributes are merged; `collected_at` keeps its stored value unless the file
         gives one (a re-import must not restart the retention clock). Records are
-        consumed in chunks, so a large file is never all in memory, but in one
-        transaction: `before_commit` may raise to roll everything back.
+        consumed in chunks of `chunk`, so a large file is never all in memory, and
+        written in transactions of about `batch` records, so that other writers wait
+        for one batch at most (SQLite has one writer at a time). The caller validates
+        first: what is written stays written.
         """
         now = now or utcnow()
         result = ImportResult()
-        table = CONTACTS
-
         with self.engine.begin() as conn:
             conn.execute(insert_ignore(self.dialect, LISTS), [{"name": list_name, "created_at": now}])
             list_id = conn.execute(select(LISTS.c.id).where(LISTS.c.name == list_name)).scalar_one()
-            for batch in _batches(records, chunk):
-                keys = [r.address.key for r in batch]
-                existing = {
-                    row["email_key"]: row
-                    for row in conn.execute(
-                        select(table.c.id, table.c.email_key, table.c.attrs, table.c.last_interaction_at)
-                        .where(table.c.email_key.in_(keys))).mappings()
-                }
-                inserts: list[dict[str, Any]] = []
-                updates: list[dict[str, Any]] = []
-                for record in batch:
-                    found = existing.get(record.address.key)
-                    (inserts if found is None else updates).append(_changes(record, present_columns, now, found))
-                if inserts:
-                    execute_many(conn, _CONTACT_INSERT, inserts)
-                if updates:
-                    update_by_id(conn, table, updates)
-                result.inserted += len(inserts)
-                result.updated += len(updates)
-                ids = conn.execute(select(table.c.id).where(table.c.email_key.in_(keys))).scalars().all()
-                members = LIST_MEMBERS
-                already = conn.execute(select(func.count()).select_from(members).where(
-                    members.c.list_id == list_id, members.c.contact_id.in_(ids))).scalar_one()
-                execute_many(conn, self._member_insert, [{"list_id": list_id, "contact_id": i} for i in ids])
-                result.added_to_list += len(ids) - already
-            if before_commit is not None:
-                before_commit()
-        return result
+        chunks = _batches(records, chunk)
+        per_transaction = max(1, batch // chunk)
+        while True:
+            taken = list(itertools.islice(chunks, per_transaction))
+            if not taken:
+                return result
+            with self.engine.begin() as conn:
+                for rows in taken:
+                    self._upsert_chunk(conn, rows, list_id, present_columns, now, result)
+
+    def _upsert_chunk(self, conn: Connection, batch: list[ContactData], list_id: int,
+                      present_columns: frozenset[str], now: datetime, result: ImportResult) -> None:
+        table = CONTACTS
+        keys = [r.address.key for r in batch]
+        existing = {
+            row["email_key"]: row
+            for row in conn.execute(
+                select(table.c.id, table.c.email_key, table.c.attrs, table.c.last_interaction_at)
+                .where(table.c.email_key.in_(keys))).mappings()
+        }
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for record in batch:
+            found = existing.get(record.address.key)
+            (inserts if found is None else updates).append(_changes(record, present_columns, now, found))
+        if inserts:
+            execute_many(conn, _CONTACT_INSERT, inserts)
+        if updates:
+            update_by_id(conn, table, updates)
+        result.inserted += len(inserts)
+        result.updated += len(updates)
+        ids = conn.execute(select(table.c.id).where(table.c.email_key.in_(keys))).scalars().all()
+        members = LIST_MEMBERS
+        already = conn.execute(select(func.count()).select_from(members).where(
+            members.c.list_id == list_id, members.c.contact_id.in_(ids))).scalar_one()
+        execute_many(conn, self._member_insert, [{"list_id": list_id, "contact_id": i} for i in ids])
+        result.added_to_list += len(ids) - already
 
     def as_upserted(self, records: Iterable[ContactData], present_columns: frozenset[str], *,
                     now: datetime | None = None, chunk: int = 500) -> Iterator[ContactData]:

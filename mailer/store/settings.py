@@ -62,11 +62,11 @@ class Settings:
                 created = existing == generated
             secret = existing.encode("ascii")
         fingerprint = hmac.new(secret, b"mailer/secret-fingerprint/v1", hashlib.sha256).hexdigest()[:32]
-        # Read first: every command opens the workspace, and a read-only one (status, suppress list)
-        # must not wait for, or fail on, the write lock a send holds (INSERT OR IGNORE takes it).
-        if self.get("secret_fingerprint") is None:
+        kept = self.get("secret_fingerprint")
+        if kept is None:  # written once: a read-only command must not wait for another writer's lock
             self.put_if_absent("secret_fingerprint", fingerprint)
-        if self.get("secret_fingerprint") != fingerprint:
+            kept = self.get("secret_fingerprint")
+        if kept != fingerprint:
             raise StoreError(
                 f"the unsubscribe secret (${variable}, or the one kept in the database) is not the one this "
                 "database was first used with: recorded opt-outs would no longer match",

@@ -10,6 +10,10 @@ from typing import Any
 
 from sqlalchemy import bindparam, update
 
+#: how long a SQLite connection waits for another writer's lock before "database is locked":
+#: longer than any transaction of mailer's (an import commits every few thousand rows)
+BUSY_TIMEOUT_MS = 30_000
+
 
 class _DriverStatement:
     """A Core statement compiled once for a dialect, run with the driver's executemany.

@@ -5,14 +5,15 @@ It holds no personal data: an address is kept as its keyed hash, a domain as its
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from ..addresses import normalise_domain
-from .sql import insert_ignore
+from .sql import BUSY_TIMEOUT_MS, insert_ignore
 from .tables import SUPPRESSIONS, Suppression, utcnow
 
 _table = SUPPRESSIONS
@@ -32,17 +33,58 @@ class Suppressions:
                  campaign_id: str = "", at: datetime | None = None) -> int:
         """Add (scope, value) entries; returns how many were new."""
         at = at or utcnow()
-        rows = [{"scope": s, "value": v, "origin": origin, "reason": reason,
-                 "campaign_id": campaign_id, "created_at": at} for s, v in dict.fromkeys(entries)]
+        return self.add_rows([{"scope": s, "value": v, "origin": origin, "reason": reason,
+                               "campaign_id": campaign_id, "created_at": at} for s, v in dict.fromkeys(entries)])
+
+    def add_rows(self, rows: Sequence[dict[str, Any]], *, patience: float | None = None) -> int:
+        """Add entries (dicts of scope, value, origin, reason, campaign_id, created_at); returns how
+        many were new.
+
+        With `patience` (seconds), the write waits at most that long for another writer's lock
+        (SQLite's busy timeout, PostgreSQL's lock_timeout) and raises OperationalError past it,
+        and the commit is durable when this returns (SQLite syncs its WAL, which it otherwise
+        leaves to the next checkpoint): what an opt-out answered 200 needs.
+        """
         if not rows:
             return 0
-        with self.engine.begin() as conn:
-            # The rows really added, as RETURNING gives them back: rowcount is not summed over
-            # SQLAlchemy's batched "insertmanyvalues" on PostgreSQL (it said 0 for one new row).
-            statement = insert_ignore(self.dialect, _table)
-            if conn.dialect.insert_executemany_returning:
-                return len(conn.execute(statement.returning(_table.c.id), rows).all())
-            return sum(max(conn.execute(statement, row).rowcount, 0) for row in rows)  # SQLite before 3.35
+        if patience is None:
+            with self.engine.begin() as conn:
+                return self._insert(conn, rows)
+        wait_ms = max(1, int(patience * 1000))
+        conn = self.engine.connect()
+        try:
+            if self.dialect == "sqlite":
+                # Outside a transaction (the driver begins one at the INSERT): synchronous
+                # cannot change inside one.
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={wait_ms}")
+                conn.exec_driver_sql("PRAGMA synchronous=FULL")
+            elif self.dialect == "postgresql":
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {wait_ms}")
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {wait_ms + 1000}")
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
+            added = self._insert(conn, rows)
+            conn.commit()
+            return added
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            if self.dialect == "sqlite":
+                try:  # the pooled connection goes back as every other one is
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                    conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+                    conn.commit()
+                except Exception:  # noqa: BLE001 - a connection that cannot be reset is not reused
+                    conn.invalidate()
+            conn.close()
+
+    def _insert(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+        # The rows really added, as RETURNING gives them back: rowcount is not summed over
+        # SQLAlchemy's batched "insertmanyvalues" on PostgreSQL (it said 0 for one new row).
+        statement = insert_ignore(self.dialect, _table)
+        if conn.dialect.insert_executemany_returning:
+            return len(conn.execute(statement.returning(_table.c.id), list(rows)).all())
+        return sum(max(conn.execute(statement, row).rowcount, 0) for row in rows)  # SQLite before 3.35
 
     def remove(self, scope: str, *values: str) -> bool:
         """Remove the entries of `scope` holding any of `values`; False when there was none."""
