@@ -67,10 +67,10 @@ def test_a_full_disk_is_named_with_what_to_do(project: Project, tmp_path: Path) 
     source = tmp_path.parent / f"{tmp_path.name}-source"
     shutil.copytree(project.root, source)
     rows = "".join(f"p{i}@c{i}.example,P{i},L{i},C{i},CTO,software,b2b,Salon VivaTech 2026,2026-06-01\n"
-                   for i in range(1000))
+                   for i in range(300))
     (source / "contacts.csv").write_text((source / "contacts.csv").read_text() + rows, encoding="utf-8")
     used = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
-    size_kb = used // 1024 + 100
+    size_kb = used // 1024 + 48
     script = ('mount -t tmpfs -o size="$SIZE"k tmpfs "$TARGET" || exit 97; cp -a "$SOURCE"/. "$TARGET"/ || exit 98; '
               'exec "$PYTHON" -m mailer --config "$TARGET/config.toml" send "$TARGET/campaigns/offer.toml" --yes')
     env = dict(os.environ, SIZE=str(size_kb), TARGET=str(project.root), SOURCE=str(source), PYTHON=sys.executable,
