@@ -44,7 +44,7 @@ from .errors import (
 )
 from .importer import ImportOutcome
 from .importer import import_contacts as _import_contacts
-from .optouts import suppress, unsuppress
+from .optouts import apply_spooled_optouts, suppress, unsuppress
 from .planning import Plan, PlannedRecipient
 from .privacy import Explanation, ForgetResult, RetentionItem, RetentionReport, explain, forget, retention
 from .states import SendState
@@ -65,6 +65,6 @@ __all__ = [
     "Plan", "PlannedRecipient", "PreviewResult", "RetentionItem", "RetentionReport", "RunSummary",
     "SendState", "StoreError", "DatabaseGone", "DatabaseMissing", "TemplateError", "Transport", "TransportError",
     "Workspace", "__version__",
-    "campaign_status", "explain", "forget", "import_contacts", "open_workspace", "plan_campaign",
+    "apply_spooled_optouts", "campaign_status", "explain", "forget", "import_contacts", "open_workspace", "plan_campaign",
     "preview_campaign", "retention", "send_campaign", "suppress", "unsuppress",
 ]
