@@ -90,6 +90,45 @@ class Dkim(_Section):
     private_key_env: str = "MAILER_DKIM_KEY"
 
 
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """"IP", "IP:PORT" or "[IPv6]:PORT" as (address, port); ValueError says what is wrong."""
+    import ipaddress
+    address, port = text.strip(), 53
+    if address.startswith("["):
+        address, _, rest = address[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ValueError(f"{text!r}: write [IPv6]:PORT")
+            port = int(rest[1:])
+    elif address.count(":") == 1:
+        address, _, digits = address.partition(":")
+        if not digits.isdigit():
+            raise ValueError(f"{text!r}: the port must be a number")
+        port = int(digits)
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address (a name server is given by address, "
+                         "e.g. \"9.9.9.9\" or \"127.0.0.1:5353\")") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r}: the port must be between 1 and 65535")
+    return address, port
+
+
+class DnsSettings(_Section):
+    """Where `check` and the no-mx rule ask DNS: the system resolver unless nameservers are given."""
+
+    nameservers: list[str] = []
+    timeout_seconds: float = Field(3.0, gt=0, le=60)
+
+    @field_validator("nameservers")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for text in value:
+            parse_nameserver(text)
+        return value
+
+
 class ConfigModel(_Section):
     organization: Organization = Organization()
     database: Database = Database()
@@ -99,6 +138,7 @@ class ConfigModel(_Section):
     unsubscribe: Unsubscribe = Unsubscribe()
     compliance: Compliance = Compliance()
     dkim: Dkim = Dkim()
+    dns: DnsSettings = DnsSettings()
 
 
 @dataclass(frozen=True)
@@ -116,6 +156,7 @@ class Config:
     compliance: Compliance
     dkim: Dkim
     database_password_env: str = ""
+    dns: DnsSettings = field(default_factory=DnsSettings)
 
     @property
     def outbox(self) -> Path:
@@ -168,6 +209,7 @@ class Relevance(_Section):
 
 class SendSection(_Section):
     rate_per_second: float = Field(0, ge=0)
+    check_mx: bool = False   # the no-mx rule: block recipients whose domain can receive no mail
 
 
 class CampaignModel(_Section):
@@ -197,6 +239,7 @@ class Campaign:
     relevance: Relevance | None
     rate_per_second: float
     collected_at: date | None = None   # the collection date of the CSV's rows that give none
+    check_mx: bool = False
 
 
 # --------------------------------------------------------------------------- loading
@@ -338,6 +381,7 @@ def load_config(path: Path) -> Config:
         compliance=model.compliance,
         dkim=model.dkim,
         database_password_env=model.database.password_env,
+        dns=model.dns,
     )
 
 
@@ -426,4 +470,5 @@ def load_campaign(path: Path) -> Campaign:
         text_template=txt_path,
         relevance=model.relevance,
         rate_per_second=model.send.rate_per_second,
+        check_mx=model.send.check_mx,
     )
