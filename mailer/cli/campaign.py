@@ -224,6 +224,8 @@ def _show_plan(plan: Plan) -> None:
     if plan.confirmed_delivered:
         click.echo(f"{plan.confirmed_delivered} messages interrupted by a crash were found delivered.")
     print_counts(plan)
+    for note in plan.notes:
+        click.echo(f"Note: {note}")
 
 
 @cli.command()
