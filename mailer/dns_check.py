@@ -404,25 +404,29 @@ def check_spf(resolver: DnsResolver, domain: str, relay: tuple[str, list[IpAddre
     if not any(t.qualifier == "+" and t.mechanism != "all" for t in record.terms) and not record.redirect:
         findings.append(problem(f"{record.text!r} authorises no server: nobody may send mail as {domain}",
                                 "add your sending servers (ip4:/include: of your provider) before -all"))
-    elif relay is not None and not findings:
+    if any(t.mechanism == "ptr" for t in record.terms):
+        findings.append(Finding("SPF", domain, "warning", "uses ptr, which RFC 7208 says not to use (slow, and "
+                                "some receivers ignore it)", "replace ptr by ip4:/ip6: or a"))
+    if any(f.severity == "problem" for f in findings):
+        return findings
+    covered = ""
+    if relay is not None:
         host, addresses = relay
+        results = {str(a): spf_result(resolver, a, domain) for a in addresses}
+        missed = [a for a, r in results.items() if r != "pass"]
         if not addresses:
-            findings.append(Finding("SPF", domain, "warning", f"the relay {host} has no address: coverage "
-                                    "not checked"))
+            findings.append(Finding("SPF", domain, "warning", f"the relay {host} has no address: whether SPF "
+                                    "covers it is not known"))
+        elif missed:
+            findings.append(Finding(
+                "SPF", domain, "warning",
+                f"the relay {host} ({', '.join(missed)}) is not covered (SPF {', '.join(sorted(set(results.values())))})",
+                "include your provider's SPF domain (its outgoing servers may differ from the relay's address), "
+                "or add ip4:/ip6: for the relay"))
         else:
-            results = {str(a): spf_result(resolver, a, domain) for a in addresses}
-            missed = [a for a, r in results.items() if r != "pass"]
-            if missed:
-                findings.append(Finding(
-                    "SPF", domain, "warning",
-                    f"the relay {host} ({', '.join(missed)}) is not covered "
-                    f"({', '.join(sorted({results[a] for a in missed}))})",
-                    "include your provider's SPF domain (its outgoing servers may differ from the relay's "
-                    "address), or add ip4:/ip6: for the relay"))
-    if not findings or all(f.severity == "warning" for f in findings):
-        covered = f"; covers the relay {relay[0]}" if relay and relay[1] and not findings else ""
-        findings.insert(0, Finding("SPF", domain, "ok", f"{record.text} ({walk.lookups} of {SPF_LOOKUP_LIMIT} "
-                                   f"DNS lookups{covered})"))
+            covered = f"; covers the relay {host}" + (f" ({', '.join(results)})" if host not in results else "")
+    findings.insert(0, Finding("SPF", domain, "ok", f"{record.text} ({walk.lookups} of {SPF_LOOKUP_LIMIT} "
+                               f"DNS lookups{covered})"))
     return findings
 
 
