@@ -37,9 +37,10 @@ def check(env: Env, campaign: str, no_dns: bool, no_smtp: bool) -> None:
     and its alignment, and MX records. Each problem is shown with its fix.
 
     \b
-    Exit codes: 0 ready for bulk sending (Gmail/Yahoo rules); 2 bad input;
-    3 compliance refusal; 5 not ready for bulk sending (problems listed);
-    6 DNS could not be asked (timeout, unreachable resolver).
+    Exit codes: 0 ready for bulk sending (Gmail/Yahoo rules); 1 runtime
+    failure (SMTP login); 2 bad input; 3 compliance refusal; 5 not ready for
+    bulk sending (problems listed); 6 DNS could not be asked (timeout,
+    unreachable resolver). --no-dns skips the DNS preflight.
 
     \b
     Example:  mailer check campaigns/cloud-audit.toml
