@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
+from mailer.config import parse_nameserver
 from mailer.dns_check import aligned, organisational_domain, parse_spf
 
 Records = dict[str, list[tuple[str, object]]]
@@ -292,6 +293,16 @@ def test_spf_syntax() -> None:
     assert parse_spf("v=spf1 ip4:192.0.2.0/24 a/24 mx:mx.example//64 include:x.example ~all").errors == ()
     bad = parse_spf("v=spf1 ip4:300.1.1.1 include: foo:bar -all")
     assert len(bad.errors) == 3
+
+
+def test_nameserver_forms() -> None:
+    assert parse_nameserver("9.9.9.9") == ("9.9.9.9", 53)
+    assert parse_nameserver("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert parse_nameserver("2620:fe::fe") == ("2620:fe::fe", 53)
+    assert parse_nameserver("[::1]:5353") == ("::1", 5353)
+    for bad in ("127.0.0.1:0", "127.0.0.1:x", "[::1]5353", "resolver.example"):
+        with pytest.raises(ValueError):
+            parse_nameserver(bad)
 
 
 def test_a_bad_nameserver_is_a_config_error(project: Project) -> None:
