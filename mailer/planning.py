@@ -146,7 +146,8 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
     )
     plan_notes: list[str] = []
     if campaign.check_mx:
-        ctx.domains_without_mail = _domains_without_mail(ws, _candidates(ws, campaign, read, from_csv), plan_notes)
+        ctx.domains_without_mail = _domains_without_mail(ws, _candidates(ws, campaign, read, from_csv), plan_notes,
+                                                         progress)
     replaceable = DECIDABLE_STATES + ((SendState.UNCERTAIN,) if retry_uncertain else ())
     plan = Plan(campaign, Counter(), [] if keep_recipients else None, imported, recovered, confirmed, run_id,
                 from_domain=prepared.renderer.from_domain)
@@ -193,13 +194,15 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
     return plan
 
 
-def _domains_without_mail(ws: Workspace, candidates: Iterable[ContactData], notes: list[str]) -> dict[str, str]:
+def _domains_without_mail(ws: Workspace, candidates: Iterable[ContactData], notes: list[str],
+                          progress: Progress) -> dict[str, str]:
     """The `no-mx` rule's lookups, done before deciding so that the rule itself does no I/O: each
     recipient domain once, concurrently. A domain DNS does not answer for in time is not blocked."""
     from .dns_check import DnsResolver, DnsUnavailable, mail_domain_problems
     domains = {c.address.domain for c in candidates if c.address.valid}
     try:
-        found = mail_domain_problems(domains, DnsResolver(ws.config.dns))
+        found = mail_domain_problems(domains, DnsResolver(ws.config.dns),
+                                     on_looked_up=progress("Looking up recipient domains (no-mx)", len(domains)))
     except DnsUnavailable as exc:
         notes.append(f"no-mx: DNS cannot be asked ({exc}): nobody was blocked by this rule")
         return {}
