@@ -199,7 +199,8 @@ class Preflight:
             if f.fix:
                 out.append(f"  {'':<8} {'':<9} fix: {f.fix}")
         if self.ready:
-            extra = f" ({len(self.warnings)} warnings above)" if self.warnings else ""
+            count = len(self.warnings)
+            extra = f" ({count} warning{'s' if count > 1 else ''} above)" if count else ""
             out.append(f"Verdict: ready for bulk sending{extra}.")
         else:
             count = len(self.problems)

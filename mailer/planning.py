@@ -208,8 +208,9 @@ def _domains_without_mail(ws: Workspace, candidates: Iterable[ContactData], note
         return {}
     if found.unanswered:
         shown = ", ".join(found.unanswered[:5]) + (" …" if len(found.unanswered) > 5 else "")
-        notes.append(f"no-mx: DNS did not answer in time for {len(found.unanswered)} recipient domains ({shown}): "
-                     "their recipients were not blocked")
+        count = len(found.unanswered)
+        notes.append(f"no-mx: DNS did not answer in time for {count} recipient domain{'s' if count > 1 else ''} "
+                     f"({shown}): their recipients were not blocked")
     return found.without_mail
 
 

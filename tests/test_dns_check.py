@@ -349,7 +349,7 @@ def test_no_mx_blocks_recipients_whose_domain_takes_no_mail(project: Project, dn
         "null@nullmx.example": "nullmx.example publishes a null MX: it accepts no mail",
         "txt@txtonly.example": "txtonly.example has neither an MX nor an A/AAAA record",
     }
-    assert ("Note: no-mx: DNS did not answer in time for 1 recipient domains (slow.example): their recipients "
+    assert ("Note: no-mx: DNS did not answer in time for 1 recipient domain (slow.example): their recipients "
             "were not blocked") in result.output
 
 
