@@ -94,6 +94,45 @@ class Dkim(_Section):
     private_key_env: str = "MAILER_DKIM_KEY"
 
 
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """"IP", "IP:PORT" or "[IPv6]:PORT" as (address, port); ValueError says what is wrong."""
+    import ipaddress
+    address, port = text.strip(), 53
+    if address.startswith("["):
+        address, _, rest = address[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ValueError(f"{text!r}: write [IPv6]:PORT")
+            port = int(rest[1:])
+    elif address.count(":") == 1:
+        address, _, digits = address.partition(":")
+        if not digits.isdigit():
+            raise ValueError(f"{text!r}: the port must be a number")
+        port = int(digits)
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address (a name server is given by address, "
+                         "e.g. \"9.9.9.9\" or \"127.0.0.1:5353\")") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r}: the port must be between 1 and 65535")
+    return address, port
+
+
+class DnsSettings(_Section):
+    """Where `check` and the no-mx rule ask DNS: the system resolver unless nameservers are given."""
+
+    nameservers: list[str] = []
+    timeout_seconds: float = Field(3.0, gt=0, le=60)
+
+    @field_validator("nameservers")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for text in value:
+            parse_nameserver(text)
+        return value
+
+
 class ConfigModel(_Section):
     organization: Organization = Organization()
     database: Database = Database()
@@ -103,6 +142,7 @@ class ConfigModel(_Section):
     unsubscribe: Unsubscribe = Unsubscribe()
     compliance: Compliance = Compliance()
     dkim: Dkim = Dkim()
+    dns: DnsSettings = DnsSettings()
 
 
 @dataclass(frozen=True)
@@ -122,6 +162,7 @@ class Config:
     database_password_env: str = ""
     database_busy_timeout: float = 30.0
     database_reconnect_seconds: float = 30.0
+    dns: DnsSettings = field(default_factory=DnsSettings)
 
     @property
     def outbox(self) -> Path:
@@ -174,6 +215,7 @@ class Relevance(_Section):
 
 class SendSection(_Section):
     rate_per_second: float = Field(0, ge=0)
+    check_mx: bool = False   # the no-mx rule: block recipients whose domain can receive no mail
 
 
 class CampaignModel(_Section):
@@ -203,6 +245,7 @@ class Campaign:
     relevance: Relevance | None
     rate_per_second: float
     collected_at: date | None = None   # the collection date of the CSV's rows that give none
+    check_mx: bool = False
 
 
 # --------------------------------------------------------------------------- loading
@@ -350,6 +393,7 @@ def load_config(path: Path) -> Config:
         database_password_env=model.database.password_env,
         database_busy_timeout=model.database.busy_timeout_seconds,
         database_reconnect_seconds=model.database.reconnect_seconds,
+        dns=model.dns,
     )
 
 
@@ -452,4 +496,5 @@ def load_campaign(path: Path) -> Campaign:
         text_template=txt_path,
         relevance=model.relevance,
         rate_per_second=model.send.rate_per_second,
+        check_mx=model.send.check_mx,
     )

@@ -75,6 +75,8 @@ class GateContext:
     seen: set[str] = field(default_factory=set)
     roles: RoleAddresses = RoleAddresses()
     relevance: RelevanceMatcher | None = None
+    #: recipient domains that can receive no mail, with why ([send] check_mx; looked up before deciding)
+    domains_without_mail: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +206,12 @@ def not_relevant(contact: ContactData, campaign: Campaign, ctx: GateContext) -> 
     return None
 
 
+def no_mx(contact: ContactData, campaign: Campaign, ctx: GateContext) -> str | None:
+    if ctx.domains_without_mail:
+        return ctx.domains_without_mail.get(contact.address.domain)
+    return None
+
+
 Rule = Callable[[ContactData, Campaign, GateContext], "str | None"]
 
 RULES: tuple[tuple[str, Rule], ...] = (
@@ -218,6 +226,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("no-consent", no_consent),
     ("no-partner-consent", no_partner_consent),
     ("not-relevant", not_relevant),
+    ("no-mx", no_mx),  # only with [send] check_mx = true
 )
 # Applied after rendering: what the template cannot be rebuilt around (mailer.isolation).
 FOOTER_MISSING = "footer-missing"

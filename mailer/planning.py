@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -150,10 +150,15 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
         roles=ws.config.compliance.role_addresses(),
         relevance=RelevanceMatcher.build(relevance.job_titles, relevance.industries) if relevance else None,
     )
+    plan_notes: list[str] = []
+    if campaign.check_mx:
+        ctx.domains_without_mail = _domains_without_mail(ws, _candidates(ws, campaign, read, from_csv), plan_notes,
+                                                         progress)
     replaceable = DECIDABLE_STATES + ((SendState.UNCERTAIN,) if retry_uncertain else ())
     plan = Plan(campaign, Counter(), [] if keep_recipients else None, imported, recovered, confirmed, run_id,
                 from_domain=prepared.renderer.from_domain)
     plan.notes.update(dict.fromkeys(campaign_notes(ws.config, ws.transport_class)))
+    plan.notes.update(dict.fromkeys(plan_notes))
     rows: list[dict[str, object]] = []
     footer_problems: dict[str, None] = {}
     for contact in _candidates(ws, campaign, read, from_csv):
@@ -193,6 +198,26 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
         raise ComplianceRefusal([*footer_problems][:20] + [
             f"{plan.counts[FOOTER_MISSING]} messages would not show the footer as written; nothing was sent"])
     return plan
+
+
+def _domains_without_mail(ws: Workspace, candidates: Iterable[ContactData], notes: list[str],
+                          progress: Progress) -> dict[str, str]:
+    """The `no-mx` rule's lookups, done before deciding so that the rule itself does no I/O: each
+    recipient domain once, concurrently. A domain DNS does not answer for in time is not blocked."""
+    from .dns_check import DnsResolver, DnsUnavailable, mail_domain_problems
+    domains = {c.address.domain for c in candidates if c.address.valid}
+    try:
+        found = mail_domain_problems(domains, DnsResolver(ws.config.dns),
+                                     on_looked_up=progress("Looking up recipient domains (no-mx)", len(domains)))
+    except DnsUnavailable as exc:
+        notes.append(f"no-mx: DNS cannot be asked ({exc}): nobody was blocked by this rule")
+        return {}
+    if found.unanswered:
+        shown = ", ".join(found.unanswered[:5]) + (" …" if len(found.unanswered) > 5 else "")
+        count = len(found.unanswered)
+        notes.append(f"no-mx: DNS did not answer in time for {count} recipient domain{'s' if count > 1 else ''} "
+                     f"({shown}): their recipients were not blocked")
+    return found.without_mail
 
 
 def _recover_crashed(ws: Workspace, campaign_id: str, transport: Transport | None) -> tuple[int, int]:

@@ -266,3 +266,12 @@ def test_rules_apply_in_the_spec_order() -> None:
         == "suppressed"
     assert rule_for(everything_wrong, delivered={everything_wrong.address.key}) == "already-sent"
     assert rule_for(everything_wrong) == "audience"
+
+
+def test_no_mx_blocks_the_domains_looked_up_before_deciding() -> None:
+    without_mail = {"dead.example": "the domain dead.example does not exist"}
+    assert rule_for(contact("jeanne@dead.example"), domains_without_mail=without_mail) == "no-mx"
+    assert rule_for(contact("jeanne@client.example"), domains_without_mail=without_mail) is None
+    # the compliance rules come first: a suppressed person at a dead domain shows as suppressed
+    assert rule_for(contact("jeanne@dead.example"), domains_without_mail=without_mail,
+                    suppressed_domains={"dead.example"}) == "suppressed"
