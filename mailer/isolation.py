@@ -189,8 +189,120 @@ class Isolated:
                 "</body></html>\n")
 
 
+class TooCostly(Exception):
+    """Markup the HTML parser would spend minutes or gigabytes on (it cannot be interrupted)."""
+
+
+#: Elements nested deeper than this are refused: the parser's scope checks walk the open elements
+#: for every tag (32,000 nested <div> took lexbor 25 s in one call; Chromium stops nesting at 512).
+MAX_DEPTH = 1000
+#: Formatting elements (<b>, <font>, <a>, …) left open are cloned by the parser each time a block
+#: closes them and text follows ("reconstruct the active formatting elements"): 10,000 open <b a=N>
+#: and 2,000 <p>x, 90 KB of markup, made 20 million elements and exhausted the memory.
+MAX_CLONES = 100_000
+#: Markup with fewer tags than this cannot reach either limit: it is parsed without the estimate.
+_FEW_TAGS = 1000
+
+_FORMATTING = frozenset("a b big code em font i nobr s small strike strong tt u".split())
+_VOID = frozenset("area base br col embed hr img input link meta param source track wbr keygen".split())
+_CLOSES_P = frozenset("""address article aside blockquote center details dialog dir div dl fieldset figcaption
+figure footer header hgroup main menu nav ol p section summary ul h1 h2 h3 h4 h5 h6 pre listing form table hr
+xmp""".split())
+_SAME_CLOSES = {"li": ("li",), "dd": ("dd", "dt"), "dt": ("dd", "dt"), "td": ("td", "th"), "th": ("td", "th"),
+                "tr": ("tr",), "option": ("option",)}
+#: Start tags before which the parser does not clone the open formatting elements (blocks, table parts).
+_NO_RECONSTRUCT = frozenset("li dd dt tr td th tbody thead tfoot caption colgroup html head body style".split())
+_TAG_AND_TEXT = re.compile(r"<(/?)([A-Za-z][^\s/>]*)([^>]*)>([^<]*)")
+
+
+def _parse_cost(html: str) -> None:
+    """Raise TooCostly when the markup nests deeper than MAX_DEPTH or would make the parser clone
+    more than MAX_CLONES formatting elements. An estimate that follows the HTML5 tree builder's
+    main rules (open elements, implied ends of <p>, <li>, cells; the active formatting elements
+    with their limit of three alike); it runs in Python, where the time budget can stop it."""
+    if html.count("<") < _FEW_TAGS:
+        return
+    stack: list[list[Any]] = []  # [name, its formatting entry or None]
+    active: list[list[Any]] = []  # [name, attributes, open]
+    detached = clones = 0
+
+    def pop_to(index: int) -> None:
+        nonlocal detached
+        for name, entry in stack[index + 1:]:
+            if entry is not None and entry[2]:
+                entry[2] = False
+                detached += 1
+        del stack[index + 1:]
+        name, entry = stack.pop()
+        if entry is not None:
+            if entry[2]:
+                active.remove(entry)
+            else:
+                detached -= 1
+
+    def reconstruct() -> None:
+        nonlocal detached, clones
+        if not detached:
+            return
+        clones += detached
+        if clones > MAX_CLONES:
+            raise TooCostly("its markup leaves formatting elements (<b>, <font>, <a>, …) open across blocks: "
+                            f"the HTML parser would copy them more than {MAX_CLONES:,} times")
+        for entry in active:
+            if not entry[2]:
+                entry[2] = True
+                stack.append([entry[0], entry])
+        detached = 0
+
+    def last(names: tuple[str, ...] | str) -> int:
+        for index in range(len(stack) - 1, -1, -1):
+            if stack[index][0] in names:
+                return index
+        return -1
+
+    for match in _TAG_AND_TEXT.finditer(html):
+        closing, name, attributes, text = match.group(1), match.group(2).lower(), match.group(3), match.group(4)
+        if closing:
+            at = last(name)
+            if at >= 0:
+                pop_to(at)
+            elif name in _FORMATTING:
+                for entry in reversed(active):
+                    if entry[0] == name:
+                        active.remove(entry)
+                        detached -= 0 if entry[2] else 1
+                        break
+        elif name in _VOID:
+            reconstruct()
+        else:
+            if name in _CLOSES_P and (at := last("p")) >= 0:
+                pop_to(at)
+            elif name in _SAME_CLOSES and (at := last(_SAME_CLOSES[name])) >= 0:
+                pop_to(at)
+            if name not in _CLOSES_P and name not in _NO_RECONSTRUCT:
+                reconstruct()
+            entry = None
+            if name in _FORMATTING:
+                alike = [e for e in active if e[0] == name and e[1] == attributes]
+                if len(alike) >= 3:  # the "Noah's Ark" clause: the earliest of them goes
+                    active.remove(alike[0])
+                    if not alike[0][2]:
+                        detached -= 1
+                    else:
+                        alike[0][2] = False  # still open, no longer cloned
+                entry = [name, attributes, True]
+                active.append(entry)
+            stack.append([name, entry])
+            if len(stack) > MAX_DEPTH:
+                raise TooCostly(f"its elements are nested more than {MAX_DEPTH:,} deep (unclosed tags?): the HTML "
+                                "parser would take minutes on it, and browsers stop nesting at 512")
+        if text.strip():
+            reconstruct()
+
+
 def isolate(html: str, unsubscribe_url: str) -> Isolated:
     """Parse the template's output and rebuild it: see the module's docstring."""
+    _parse_cost(html)
     result = Isolated()
     tree = LexborHTMLParser(html.encode("utf-8"))  # bytes: half the parser's fixed cost of a str
     styles: list[str] = []

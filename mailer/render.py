@@ -27,6 +27,11 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
+try:
+    import resource
+except ImportError:  # not on Windows: no cap, the timer alone
+    resource = None  # type: ignore[assignment]
+
 import inscriptis
 import jinja2
 from inscriptis.model.config import ParserConfig
@@ -34,6 +39,7 @@ from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
+from selectolax.lexbor import SelectolaxError
 
 from .addresses import mailbox_hash, parse_from_header
 from .config import Campaign, Config
@@ -44,6 +50,7 @@ from .isolation import (
     URL_MARK,
     Isolated,
     Reuse,
+    TooCostly,
     check_footer_text,
     collapse_blank_lines,
     isolate,
@@ -471,6 +478,9 @@ def _compile(env: SandboxedEnvironment, path: Path) -> jinja2.Template:
     except BudgetExceeded as exc:  # a constant Jinja evaluates while compiling
         raise TemplateError(f"{path}: the template asks for {exc} for one message",
                             hint=f"one message may take {TIME_LIMIT:g} s and {OUTPUT_LIMIT:,} characters") from None
+    except (RecursionError, MemoryError):  # expressions nested thousands deep: ((((…))))
+        raise TemplateError(f"{path}: the template's expressions are nested too deeply to compile",
+                            hint="write the expression in steps, with {% set %}") from None
 
 
 def load_templates(campaign: Campaign) -> Templates:
@@ -480,6 +490,9 @@ def load_templates(campaign: Campaign) -> Templates:
         subject = subject_env.from_string(campaign.subject)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{campaign.path}: [campaign] subject: template syntax error: {exc.message}") from None
+    except (RecursionError, MemoryError):
+        raise TemplateError(f"{campaign.path}: [campaign] subject: its expressions are nested too deeply to "
+                            "compile", hint="write the subject in steps, with {% set %}") from None
     html = text = derived = None
     if campaign.html_template:
         html = _compile(_environment(campaign.html_template.parent, autoescape=True), campaign.html_template)
@@ -491,7 +504,7 @@ def load_templates(campaign: Campaign) -> Templates:
         if source is not None:
             try:
                 derived = text_env.from_string(source)
-            except jinja2.TemplateSyntaxError:
+            except (jinja2.TemplateSyntaxError, RecursionError, MemoryError):
                 derived = None
     return Templates(subject, html, text, campaign.html_template, campaign.text_template, derived)
 
@@ -575,12 +588,53 @@ def _time_budget() -> Iterator[None]:
     if not _timing_installed:
         _install_timing()
     _timing.armed, _timing.started, _timing.baseline = True, time.process_time(), None
+    capped = _cap_address_space()
     signal.setitimer(signal.ITIMER_VIRTUAL, _TICK, _TICK)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_VIRTUAL, 0)
         _timing.armed = False
+        if capped is not None:
+            resource.setrlimit(resource.RLIMIT_AS, capped)
+
+
+#: Address space the process may add while one message renders, on top of MEMORY_LIMIT: room for
+#: the allocator's slack, so that only a runaway reaches the cap.
+_ADDRESS_SPACE_MARGIN = 128 << 20
+
+
+def _virtual_size() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            return int(handle.read().split()[0]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cap_address_space() -> tuple[int, int] | None:
+    """Cap the process's address space at what it has now plus the memory budget, for one message:
+    a single C call (int.to_bytes(10**9), str(a list holding one long string a thousand times),
+    str.translate to long strings, the HTML parser cloning formatting elements) then fails with a
+    MemoryError where it would have taken gigabytes before the timer could look. Returns the
+    limits to put back, None when nothing was capped."""
+    if resource is None:
+        return None
+    size = _virtual_size()
+    if size is None:
+        return None
+    try:
+        previous = resource.getrlimit(resource.RLIMIT_AS)
+        cap = size + MEMORY_LIMIT + _ADDRESS_SPACE_MARGIN
+        soft, hard = previous
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        if soft != resource.RLIM_INFINITY and soft <= cap:
+            return None
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (OSError, ValueError):
+        return None
+    return previous
 
 
 def _render_template(template: jinja2.Template, context: dict[str, Any]) -> str:
@@ -795,14 +849,31 @@ class Renderer:
 
     def render(self, contact: ContactData) -> RenderedMessage:
         """One recipient's message, within the time budget (TIME_LIMIT for the whole message)."""
-        with _time_budget():
-            try:
+        # The exceptions are handled once the budget's timer and memory cap are off (a tick
+        # landing in a handler, or in the budget's own exit, is one of them too).
+        try:
+            with _time_budget():
                 return self._render_message(contact)
-            except BudgetExceeded as exc:  # outside the template itself: the text part, the rebuild
-                where = self.templates.html_path or self.templates.text_path
-                raise TemplateError(f"{where}: building one message took {exc} (for {contact.email})",
-                                    hint="the template's output is too large or too deeply nested, or its "
-                                         "stylesheet's selectors too costly to match; make it smaller") from None
+        except BudgetExceeded as exc:  # outside the template itself: the text part, the rebuild
+            where = self.templates.html_path or self.templates.text_path
+            raise TemplateError(f"{where}: building one message took {exc} (for {contact.email})",
+                                hint="the template's output is too large or too deeply nested, or its "
+                                     "stylesheet's selectors too costly to match; make it smaller") from None
+        except TooCostly as exc:  # markup the HTML parser would take minutes or gigabytes on
+            where = self.templates.html_path or self.templates.text_path
+            raise TemplateError(f"{where}: {exc} (for {contact.email})",
+                                hint="close the elements the template opens; one message may take "
+                                     f"{TIME_LIMIT:g} s and {MEMORY_LIMIT >> 20} MB") from None
+        except (MemoryError, SelectolaxError):  # the parser or the text part past the memory cap
+            where = self.templates.html_path or self.templates.text_path
+            raise TemplateError(f"{where}: building one message took more than {MEMORY_LIMIT >> 20} MB of "
+                                f"memory (for {contact.email})",
+                                hint="the template's output is too large or too deeply nested; make it "
+                                     "smaller") from None
+        except RecursionError:  # the text part of markup nested thousands deep
+            where = self.templates.html_path or self.templates.text_path
+            raise TemplateError(f"{where}: the template's markup is nested too deeply (for {contact.email})",
+                                hint="close the elements the template opens") from None
 
     def _render_message(self, contact: ContactData) -> RenderedMessage:
         digest, url, mailto = self.unsubscribe_for(contact)

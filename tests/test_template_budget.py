@@ -120,3 +120,71 @@ def test_ordinary_filters_still_work(project: Project) -> None:
     message = project.messages()[0]
     for expected in (b"00042", b"a, b", b"a et b", b"x..", b"3.14", b"c / d"):
         assert expected in message
+
+
+# Each asks one C call for a gigabyte or more: no timer can look inside it, and no check before the
+# call knows the size (a list holding one long string a thousand times is a list of 1,200 items).
+ONE_CALL_GIGABYTE = {
+    "int.to_bytes": "<p>{{ (1).to_bytes(1200000000, 'big')|length }}</p>",
+    "str of a list of one long string": "{% set l = ['x' * 999999] * 1200 %}<p>{{ (l|string)|length }}</p>",
+    "tojson of that list": "{% set l = ['x' * 999999] * 1200 %}<p>{{ (l|tojson)|length }}</p>",
+    "translate to long strings": "<p>{{ ('x' * 1200).translate({120: 'y' * 999999})|length }}</p>",
+    "many fields of a width each within bounds": "<p>{{ ('{0:999999}' * 1200).format(1)|length }}</p>",
+    "many named fields with %": "<p>{{ ('%(a)999999s' * 1200) % {'a': 1}|length }}</p>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_CALL_GIGABYTE))
+def test_one_call_asking_for_a_gigabyte_stops_at_the_memory_budget(project: Project, name: str) -> None:
+    import resource
+    project.write("templates/offer.html.j2", "<p>Bonjour {{ contact.first_name }}</p>" + ONE_CALL_GIGABYTE[name])
+    started = time.monotonic()
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert time.monotonic() - started < 30, "the check hung"
+    assert result.exit_code == 2, result.output
+    assert "offer.html.j2" in result.output
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KB
+    assert peak < 900 << 20, f"the process grew to {peak >> 20} MB"
+
+
+# Markup the HTML parser (lexbor, one C call) spends super-linear time or memory on, written by a
+# loop or even as it is: under the output budget, and no timer can stop the parser.
+COSTLY_MARKUP = {
+    # 30,000 nested <div>: 150 KB, lexbor took about 15 s (32,000: 25 s; 100,000: hours)
+    "nested thousands deep": "<p>Bonjour {{ contact.first_name }}</p>{% for i in range(30000) %}<div>{% endfor %}x",
+    # 900 open formatting elements cloned into each of 3,000 paragraphs: 2.7 million elements, 20 KB
+    "formatting elements cloned": "<p>Bonjour {{ contact.first_name }}</p><p>"
+                                  + "".join(f"<b a={i}>" for i in range(900)) + "<p>x" * 3000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(COSTLY_MARKUP))
+def test_markup_the_parser_would_choke_on_is_a_template_error(project: Project, name: str) -> None:
+    project.write("templates/offer.html.j2", COSTLY_MARKUP[name])
+    started = time.monotonic()
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert time.monotonic() - started < 5, "the rebuild was not refused before parsing"
+    assert result.exit_code == 2, result.output
+    assert "offer.html.j2" in result.output and ("nested" in result.output or "formatting" in result.output)
+
+
+def test_an_ordinary_long_template_is_not_taken_for_costly_markup(project: Project) -> None:
+    rows = "".join(f"<tr><td><font face=Arial><b>{i}</b> <a href='https://acme.example/{i}'>item</a></font></td>"
+                   f"<td><p>text<br>more</td></tr>" for i in range(400))
+    project.write("templates/offer.html.j2", f"<p>Bonjour {{{{ contact.first_name }}}}</p><table>{rows}</table>")
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("where", ["template", "subject"])
+def test_expressions_nested_too_deep_to_compile_are_a_template_error(project: Project, where: str) -> None:
+    nested = "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}"
+    if where == "template":
+        project.write("templates/offer.html.j2", f"<p>Bonjour {{{{ contact.first_name }}}} {nested}</p>")
+    else:
+        text = project.campaign.read_text("utf-8")
+        project.campaign.write_text(text.replace('subject = "', f'subject = "{nested} '), "utf-8")
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert result.exit_code == 2, result.output
+    assert ("offer.html.j2" if where == "template" else "offer.toml") in result.output
+    assert "nested too deeply" in result.output
