@@ -826,7 +826,7 @@ class Renderer:
         except MemoryError as exc:
             line = _template_line(exc, path)
             where = f"{path}:{line}" if path and line else (str(path) if path else what)
-            raise TemplateError(f"{where}: the template asked for more memory than this machine has for one "
+            raise TemplateError(f"{where}: the template took more than {MEMORY_LIMIT >> 20} MB of memory for one "
                                 f"message (rendering for {contact.email})",
                                 hint="look for a loop inside a loop, or a repeated string; one message may take "
                                      f"{TIME_LIMIT:g} s and {OUTPUT_LIMIT:,} characters") from None
