@@ -771,11 +771,14 @@ def _import_url(rule: object) -> str:
 
 
 def _font_face_family(rule: object) -> str:
+    """The family the face is for: its last font-family, as browsers read it (the first let
+    `font-family: Brand; font-family: "sans-serif"` through)."""
+    family = ""
     for item in tinycss2.parse_blocks_contents(getattr(rule, "content", None) or [], skip_comments=True,
                                                skip_whitespace=True):
         if item.type == "declaration" and item.lower_name == "font-family":
-            return tinycss2.serialize(item.value).strip()
-    return ""
+            family = tinycss2.serialize(item.value).strip()
+    return family
 
 
 def _declarations_of_rule(rule: object, selectors: list[str], problems: list[str]) -> str:
