@@ -222,6 +222,16 @@ def _too_large() -> BudgetExceeded:
     return BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
 
 
+#: The largest whole number a template may compute, in bits (about 20,000 digits; Python will not
+#: even print one over 4,300): one multiplication of numbers far larger (x ** 64 with x of 262,144
+#: digits took 45 s in one C call, where no timer can stop it) is refused before it is made.
+INTEGER_BITS = 1 << 16
+
+
+def _too_large_number() -> BudgetExceeded:
+    return BudgetExceeded(f"a number over {INTEGER_BITS:,} bits")
+
+
 def _check_size(size: int) -> None:
     if size > OUTPUT_LIMIT:
         raise _too_large()
@@ -272,6 +282,12 @@ class Sandbox(SandboxedEnvironment):
             _check_format(left)
         elif operator == "**" and isinstance(right, int) and abs(right) > 64:
             raise BudgetExceeded("an exponent above 64")
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and \
+                left.bit_length() * right > INTEGER_BITS:
+            raise _too_large_number()
+        elif operator == "*" and isinstance(left, int) and isinstance(right, int):
+            if left.bit_length() + right.bit_length() > INTEGER_BITS:
+                raise _too_large_number()
         elif operator == "*":
             count, sequence = (right, left) if isinstance(right, int) else (left, right)
             if isinstance(count, int) and isinstance(sequence, (*_TEXT, list, tuple)):

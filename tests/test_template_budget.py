@@ -199,3 +199,17 @@ def test_a_long_run_of_dotted_words_beside_an_unsubscribe_word_is_checked_in_lin
     result = project.run("check", str(project.campaign), "--no-dns")
     assert time.monotonic() - started < 10
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("expression", ["(((10 ** 64) ** 64) ** 64) ** 64", "x * x * x"])
+def test_a_number_too_large_to_compute_in_one_step_is_refused(project: Project, expression: str) -> None:
+    """Each ** is at most 64, but ((10**64)**64)**64 has 262,144 digits and raising it to 64 was one C
+    call of 45 s (multiplying the result by itself, 85 s more): no timer can stop it."""
+    project.write("templates/offer.html.j2", "<p>Bonjour {{ contact.first_name }}</p>"
+                                             "{% set x = 7 ** 64 %}{% set x = x ** 64 %}{% set x = x ** 3 %}"
+                                             f"<p>{{{{ ({expression}) > 0 }}}}</p>")
+    started = time.monotonic()
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert time.monotonic() - started < 10, "one step of arithmetic ran unstopped"
+    assert result.exit_code == 2, result.output
+    assert "offer.html.j2" in result.output and "bits" in result.output
