@@ -254,7 +254,7 @@ class Sandbox(SandboxedEnvironment):
     refused when what they would make is larger than OUTPUT_LIMIT.
     """
 
-    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    intercepted_binops = frozenset({"*", "**", "%", "+", "//"})
     code_generator_class = _BoundedConcat
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -287,6 +287,11 @@ class Sandbox(SandboxedEnvironment):
             raise _too_large_number()
         elif operator == "*" and isinstance(left, int) and isinstance(right, int):
             if left.bit_length() + right.bit_length() > INTEGER_BITS:
+                raise _too_large_number()
+        elif operator in ("//", "%") and isinstance(left, int) and isinstance(right, int):
+            # ('f' * 999999)|int(base=16) is a 4-million-bit number made in linear time; dividing it
+            # by one half its size took 15 s in one C call
+            if max(left.bit_length(), right.bit_length()) > INTEGER_BITS:
                 raise _too_large_number()
         elif operator == "*":
             count, sequence = (right, left) if isinstance(right, int) else (left, right)

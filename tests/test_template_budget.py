@@ -201,7 +201,9 @@ def test_a_long_run_of_dotted_words_beside_an_unsubscribe_word_is_checked_in_lin
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("expression", ["(((10 ** 64) ** 64) ** 64) ** 64", "x * x * x"])
+@pytest.mark.parametrize("expression", ["(((10 ** 64) ** 64) ** 64) ** 64", "x * x * x",
+                                        "('f' * 999999)|int(base=16) // ('e' * 500000)|int(base=16)",
+                                        "('f' * 999999)|int(base=16) % ('e' * 500000)|int(base=16)"])
 def test_a_number_too_large_to_compute_in_one_step_is_refused(project: Project, expression: str) -> None:
     """Each ** is at most 64, but ((10**64)**64)**64 has 262,144 digits and raising it to 64 was one C
     call of 45 s (multiplying the result by itself, 85 s more): no timer can stop it."""
