@@ -693,8 +693,11 @@ _FLATTENED = ("height:auto !important;min-height:0 !important;padding-top:0 !imp
 def _charge_rule(tree: LexborHTMLParser, selector: str, px: float, result: Isolated) -> None:
     if tree.body is None or selector == f"#{CONTENT_ID}":
         return
+    subject = _subject_compound(selector)
+    if subject is None:
+        return
     try:
-        matched = tree.body.css(selector.replace(f"#{CONTENT_ID}", "body", 1))
+        matched = tree.body.css(subject)
     except Exception:  # a selector lexbor does not know applies in no browser we judge by either
         return
     flattened = 0
@@ -710,6 +713,36 @@ def _charge_rule(tree: LexborHTMLParser, selector: str, px: float, result: Isola
         result.notes.append(f"{flattened} empty elements sized by {selector!r} were flattened: past "
                             f"{BLANK_HEIGHT_LIMIT}px of empty elements in the message, they would push the footer "
                             "out of sight")
+
+
+@lru_cache(maxsize=1024)
+def _subject_compound(selector: str) -> str | None:
+    """What the rule is charged to: the elements its last compound selector matches, without its
+    pseudo-classes (more elements than the rule selects, never fewer). Lexbor matches combinators
+    and :has()/:is()/:not() by trying every path, in one C call no timer can stop: `span div div div
+    div div div div div p` over 60 nested divs ran for minutes. None: the wrapper itself."""
+    tokens = tinycss2.parse_component_value_list(selector, skip_comments=True)
+    start = 0
+    for index, token in enumerate(tokens):
+        if token.type == "whitespace" or token.type == "literal" and token.value in (">", "+", "~"):
+            start = index + 1
+    kept: list[Any] = []
+    compound = tokens[start:]
+    index = 0
+    while index < len(compound):
+        token = compound[index]
+        if token.type == "literal" and token.value == ":":  # :hover, :not(…), ::x (refused before)
+            index += 1
+            while index < len(compound) and compound[index].type == "literal" and compound[index].value == ":":
+                index += 1
+            index += 1  # the pseudo-class's name or function
+            continue
+        kept.append(token)
+        index += 1
+    subject = tinycss2.serialize(kept).strip()
+    if f"#{CONTENT_ID}" in subject:
+        return None
+    return subject or "*"
 
 
 @lru_cache(maxsize=256)
