@@ -215,11 +215,35 @@ _NO_RECONSTRUCT = frozenset("li dd dt tr td th tbody thead tfoot caption colgrou
 _TAG_AND_TEXT = re.compile(r"<(/?)([A-Za-z][^\s/>]*)([^>]*)>([^<]*)")
 
 
+#: Attributes in one tag past this are refused: lexbor compares each with the ones before it
+#: (duplicates are dropped), so 40,000 attributes (270 KB) took 36 s in one call.
+MAX_ATTRIBUTES = 1000
+#: Markup shorter than this cannot hold MAX_ATTRIBUTES attributes in one tag worth worrying about.
+_FEW_ATTRIBUTE_CHARACTERS = 2 * MAX_ATTRIBUTES
+#: A start tag as the tokenizer reads it: quotes open a value only after "=" (linear: each
+#: alternative starts with a different character, and nothing follows the repetition).
+_START_TAG = re.compile(r"""<[A-Za-z](?:[^>=]|=\s*"[^"]*"|=\s*'[^']*'|=)*""")
+_QUOTED_VALUE = re.compile(r"""=\s*(?:"[^"]*"|'[^']*')""")
+_ATTRIBUTE_NAME = re.compile(r"""[^\s/=]+""")
+
+
+def _attribute_cost(html: str) -> None:
+    for tag in _START_TAG.finditer(html):
+        if tag.end() - tag.start() <= _FEW_ATTRIBUTE_CHARACTERS:
+            continue
+        names = len(_ATTRIBUTE_NAME.findall(_QUOTED_VALUE.sub("= ", tag.group())))
+        if names > MAX_ATTRIBUTES:
+            raise TooCostly(f"one of its tags has more than {MAX_ATTRIBUTES:,} attributes: the HTML parser would "
+                            "take minutes on it")
+
+
 def _parse_cost(html: str) -> None:
     """Raise TooCostly when the markup nests deeper than MAX_DEPTH or would make the parser clone
     more than MAX_CLONES formatting elements. An estimate that follows the HTML5 tree builder's
     main rules (open elements, implied ends of <p>, <li>, cells; the active formatting elements
     with their limit of three alike); it runs in Python, where the time budget can stop it."""
+    if len(html) > _FEW_ATTRIBUTE_CHARACTERS:
+        _attribute_cost(html)
     if html.count("<") < _FEW_TAGS:
         return
     stack: list[list[Any]] = []  # [name, its formatting entry or None]
@@ -298,6 +322,9 @@ def _parse_cost(html: str) -> None:
                                 "parser would take minutes on it, and browsers stop nesting at 512")
         if text.strip():
             reconstruct()
+
+
+check_parse_cost = _parse_cost
 
 
 def isolate(html: str, unsubscribe_url: str) -> Isolated:

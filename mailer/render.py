@@ -52,6 +52,7 @@ from .isolation import (
     Reuse,
     TooCostly,
     check_footer_text,
+    check_parse_cost,
     collapse_blank_lines,
     isolate,
     size_problem,
@@ -526,8 +527,10 @@ def load_templates(campaign: Campaign) -> Templates:
         # within that message's budget.
         try:
             with _time_budget():
-                source = derive_text_template(text_env, campaign.html_template.read_text("utf-8"))
-        except (BudgetExceeded, MemoryError, RecursionError):
+                html_source = campaign.html_template.read_text("utf-8")
+                check_parse_cost(html_source)  # lxml, which inscriptis uses, cannot be stopped either
+                source = derive_text_template(text_env, html_source)
+        except (BudgetExceeded, MemoryError, RecursionError, TooCostly):
             source = None
         if source is not None:
             try:
@@ -917,6 +920,8 @@ class Renderer:
         html_body = None
         if self.templates.html is not None:
             html_body = self._render(self.templates.html, self.templates.html_path, context, contact, "HTML template")
+            # before any parser sees it (lxml, for the text part, chokes on the same markup as lexbor)
+            check_parse_cost(html_body)
         if self.templates.text is not None:
             text_body = self._render(self.templates.text, self.templates.text_path, context, contact, "text template")
         elif self.templates.text_from_html is not None:
