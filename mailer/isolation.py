@@ -252,7 +252,7 @@ def _parse_cost(html: str) -> None:
 
     def pop_to(index: int) -> None:
         nonlocal detached
-        for name, entry in stack[index + 1:]:
+        for _name, entry in stack[index + 1:]:
             if entry is not None and entry[2]:
                 entry[2] = False
                 detached += 1
