@@ -189,8 +189,147 @@ class Isolated:
                 "</body></html>\n")
 
 
+class TooCostly(Exception):
+    """Markup the HTML parser would spend minutes or gigabytes on (it cannot be interrupted)."""
+
+
+#: Elements nested deeper than this are refused: the parser's scope checks walk the open elements
+#: for every tag (32,000 nested <div> took lexbor 25 s in one call; Chromium stops nesting at 512).
+MAX_DEPTH = 1000
+#: Formatting elements (<b>, <font>, <a>, …) left open are cloned by the parser each time a block
+#: closes them and text follows ("reconstruct the active formatting elements"): 10,000 open <b a=N>
+#: and 2,000 <p>x, 90 KB of markup, made 20 million elements and exhausted the memory.
+MAX_CLONES = 100_000
+#: Markup with fewer tags than this cannot reach either limit: it is parsed without the estimate.
+_FEW_TAGS = 1000
+
+_FORMATTING = frozenset("a b big code em font i nobr s small strike strong tt u".split())
+_VOID = frozenset("area base br col embed hr img input link meta param source track wbr keygen".split())
+_CLOSES_P = frozenset("""address article aside blockquote center details dialog dir div dl fieldset figcaption
+figure footer header hgroup main menu nav ol p section summary ul h1 h2 h3 h4 h5 h6 pre listing form table hr
+xmp""".split())
+_SAME_CLOSES = {"li": ("li",), "dd": ("dd", "dt"), "dt": ("dd", "dt"), "td": ("td", "th"), "th": ("td", "th"),
+                "tr": ("tr",), "option": ("option",)}
+#: Start tags before which the parser does not clone the open formatting elements (blocks, table parts).
+_NO_RECONSTRUCT = frozenset("li dd dt tr td th tbody thead tfoot caption colgroup html head body style".split())
+_TAG_AND_TEXT = re.compile(r"<(/?)([A-Za-z][^\s/>]*)([^>]*)>([^<]*)")
+
+
+#: Attributes in one tag past this are refused: lexbor compares each with the ones before it
+#: (duplicates are dropped), so 40,000 attributes (270 KB) took 36 s in one call.
+MAX_ATTRIBUTES = 1000
+#: Markup shorter than this cannot hold MAX_ATTRIBUTES attributes in one tag worth worrying about.
+_FEW_ATTRIBUTE_CHARACTERS = 2 * MAX_ATTRIBUTES
+#: A start tag as the tokenizer reads it: quotes open a value only after "=" (linear: each
+#: alternative starts with a different character, and nothing follows the repetition).
+_START_TAG = re.compile(r"""<[A-Za-z](?:[^>=]|=\s*"[^"]*"|=\s*'[^']*'|=)*""")
+_QUOTED_VALUE = re.compile(r"""=\s*(?:"[^"]*"|'[^']*')""")
+_ATTRIBUTE_NAME = re.compile(r"""[^\s/=]+""")
+
+
+def _attribute_cost(html: str) -> None:
+    for tag in _START_TAG.finditer(html):
+        if tag.end() - tag.start() <= _FEW_ATTRIBUTE_CHARACTERS:
+            continue
+        names = len(_ATTRIBUTE_NAME.findall(_QUOTED_VALUE.sub("= ", tag.group())))
+        if names > MAX_ATTRIBUTES:
+            raise TooCostly(f"one of its tags has more than {MAX_ATTRIBUTES:,} attributes: the HTML parser would "
+                            "take minutes on it")
+
+
+def _parse_cost(html: str) -> None:
+    """Raise TooCostly when the markup nests deeper than MAX_DEPTH or would make the parser clone
+    more than MAX_CLONES formatting elements. An estimate that follows the HTML5 tree builder's
+    main rules (open elements, implied ends of <p>, <li>, cells; the active formatting elements
+    with their limit of three alike); it runs in Python, where the time budget can stop it."""
+    if len(html) > _FEW_ATTRIBUTE_CHARACTERS:
+        _attribute_cost(html)
+    if html.count("<") < _FEW_TAGS:
+        return
+    stack: list[list[Any]] = []  # [name, its formatting entry or None]
+    active: list[list[Any]] = []  # [name, attributes, open]
+    detached = clones = 0
+
+    def pop_to(index: int) -> None:
+        nonlocal detached
+        for _name, entry in stack[index + 1:]:
+            if entry is not None and entry[2]:
+                entry[2] = False
+                detached += 1
+        del stack[index + 1:]
+        name, entry = stack.pop()
+        if entry is not None:
+            if entry[2]:
+                active.remove(entry)
+            else:
+                detached -= 1
+
+    def reconstruct() -> None:
+        nonlocal detached, clones
+        if not detached:
+            return
+        clones += detached
+        if clones > MAX_CLONES:
+            raise TooCostly("its markup leaves formatting elements (<b>, <font>, <a>, …) open across blocks: "
+                            f"the HTML parser would copy them more than {MAX_CLONES:,} times")
+        for entry in active:
+            if not entry[2]:
+                entry[2] = True
+                stack.append([entry[0], entry])
+        detached = 0
+
+    def last(names: tuple[str, ...] | str) -> int:
+        for index in range(len(stack) - 1, -1, -1):
+            if stack[index][0] in names:
+                return index
+        return -1
+
+    for match in _TAG_AND_TEXT.finditer(html):
+        closing, name, attributes, text = match.group(1), match.group(2).lower(), match.group(3), match.group(4)
+        if closing:
+            at = last(name)
+            if at >= 0:
+                pop_to(at)
+            elif name in _FORMATTING:
+                for entry in reversed(active):
+                    if entry[0] == name:
+                        active.remove(entry)
+                        detached -= 0 if entry[2] else 1
+                        break
+        elif name in _VOID:
+            reconstruct()
+        else:
+            if name in _CLOSES_P and (at := last("p")) >= 0:
+                pop_to(at)
+            elif name in _SAME_CLOSES and (at := last(_SAME_CLOSES[name])) >= 0:
+                pop_to(at)
+            if name not in _CLOSES_P and name not in _NO_RECONSTRUCT:
+                reconstruct()
+            entry = None
+            if name in _FORMATTING:
+                alike = [e for e in active if e[0] == name and e[1] == attributes]
+                if len(alike) >= 3:  # the "Noah's Ark" clause: the earliest of them goes
+                    active.remove(alike[0])
+                    if not alike[0][2]:
+                        detached -= 1
+                    else:
+                        alike[0][2] = False  # still open, no longer cloned
+                entry = [name, attributes, True]
+                active.append(entry)
+            stack.append([name, entry])
+            if len(stack) > MAX_DEPTH:
+                raise TooCostly(f"its elements are nested more than {MAX_DEPTH:,} deep (unclosed tags?): the HTML "
+                                "parser would take minutes on it, and browsers stop nesting at 512")
+        if text.strip():
+            reconstruct()
+
+
+check_parse_cost = _parse_cost
+
+
 def isolate(html: str, unsubscribe_url: str) -> Isolated:
     """Parse the template's output and rebuild it: see the module's docstring."""
+    _parse_cost(html)
     result = Isolated()
     tree = LexborHTMLParser(html.encode("utf-8"))  # bytes: half the parser's fixed cost of a str
     styles: list[str] = []
@@ -581,8 +720,11 @@ _FLATTENED = ("height:auto !important;min-height:0 !important;padding-top:0 !imp
 def _charge_rule(tree: LexborHTMLParser, selector: str, px: float, result: Isolated) -> None:
     if tree.body is None or selector == f"#{CONTENT_ID}":
         return
+    subject = _subject_compound(selector)
+    if subject is None:
+        return
     try:
-        matched = tree.body.css(selector.replace(f"#{CONTENT_ID}", "body", 1))
+        matched = tree.body.css(subject)
     except Exception:  # a selector lexbor does not know applies in no browser we judge by either
         return
     flattened = 0
@@ -598,6 +740,36 @@ def _charge_rule(tree: LexborHTMLParser, selector: str, px: float, result: Isola
         result.notes.append(f"{flattened} empty elements sized by {selector!r} were flattened: past "
                             f"{BLANK_HEIGHT_LIMIT}px of empty elements in the message, they would push the footer "
                             "out of sight")
+
+
+@lru_cache(maxsize=1024)
+def _subject_compound(selector: str) -> str | None:
+    """What the rule is charged to: the elements its last compound selector matches, without its
+    pseudo-classes (more elements than the rule selects, never fewer). Lexbor matches combinators
+    and :has()/:is()/:not() by trying every path, in one C call no timer can stop: `span div div div
+    div div div div div p` over 60 nested divs ran for minutes. None: the wrapper itself."""
+    tokens = tinycss2.parse_component_value_list(selector, skip_comments=True)
+    start = 0
+    for index, token in enumerate(tokens):
+        if token.type == "whitespace" or token.type == "literal" and token.value in (">", "+", "~"):
+            start = index + 1
+    kept: list[Any] = []
+    compound = tokens[start:]
+    index = 0
+    while index < len(compound):
+        token = compound[index]
+        if token.type == "literal" and token.value == ":":  # :hover, :not(…), ::x (refused before)
+            index += 1
+            while index < len(compound) and compound[index].type == "literal" and compound[index].value == ":":
+                index += 1
+            index += 1  # the pseudo-class's name or function
+            continue
+        kept.append(token)
+        index += 1
+    subject = tinycss2.serialize(kept).strip()
+    if f"#{CONTENT_ID}" in subject:
+        return None
+    return subject or "*"
 
 
 @lru_cache(maxsize=256)
@@ -659,11 +831,14 @@ def _import_url(rule: object) -> str:
 
 
 def _font_face_family(rule: object) -> str:
+    """The family the face is for: its last font-family, as browsers read it (the first let
+    `font-family: Brand; font-family: "sans-serif"` through)."""
+    family = ""
     for item in tinycss2.parse_blocks_contents(getattr(rule, "content", None) or [], skip_comments=True,
                                                skip_whitespace=True):
         if item.type == "declaration" and item.lower_name == "font-family":
-            return tinycss2.serialize(item.value).strip()
-    return ""
+            family = tinycss2.serialize(item.value).strip()
+    return family
 
 
 def _declarations_of_rule(rule: object, selectors: list[str], problems: list[str]) -> str:
@@ -743,7 +918,10 @@ def collapse_blank_lines(text: str) -> str:
     return "\n".join(lines)
 
 
-_URL_IN_TEXT = re.compile(r"https?://\S+|mailto:\S+|www\.\S+|\b[\w-]+(?:\.[\w-]+)+/\S*", re.IGNORECASE)
+#: A bare host with a path starts only where a run of dotted words starts, and its parts are not
+#: given back: "a.a.a.…" (40 KB) took the search 35 s, each word boundary scanning to the run's end.
+_URL_IN_TEXT = re.compile(r"https?://\S+|mailto:\S+|www\.\S+|(?<![\w-])(?<!\w\.)[\w-]++(?:\.[\w-]++)++/\S*",
+                          re.IGNORECASE)
 
 
 def text_problems(text: str, unsubscribe_url: str) -> list[str]:

@@ -27,6 +27,11 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
+try:
+    import resource
+except ImportError:  # not on Windows: no cap, the timer alone
+    resource = None  # type: ignore[assignment]
+
 import inscriptis
 import jinja2
 from inscriptis.model.config import ParserConfig
@@ -34,6 +39,7 @@ from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
+from selectolax.lexbor import SelectolaxError
 
 from .addresses import mailbox_hash, parse_from_header
 from .config import Campaign, Config
@@ -44,7 +50,9 @@ from .isolation import (
     URL_MARK,
     Isolated,
     Reuse,
+    TooCostly,
     check_footer_text,
+    check_parse_cost,
     collapse_blank_lines,
     isolate,
     size_problem,
@@ -215,6 +223,16 @@ def _too_large() -> BudgetExceeded:
     return BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
 
 
+#: The largest whole number a template may compute, in bits (about 20,000 digits; Python will not
+#: even print one over 4,300): one multiplication of numbers far larger (x ** 64 with x of 262,144
+#: digits took 45 s in one C call, where no timer can stop it) is refused before it is made.
+INTEGER_BITS = 1 << 16
+
+
+def _too_large_number() -> BudgetExceeded:
+    return BudgetExceeded(f"a number over {INTEGER_BITS:,} bits")
+
+
 def _check_size(size: int) -> None:
     if size > OUTPUT_LIMIT:
         raise _too_large()
@@ -237,7 +255,7 @@ class Sandbox(SandboxedEnvironment):
     refused when what they would make is larger than OUTPUT_LIMIT.
     """
 
-    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    intercepted_binops = frozenset({"*", "**", "%", "+", "//"})
     code_generator_class = _BoundedConcat
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -265,6 +283,17 @@ class Sandbox(SandboxedEnvironment):
             _check_format(left)
         elif operator == "**" and isinstance(right, int) and abs(right) > 64:
             raise BudgetExceeded("an exponent above 64")
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and \
+                left.bit_length() * right > INTEGER_BITS:
+            raise _too_large_number()
+        elif operator == "*" and isinstance(left, int) and isinstance(right, int):
+            if left.bit_length() + right.bit_length() > INTEGER_BITS:
+                raise _too_large_number()
+        elif operator in ("//", "%") and isinstance(left, int) and isinstance(right, int):
+            # ('f' * 999999)|int(base=16) is a 4-million-bit number made in linear time; dividing it
+            # by one half its size took 15 s in one C call
+            if max(left.bit_length(), right.bit_length()) > INTEGER_BITS:
+                raise _too_large_number()
         elif operator == "*":
             count, sequence = (right, left) if isinstance(right, int) else (left, right)
             if isinstance(count, int) and isinstance(sequence, (*_TEXT, list, tuple)):
@@ -471,6 +500,9 @@ def _compile(env: SandboxedEnvironment, path: Path) -> jinja2.Template:
     except BudgetExceeded as exc:  # a constant Jinja evaluates while compiling
         raise TemplateError(f"{path}: the template asks for {exc} for one message",
                             hint=f"one message may take {TIME_LIMIT:g} s and {OUTPUT_LIMIT:,} characters") from None
+    except (RecursionError, MemoryError):  # expressions nested thousands deep: ((((…))))
+        raise TemplateError(f"{path}: the template's expressions are nested too deeply to compile",
+                            hint="write the expression in steps, with {% set %}") from None
 
 
 def load_templates(campaign: Campaign) -> Templates:
@@ -480,6 +512,9 @@ def load_templates(campaign: Campaign) -> Templates:
         subject = subject_env.from_string(campaign.subject)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{campaign.path}: [campaign] subject: template syntax error: {exc.message}") from None
+    except (RecursionError, MemoryError):
+        raise TemplateError(f"{campaign.path}: [campaign] subject: its expressions are nested too deeply to "
+                            "compile", hint="write the subject in steps, with {% set %}") from None
     html = text = derived = None
     if campaign.html_template:
         html = _compile(_environment(campaign.html_template.parent, autoescape=True), campaign.html_template)
@@ -487,11 +522,20 @@ def load_templates(campaign: Campaign) -> Templates:
         text = _compile(_environment(campaign.text_template.parent, autoescape=False), campaign.text_template)
     elif campaign.html_template:
         text_env = _environment(campaign.html_template.parent, autoescape=False)
-        source = derive_text_template(text_env, campaign.html_template.read_text("utf-8"))
+        # Within a message's budget: converting a large static table took inscriptis 22 s for 450 KB,
+        # before anything was rendered. Past it, each message's text part is converted on its own,
+        # within that message's budget.
+        try:
+            with _time_budget():
+                html_source = campaign.html_template.read_text("utf-8")
+                check_parse_cost(html_source)  # lxml, which inscriptis uses, cannot be stopped either
+                source = derive_text_template(text_env, html_source)
+        except (BudgetExceeded, MemoryError, RecursionError, TooCostly):
+            source = None
         if source is not None:
             try:
                 derived = text_env.from_string(source)
-            except jinja2.TemplateSyntaxError:
+            except (jinja2.TemplateSyntaxError, RecursionError, MemoryError):
                 derived = None
     return Templates(subject, html, text, campaign.html_template, campaign.text_template, derived)
 
@@ -575,12 +619,53 @@ def _time_budget() -> Iterator[None]:
     if not _timing_installed:
         _install_timing()
     _timing.armed, _timing.started, _timing.baseline = True, time.process_time(), None
+    capped = _cap_address_space()
     signal.setitimer(signal.ITIMER_VIRTUAL, _TICK, _TICK)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_VIRTUAL, 0)
         _timing.armed = False
+        if capped is not None:
+            resource.setrlimit(resource.RLIMIT_AS, capped)
+
+
+#: Address space the process may add while one message renders, on top of MEMORY_LIMIT: room for
+#: the allocator's slack, so that only a runaway reaches the cap.
+_ADDRESS_SPACE_MARGIN = 128 << 20
+
+
+def _virtual_size() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            return int(handle.read().split()[0]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cap_address_space() -> tuple[int, int] | None:
+    """Cap the process's address space at what it has now plus the memory budget, for one message:
+    a single C call (int.to_bytes(10**9), str(a list holding one long string a thousand times),
+    str.translate to long strings, the HTML parser cloning formatting elements) then fails with a
+    MemoryError where it would have taken gigabytes before the timer could look. Returns the
+    limits to put back, None when nothing was capped."""
+    if resource is None:
+        return None
+    size = _virtual_size()
+    if size is None:
+        return None
+    try:
+        previous = resource.getrlimit(resource.RLIMIT_AS)
+        cap = size + MEMORY_LIMIT + _ADDRESS_SPACE_MARGIN
+        soft, hard = previous
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        if soft != resource.RLIM_INFINITY and soft <= cap:
+            return None
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (OSError, ValueError):
+        return None
+    return previous
 
 
 def _render_template(template: jinja2.Template, context: dict[str, Any]) -> str:
@@ -772,7 +857,7 @@ class Renderer:
         except MemoryError as exc:
             line = _template_line(exc, path)
             where = f"{path}:{line}" if path and line else (str(path) if path else what)
-            raise TemplateError(f"{where}: the template asked for more memory than this machine has for one "
+            raise TemplateError(f"{where}: the template took more than {MEMORY_LIMIT >> 20} MB of memory for one "
                                 f"message (rendering for {contact.email})",
                                 hint="look for a loop inside a loop, or a repeated string; one message may take "
                                      f"{TIME_LIMIT:g} s and {OUTPUT_LIMIT:,} characters") from None
@@ -795,14 +880,31 @@ class Renderer:
 
     def render(self, contact: ContactData) -> RenderedMessage:
         """One recipient's message, within the time budget (TIME_LIMIT for the whole message)."""
-        with _time_budget():
-            try:
+        # The exceptions are handled once the budget's timer and memory cap are off (a tick
+        # landing in a handler, or in the budget's own exit, is one of them too).
+        try:
+            with _time_budget():
                 return self._render_message(contact)
-            except BudgetExceeded as exc:  # outside the template itself: the text part, the rebuild
-                where = self.templates.html_path or self.templates.text_path
-                raise TemplateError(f"{where}: building one message took {exc} (for {contact.email})",
-                                    hint="the template's output is too large or too deeply nested, or its "
-                                         "stylesheet's selectors too costly to match; make it smaller") from None
+        except BudgetExceeded as exc:  # outside the template itself: the text part, the rebuild
+            where = self.templates.html_path or self.templates.text_path
+            raise TemplateError(f"{where}: building one message took {exc} (for {contact.email})",
+                                hint="the template's output is too large or too deeply nested, or its "
+                                     "stylesheet's selectors too costly to match; make it smaller") from None
+        except TooCostly as exc:  # markup the HTML parser would take minutes or gigabytes on
+            where = self.templates.html_path or self.templates.text_path
+            raise TemplateError(f"{where}: {exc} (for {contact.email})",
+                                hint="close the elements the template opens; one message may take "
+                                     f"{TIME_LIMIT:g} s and {MEMORY_LIMIT >> 20} MB") from None
+        except (MemoryError, SelectolaxError):  # the parser or the text part past the memory cap
+            where = self.templates.html_path or self.templates.text_path
+            raise TemplateError(f"{where}: building one message took more than {MEMORY_LIMIT >> 20} MB of "
+                                f"memory (for {contact.email})",
+                                hint="the template's output is too large or too deeply nested; make it "
+                                     "smaller") from None
+        except RecursionError:  # the text part of markup nested thousands deep
+            where = self.templates.html_path or self.templates.text_path
+            raise TemplateError(f"{where}: the template's markup is nested too deeply (for {contact.email})",
+                                hint="close the elements the template opens") from None
 
     def _render_message(self, contact: ContactData) -> RenderedMessage:
         digest, url, mailto = self.unsubscribe_for(contact)
@@ -818,6 +920,8 @@ class Renderer:
         html_body = None
         if self.templates.html is not None:
             html_body = self._render(self.templates.html, self.templates.html_path, context, contact, "HTML template")
+            # before any parser sees it (lxml, for the text part, chokes on the same markup as lexbor)
+            check_parse_cost(html_body)
         if self.templates.text is not None:
             text_body = self._render(self.templates.text, self.templates.text_path, context, contact, "text template")
         elif self.templates.text_from_html is not None:

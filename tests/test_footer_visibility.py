@@ -148,3 +148,13 @@ def test_words_next_to_links_are_not_read_as_unsubscribing(project: Project) -> 
                   '<p><a href="https://x.example/p">Subscribe</a> to our other list.</p>')
     result = project.run("check", str(project.campaign), "--no-dns")
     assert result.exit_code == 0, result.output
+
+
+def test_a_font_face_for_a_generic_family_is_left_out_even_after_another_font_family() -> None:
+    """Browsers read a face's last font-family; the check read the first one."""
+    from mailer.isolation import isolate
+    css = ('@font-face { font-family: Brand; font-family: "sans-serif"; src: local("DejaVu Sans"); '
+           'size-adjust: 1%; }')
+    done = isolate(f"<style>{css}</style><p>Bonjour</p>", "https://mail.acme.example/u/t")
+    assert "sans-serif" not in done.style
+    assert any("generic family" in n for n in done.notes)

@@ -12,11 +12,6 @@ RUNAWAY = {
     "repeated string": "<p>{{ 'x' * 100000000 }}</p>",
     "output flood": "{% for i in range(100000) %}<p>{{ contact.first_name * 20 }}</p>{% endfor %}",
     "huge exponent": "<p>{{ 9 ** 999999 }}</p>",
-    # Not the template's code but its markup: a stylesheet whose descendant selectors cost the
-    # rebuild's selector matching exponential time (the timer's exception was once swallowed there).
-    "costly selectors": "<style>" + " ".join(f"{t} div div div div div div p{{height:300px}}" for t in
-                                             ("span", "em", "i", "b", "u")) + "</style>"
-                        + "<div>" * 40 + "<p></p>" * 5 + "</div>" * 40 + "<p>Bonjour {{ contact.first_name }}</p>",
 }
 
 
@@ -120,3 +115,139 @@ def test_ordinary_filters_still_work(project: Project) -> None:
     message = project.messages()[0]
     for expected in (b"00042", b"a, b", b"a et b", b"x..", b"3.14", b"c / d"):
         assert expected in message
+
+
+# Each asks one C call for a gigabyte or more: no timer can look inside it, and no check before the
+# call knows the size (a list holding one long string a thousand times is a list of 1,200 items).
+ONE_CALL_GIGABYTE = {
+    "int.to_bytes": "<p>{{ (1).to_bytes(1200000000, 'big')|length }}</p>",
+    "str of a list of one long string": "{% set l = ['x' * 999999] * 1200 %}<p>{{ (l|string)|length }}</p>",
+    "tojson of that list": "{% set l = ['x' * 999999] * 1200 %}<p>{{ (l|tojson)|length }}</p>",
+    "translate to long strings": "<p>{{ ('x' * 1200).translate({120: 'y' * 999999})|length }}</p>",
+    "many fields of a width each within bounds": "<p>{{ ('{0:999999}' * 1200).format(1)|length }}</p>",
+    "many named fields with %": "<p>{{ ('%(a)999999s' * 1200) % {'a': 1}|length }}</p>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_CALL_GIGABYTE))
+def test_one_call_asking_for_a_gigabyte_stops_at_the_memory_budget(project: Project, name: str) -> None:
+    import resource
+    project.write("templates/offer.html.j2", "<p>Bonjour {{ contact.first_name }}</p>" + ONE_CALL_GIGABYTE[name])
+    started = time.monotonic()
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert time.monotonic() - started < 30, "the check hung"
+    assert result.exit_code == 2, result.output
+    assert "offer.html.j2" in result.output
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KB
+    assert peak < 900 << 20, f"the process grew to {peak >> 20} MB"
+
+
+# Markup the HTML parser (lexbor, one C call) spends super-linear time or memory on, written by a
+# loop or even as it is: under the output budget, and no timer can stop the parser.
+COSTLY_MARKUP = {
+    # 30,000 nested <div>: 150 KB, lexbor took about 15 s (32,000: 25 s; 100,000: hours)
+    "nested thousands deep": "<p>Bonjour {{ contact.first_name }}</p>{% for i in range(30000) %}<div>{% endfor %}x",
+    # 20,000 attributes on one tag, each compared by lexbor with those before it: about 9 s
+    "attributes on one tag": "<p {% for i in range(20000) %} a{{ i }}{% endfor %}>Bonjour {{ contact.first_name }}</p>",
+    # 900 open formatting elements cloned into each of 3,000 paragraphs: 2.7 million elements, 20 KB
+    "formatting elements cloned": "<p>Bonjour {{ contact.first_name }}</p><p>"
+                                  + "".join(f"<b a={i}>" for i in range(900)) + "<p>x" * 3000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(COSTLY_MARKUP))
+def test_markup_the_parser_would_choke_on_is_a_template_error(project: Project, name: str) -> None:
+    project.write("templates/offer.html.j2", COSTLY_MARKUP[name])
+    started = time.monotonic()
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert time.monotonic() - started < 5, "the rebuild was not refused before parsing"
+    assert result.exit_code == 2, result.output
+    assert "offer.html.j2" in result.output
+    assert "nested" in result.output or "formatting" in result.output or "attributes" in result.output
+
+
+def test_an_ordinary_long_template_is_not_taken_for_costly_markup(project: Project) -> None:
+    rows = "".join(f"<tr><td><font face=Arial><b>{i}</b> <a href='https://acme.example/{i}'>item</a></font></td>"
+                   f"<td><p>text<br>more</td></tr>" for i in range(400))
+    project.write("templates/offer.html.j2", f"<p>Bonjour {{{{ contact.first_name }}}}</p><table>{rows}</table>")
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("where", ["template", "subject"])
+def test_expressions_nested_too_deep_to_compile_are_a_template_error(project: Project, where: str) -> None:
+    nested = "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}"
+    if where == "template":
+        project.write("templates/offer.html.j2", f"<p>Bonjour {{{{ contact.first_name }}}} {nested}</p>")
+    else:
+        text = project.campaign.read_text("utf-8")
+        project.campaign.write_text(text.replace('subject = "', f'subject = "{nested} '), "utf-8")
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert result.exit_code == 2, result.output
+    assert ("offer.html.j2" if where == "template" else "offer.toml") in result.output
+    assert "nested too deeply" in result.output
+
+
+def test_a_long_run_of_dotted_words_beside_an_unsubscribe_word_is_checked_in_linear_time(project: Project) -> None:
+    """The text part's search for addresses offering to unsubscribe tried a bare host from every word
+    boundary of "a.a.a.…" to its end: 40 KB took 35 s, and the message was refused as too slow."""
+    project.write("templates/offer.html.j2", "<p>Bonjour {{ contact.first_name }}</p>"
+                                             "<p>To unsubscribe, see below. {{ 'a.' * 20000 }}</p>")
+    started = time.monotonic()
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("expression", ["(((10 ** 64) ** 64) ** 64) ** 64", "x * x * x",
+                                        "('f' * 999999)|int(base=16) // ('e' * 500000)|int(base=16)",
+                                        "('f' * 999999)|int(base=16) % ('e' * 500000)|int(base=16)"])
+def test_a_number_too_large_to_compute_in_one_step_is_refused(project: Project, expression: str) -> None:
+    """Each ** is at most 64, but ((10**64)**64)**64 has 262,144 digits and raising it to 64 was one C
+    call of 45 s (multiplying the result by itself, 85 s more): no timer can stop it."""
+    project.write("templates/offer.html.j2", "<p>Bonjour {{ contact.first_name }}</p>"
+                                             "{% set x = 7 ** 64 %}{% set x = x ** 64 %}{% set x = x ** 3 %}"
+                                             f"<p>{{{{ ({expression}) > 0 }}}}</p>")
+    started = time.monotonic()
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert time.monotonic() - started < 10, "one step of arithmetic ran unstopped"
+    assert result.exit_code == 2, result.output
+    assert "offer.html.j2" in result.output and "bits" in result.output
+
+
+# A stylesheet's selectors matched by the rebuild (lexbor, one C call per selector, trying every
+# path through descendant combinators): once refused when the timer rang after the call (5 s per
+# message), then over 60 nested divs a 10-part selector ran for minutes. The rule is now charged
+# to the elements its last compound matches, in linear time.
+COSTLY_SELECTORS = {
+    "descendants under 40 divs": "<style>" + " ".join(f"{t} div div div div div div p{{height:300px}}" for t in
+                                                     ("span", "em", "i", "b", "u")) + "</style>"
+                                 + "<div>" * 40 + "<p></p>" * 5 + "</div>" * 40,
+    "ten parts under 60 divs": "<style>span div div div div div div div div p{height:300px}</style>"
+                               + "<div>" * 60 + "<p></p>." * 12 + "</div>" * 60,
+    "inside :has()": "<style>p:has(~ span div div div div div div div div i){height:300px}</style>"
+                     + "<div>" * 60 + "<p></p>." * 12 + "</div>" * 60,
+}
+
+
+@pytest.mark.parametrize("name", sorted(COSTLY_SELECTORS))
+def test_costly_selectors_are_charged_in_linear_time(project: Project, name: str) -> None:
+    project.write("templates/offer.html.j2", COSTLY_SELECTORS[name] + "<p>Bonjour {{ contact.first_name }}</p>")
+    started = time.monotonic()
+    result = project.run("preview", str(project.campaign), "--out", str(project.root / "out"))
+    assert time.monotonic() - started < 10, "the rebuild's selector matching ran unstopped"
+    assert result.exit_code == 0, result.output
+    page = next((project.root / "out").glob("*.html")).read_text("utf-8")
+    assert "height:auto !important" in page  # past the blank-space budget, the empty blocks are flattened
+
+
+def test_deriving_the_text_part_from_a_large_static_template_is_within_the_budget(project: Project) -> None:
+    """The text part's template is derived once, before any message, from the HTML template's
+    source: a static table of 300 x 300 cells (450 KB) took 22 s there, outside any budget."""
+    project.write("templates/offer.html.j2", "<p>Bonjour {{ contact.first_name }}</p><table>"
+                                             + ("<tr>" + "<td>x" * 300) * 300 + "</table>")
+    started = time.monotonic()
+    result = project.run("check", str(project.campaign), "--no-dns")
+    assert time.monotonic() - started < 18, "the text part's derivation ran unstopped"
+    assert result.exit_code in (2, 3), result.output
+    assert "offer.html.j2" in result.output
