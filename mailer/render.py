@@ -635,6 +635,11 @@ def _time_budget() -> Iterator[None]:
 _ADDRESS_SPACE_MARGIN = 128 << 20
 
 
+#: (when, size): the process's address space as last read (the cap allows _ADDRESS_SPACE_MARGIN of
+#: growth since then)
+_size_seen: list[float] = [float("-inf"), 0]
+
+
 def _virtual_size() -> int | None:
     try:
         with open("/proc/self/statm", "rb") as handle:
@@ -651,8 +656,11 @@ def _cap_address_space() -> tuple[int, int] | None:
     limits to put back, None when nothing was capped."""
     if resource is None:
         return None
-    size = _virtual_size()
-    if size is None:
+    now = time.monotonic()
+    if now - _size_seen[0] > 0.5:  # reading /proc costs more than rendering a small message: twice a second
+        _size_seen[:] = [now, _virtual_size() or 0]
+    size = int(_size_seen[1])
+    if not size:
         return None
     try:
         previous = resource.getrlimit(resource.RLIMIT_AS)
