@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import signal
+import string
 import threading
 import time
 import uuid
@@ -374,18 +375,34 @@ def _check_method(owner: Any, name: str, args: tuple[Any, ...], kwargs: dict[str
     return args
 
 
-_WIDTH = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?|\{[^{}]*:([^{}]*\{|[^{}]*?\d{7})")
+_PERCENT = re.compile(r"%(?:\([^)%]{0,200}\))?[-#0 +]{0,20}(\*|\d+)?(?:\.(\*|\d+))?")
+_DIGITS = re.compile(r"\d+")
 
 
 def _check_format(text: Any) -> None:
-    """A format string asking for a field wider or more precise than the output budget, or for a
-    width or precision given as an argument (`%*d`, `{:{}}`), which could be anything."""
+    """A format string whose fields would make more than the output budget (their widths and
+    precisions added up), or that takes a width or precision from an argument (`%*d`, `{:{}}`),
+    which could be anything. Linear in the string's length."""
     if not isinstance(text, str):
         return
-    for match in _WIDTH.finditer(text):
-        width, precision, braces = match.group(1), match.group(2), match.group(3)
-        if braces or "*" in (width, precision) or len(width or "") > 6 or len(precision or "") > 6:
-            raise _too_large()
+    sizes: list[str] = []
+    if "%" in text:
+        for match in _PERCENT.finditer(text):
+            width, precision = match.group(1), match.group(2)
+            if "*" in (width, precision):
+                raise _too_large()
+            sizes += [n for n in (width, precision) if n]
+    if "{" in text:
+        try:
+            fields = list(string.Formatter().parse(text))
+        except ValueError:
+            fields = []  # not a format string: formatting it fails on its own
+        for _, _, spec, _ in fields:
+            if spec and "{" in spec:
+                raise _too_large()
+            sizes += _DIGITS.findall(spec or "")
+    if any(len(n) > 7 for n in sizes) or sum(map(int, sizes)) > OUTPUT_LIMIT:
+        raise _too_large()
 
 
 def _keeps_flags(bounded: Any, filter_: Any) -> Any:

@@ -56,6 +56,8 @@ AMPLIFIED_IN_ONE_CALL = {
     "percent width from an argument": '{% set s = "%*d" % (2000000, 1) %}',
     "percent precision": '{% set s = "%.2000000f" % 1.0 %}',
     "format precision": '{% set s = "{:.2000000f}".format(1.0) %}',
+    "format widths adding up": '{% set s = ("{0:999999}" * 3).format(1) %}',
+    "percent widths adding up": '{% set s = "%999999d%999999d%999999d" % (1, 2, 3) %}',
     "doubling with ~": '{% set ns = namespace(s="x") %}{% for i in range(21) %}{% set ns.s = ns.s ~ ns.s %}'
                        '{% endfor %}',
     "doubling with +": '{% set ns = namespace(s="x") %}{% for i in range(21) %}{% set ns.s = ns.s + ns.s %}'
