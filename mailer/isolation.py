@@ -523,8 +523,12 @@ def _attribute_length(value: str) -> float:
     return float(match.group(1)) if match and not value.strip().endswith("%") else 0.0
 
 
-#: The height all elements that show nothing (spacers) may take in one message, together.
+#: The height all elements that show nothing (spacers), or little for their height, may take in
+#: one message, together.
 BLANK_HEIGHT_LIMIT = 2000
+#: An element is tall for what it shows past this height per visible character ("." in a 1,400px
+#: paragraph, sixty times over, pushed the footer 84,000px down): its height counts as a spacer's.
+PX_PER_CHARACTER = 100
 _VERTICAL = re.compile(r"(?:^|;)\s*(height|min-height|padding(?:-top|-bottom)?|margin(?:-top|-bottom)?|"
                        r"line-height|border(?:-top|-bottom)?(?:-width)?)\s*:\s*([^;]*)", re.IGNORECASE)
 
@@ -546,15 +550,17 @@ def _vertical_px(style: str) -> float:
 
 def _spend_blank_height(node: LexborNode, tag: str, result: Isolated) -> None:
     """One element's inline heights and vertical spacing together stay within LENGTH_LIMIT, and
-    elements that show nothing (spacers) within BLANK_HEIGHT_LIMIT in all; past either, they are
+    elements that show nothing (spacers), or little for their height (PX_PER_CHARACTER), within
+    BLANK_HEIGHT_LIMIT in all; past either, they are
     left out (lengths each under the limit, summed on one element or stacked as spacers)."""
     attributes = node.attributes
     style, height = attributes.get("style") or "", attributes.get("height") or ""
     if not (style or height) or tag in ("img", "tr", "tbody", "thead", "tfoot"):
         return
     spent = _vertical_px(style) + _attribute_length(height)
-    if spent <= LENGTH_LIMIT and not _blank(node):
-        return  # an element with content, its spacing within one length's limit
+    if spent <= LENGTH_LIMIT and (node.css_first("img, picture") is not None or
+                                  len(node.text(deep=True).strip(_BLANK_CHARACTERS)) * PX_PER_CHARACTER >= spent):
+        return  # an element with content for its height, its spacing within one length's limit
     if spent <= LENGTH_LIMIT and result.blank_height + spent <= BLANK_HEIGHT_LIMIT:
         result.blank_height += spent
         return

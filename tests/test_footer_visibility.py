@@ -121,6 +121,21 @@ def test_what_is_left_out_is_said(project: Project) -> None:
     assert "offer.html.j2:3: <div style>: position: absolute was left out" in result.output
 
 
+def test_elements_tall_for_what_they_show_share_the_spacers_budget(project: Project) -> None:
+    """Sixty 1,400px paragraphs showing one near-white dot each put the footer 84,000px down; each
+    was under the one-element limit and showed a character, so none counted as a spacer."""
+    project.write("templates/offer.html.j2", "<p>Hi {{ contact.first_name }}</p>"
+                  + '<p style="height:1400px;margin:0;color:#fefefe">.</p>' * 60
+                  + '<p style="padding:12px 0">A paragraph of ordinary text keeps its spacing.</p>')
+    out = project.root / "p"
+    result = project.run("preview", str(project.campaign), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "its height and vertical spacing were left out" in result.output
+    html = next(out.glob("*.eml")).read_bytes().decode("ascii", "replace")
+    assert html.count("height:1400px") <= 1  # within the 2,000px budget: one of them
+    assert "padding:12px 0" in html
+
+
 SPLIT_UNSUBSCRIBE = {
     "two links": '<p>Hi {{ contact.first_name }}</p><p><a href="https://x.example/a">Unsub</a>'
                  '<a href="https://x.example/b">scribe</a></p>',

@@ -93,7 +93,7 @@ def preview(env: Env, campaign: str, to: str | None, include_sent: bool, out: st
     ws = env.workspace()
     with Steps() as steps:
         result = preview_campaign(ws, campaign, out, to=to, limit=limit, include_sent=include_sent, progress=steps)
-    for note in result.notes:
+    for note in [*result.notes, *result.plan.notes]:
         click.echo(f"Note: {note}", err=True)
     if result.first is not None:
         click.echo(readable(result.first))
