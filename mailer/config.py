@@ -206,6 +206,8 @@ class Recipients(_Section):
     list: str = Field(min_length=1)
     csv: str = ""
     collected_at: date | None = None   # the collection date of the CSV's rows that give none
+    encoding: Literal["utf-8", "utf-16", "cp1252", "latin-1"] | None = None  # None: detected
+    date_format: Literal["DD/MM/YYYY", "MM/DD/YYYY", "YYYY-MM-DD"] = "DD/MM/YYYY"
 
 
 class Relevance(_Section):
@@ -246,6 +248,8 @@ class Campaign:
     rate_per_second: float
     collected_at: date | None = None   # the collection date of the CSV's rows that give none
     check_mx: bool = False
+    csv_encoding: str | None = None    # None: detected
+    csv_date_format: str = "DD/MM/YYYY"
 
 
 # --------------------------------------------------------------------------- loading
@@ -497,4 +501,6 @@ def load_campaign(path: Path) -> Campaign:
         relevance=model.relevance,
         rate_per_second=model.send.rate_per_second,
         check_mx=model.send.check_mx,
+        csv_encoding=model.recipients.encoding,
+        csv_date_format=model.recipients.date_format,
     )

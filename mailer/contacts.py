@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import itertools
 import re
 from collections import deque
@@ -78,6 +79,22 @@ class ParsedCsv:
         return frozenset(self.columns)
 
 
+#: the date orders a CSV may use, as --date-format names them (ISO dates are always read)
+DATE_FORMATS = ("DD/MM/YYYY", "MM/DD/YYYY", "YYYY-MM-DD")
+_SLASHED = re.compile(r"^(\d{1,2})[/.](\d{1,2})[/.](\d{4})$")
+
+
+def parse_csv_date(value: str, date_format: str = "DD/MM/YYYY") -> date:
+    """A date as a CSV writes it: ISO (2026-06-12, or a timestamp) always; 12/06/2026 or
+    12.06.2026 in the order `date_format` says (day first by default, as in France)."""
+    match = _SLASHED.match(value.strip())
+    if match is None or date_format == "YYYY-MM-DD":
+        return parse_date(value)
+    first, second, year = (int(g) for g in match.groups())
+    day, month = (first, second) if date_format == "DD/MM/YYYY" else (second, first)
+    return date(year, month, day)
+
+
 def parse_date(value: str) -> date:
     value = value.strip()
     try:
@@ -95,7 +112,34 @@ def parse_bool(value: str) -> bool:
     raise ValueError(f"{value!r} is not true or false")
 
 
-def _lines(path: Path) -> Iterator[str]:
+#: what a CSV may be written in, as `--encoding` names them, and what people call them
+ENCODINGS = {"utf-8": "UTF-8", "utf-16": "UTF-16", "cp1252": "Windows-1252", "latin-1": "Latin-1"}
+_SAMPLE = 1 << 16
+
+
+def detect_encoding(path: Path) -> str:
+    """The encoding of a contacts CSV, one of ENCODINGS: a byte-order mark says UTF-8 or UTF-16;
+    else UTF-8 when the first 64 KB read as UTF-8; else what charset-normalizer finds likeliest
+    among Windows-1252 (what Excel in France exports) and Latin-1."""
+    try:
+        with open(path, "rb") as handle:
+            sample = handle.read(_SAMPLE)
+    except OSError:
+        return "utf-8"  # _lines says why it cannot be read
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        sample.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(sample) - 4 and len(sample) == _SAMPLE:
+            return "utf-8"  # a character cut by the sample's end
+    from charset_normalizer import from_bytes
+    best = from_bytes(sample, cp_isolation=["cp1252", "latin_1"]).best()
+    return "latin-1" if best is not None and best.encoding == "latin_1" else "cp1252"
+
+
+def _lines(path: Path, encoding: str = "utf-8") -> Iterator[str]:
     """The file's lines, decoded one at a time (a large file is never all in memory). A line
     ends with LF, CRLF or a lone CR (old Mac files): csv.reader only splits on the first two."""
     try:
@@ -104,6 +148,9 @@ def _lines(path: Path) -> Iterator[str]:
         raise CsvError([f"{path}: file not found"]) from None
     except OSError as exc:
         raise CsvError([f"{path}: cannot read: {exc.strerror}"]) from None
+    if encoding != "utf-8":
+        yield from _other_lines(path, handle, encoding)
+        return
     with handle:
         number = 0
         for chunk in handle:
@@ -118,14 +165,29 @@ def _lines(path: Path) -> Iterator[str]:
                     yield raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise CsvError([f"{path}:{number}: not UTF-8 (byte {raw[exc.start]:#x})"],
-                                   hint="save the file as UTF-8 (in Excel: 'CSV UTF-8')") from None
+                                   hint="save the file as UTF-8 (in Excel: 'CSV UTF-8'), or name its encoding "
+                                        "with --encoding (cp1252 for Windows-1252, latin-1, utf-16)") from None
+
+
+def _other_lines(path: Path, handle: Any, encoding: str) -> Iterator[str]:
+    """Lines of a file in another encoding than UTF-8 (newline="": LF, CRLF and lone CR end lines)."""
+    codec = {"utf-16": "utf-16", "cp1252": "cp1252", "latin-1": "latin-1"}[encoding]
+    with io.TextIOWrapper(handle, encoding=codec, newline="") as text:
+        number = 0
+        try:
+            for number, line in enumerate(text, start=1):  # noqa: B007 - reported below
+                yield line
+        except UnicodeDecodeError as exc:
+            raise CsvError([f"{path}:{number + 1}: not {ENCODINGS[encoding]} (byte {exc.object[exc.start]:#x})"],
+                           hint="name the file's encoding with --encoding (utf-8, cp1252, latin-1, utf-16)") from None
 
 
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 
 
 def _delimiter(header_line: str) -> str:
-    return ";" if header_line.count(";") > header_line.count(",") else ","
+    """The header's separator: a comma, a semicolon (Excel in France) or a tab."""
+    return max(",;\t", key=lambda sign: (header_line.count(sign), sign == ","))
 
 
 class _Replayable:
@@ -201,14 +263,18 @@ class ContactsCsv:
     line: the rows around it are read.
     """
 
-    def __init__(self, path: Path, *, today: date, collected_at: date | None = None) -> None:
+    def __init__(self, path: Path, *, today: date, collected_at: date | None = None, encoding: str | None = None,
+                 date_format: str = "DD/MM/YYYY") -> None:
         self.path = path
         self.today = today
         if collected_at is not None and collected_at > today:
             raise CsvError([f"{path}: the collection date {collected_at.isoformat()} given for the file is in the future"])
         self.collected_at = collected_at
+        self.date_format = date_format
         self.problems: list[str] = []
-        lines = _lines(path)
+        #: the encoding the file was read in (detected unless given), one of ENCODINGS
+        self.encoding = encoding or detect_encoding(path)
+        lines = _lines(path, self.encoding)
         first = next(lines, "")
         if not first.strip():
             raise CsvError([f"{path}:1: the file is empty"],
@@ -261,7 +327,7 @@ class ContactsCsv:
                                      f" (is a value with a '{self.delimiter}' missing its quotes?)")
                 continue
             cells = dict(zip(columns, row, strict=True))
-            values = _checked_values(path, line, cells, self.today, self.problems)
+            values = _checked_values(path, line, cells, self.today, self.problems, self.date_format)
             if values is not None:
                 yield line, cells, values
 
@@ -279,7 +345,7 @@ def parse_contacts_csv(path: Path, *, today: date) -> ParsedCsv:
 
 
 def _checked_values(path: Path, line: int, row: dict[str, str], today: date,
-                    problems: list[str]) -> dict[str, Any] | None:
+                    problems: list[str], date_format: str = "DD/MM/YYYY") -> dict[str, Any] | None:
     """The row's known columns, parsed, or None after adding its problems to `problems`."""
     where = f"{path}:{line}"
     before = len(problems)
@@ -314,9 +380,10 @@ def _checked_values(path: Path, line: int, row: dict[str, str], today: date,
         raw = row.get(name, "").strip()
         if raw:
             try:
-                values[name] = parse_date(raw)
+                values[name] = parse_csv_date(raw, date_format)
             except ValueError:
-                problems.append(f"{where}: {name} {raw!r} is not a date (use YYYY-MM-DD)")
+                problems.append(f"{where}: {name} {raw!r} is not a date (use YYYY-MM-DD, or {date_format} "
+                                "as --date-format says)")
                 continue
             if values[name] > today:
                 problems.append(f"{where}: {name} {raw!r} is in the future")

@@ -29,6 +29,7 @@ class ImportOutcome:
     repeated: list[ContactData] = field(default_factory=list)  # rows whose address came earlier in the file
     erased_skipped: int = 0
     undated: int = 0   # rows kept with no collection date (the gate blocks them: retention-expired)
+    encoding: str = "utf-8"  # what the file was read in (contacts.ENCODINGS)
 
 
 #: rows written per transaction: short enough that another writer (an opt-out, `suppress add`)
@@ -38,7 +39,8 @@ IMPORT_BATCH = 2000
 
 def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: bool = False,
                     now: datetime | None = None, progress: Progress | None = None,
-                    collected_at: date | None = None, batch: int = IMPORT_BATCH) -> ImportOutcome:
+                    collected_at: date | None = None, batch: int = IMPORT_BATCH, encoding: str | None = None,
+                    date_format: str = "DD/MM/YYYY") -> ImportOutcome:
     """Validate a contacts CSV and upsert it into a list: all or nothing, unless skip_invalid.
 
     `collected_at` is the collection date of the rows that give none; without it such
@@ -52,20 +54,24 @@ def import_contacts(ws: Workspace, path: Path, list_name: str, *, skip_invalid: 
     """
     now = now or utcnow()
     progress = progress or no_progress
-    problems, good_rows = validate_contacts(path, now, progress, collected_at)
+    problems, good_rows = validate_contacts(path, now, progress, collected_at, encoding=encoding,
+                                            date_format=date_format)
     if problems and not skip_invalid:
         raise InvalidRows(problems, good_rows=good_rows)
-    reader, outcome, records = _read(ws, path, now, progress, f"Importing {path.name}", collected_at)
+    reader, outcome, records = _read(ws, path, now, progress, f"Importing {path.name}", collected_at,
+                                     encoding=encoding, date_format=date_format)
     outcome.result = ws.store.contacts.upsert(records, list_name, reader.present, now=now, batch=batch)
     outcome.skipped = list(reader.problems)
     return outcome
 
 
 def validate_contacts(path: Path, now: datetime, progress: Progress = no_progress,
-                      collected_at: date | None = None) -> tuple[list[str], int]:
+                      collected_at: date | None = None, *, encoding: str | None = None,
+                      date_format: str = "DD/MM/YYYY") -> tuple[list[str], int]:
     """Every problem of a contacts CSV (FILE:LINE: what is wrong) and the number of good rows,
     reading it once without writing; CsvError for a file that cannot be read as a whole."""
-    reader = ContactsCsv(path, today=now.date(), collected_at=collected_at)
+    reader = ContactsCsv(path, today=now.date(), collected_at=collected_at, encoding=encoding,
+                         date_format=date_format)
     advance = progress(f"Checking {path.name}", data_lines(path))
     good = 0
     for good, _ in enumerate(reader.validated(), start=1):
@@ -76,12 +82,14 @@ def validate_contacts(path: Path, now: datetime, progress: Progress = no_progres
 
 
 def read_as_imported(ws: Workspace, path: Path, *, now: datetime | None = None,
-                     progress: Progress | None = None, collected_at: date | None = None
+                     progress: Progress | None = None, collected_at: date | None = None,
+                     encoding: str | None = None, date_format: str = "DD/MM/YYYY"
                      ) -> tuple[ImportOutcome, list[ContactData]]:
     """What `import_contacts` would make of the file's contacts, without writing anything: each
     row merged with the stored contact of its address (all or nothing, as an import)."""
     now = now or utcnow()
-    reader, outcome, records = _read(ws, path, now, progress or no_progress, f"Reading {path.name}", collected_at)
+    reader, outcome, records = _read(ws, path, now, progress or no_progress, f"Reading {path.name}", collected_at,
+                                     encoding=encoding, date_format=date_format)
     merged = list(ws.store.contacts.as_upserted(records, reader.present, now=now))
     if reader.problems:
         raise InvalidRows(reader.problems, good_rows=outcome.rows)
@@ -89,11 +97,13 @@ def read_as_imported(ws: Workspace, path: Path, *, now: datetime | None = None,
 
 
 def _read(ws: Workspace, path: Path, now: datetime, progress: Progress, label: str,
-          collected_at: date | None = None) -> tuple[ContactsCsv, ImportOutcome, Iterator[ContactData]]:
+          collected_at: date | None = None, *, encoding: str | None = None,
+          date_format: str = "DD/MM/YYYY") -> tuple[ContactsCsv, ImportOutcome, Iterator[ContactData]]:
     """The file's valid rows, streamed, without the people erased (counted in the outcome, as
     are the rows repeating an address)."""
-    reader = ContactsCsv(path, today=now.date(), collected_at=collected_at)
-    outcome = ImportOutcome(path, ImportResult())
+    reader = ContactsCsv(path, today=now.date(), collected_at=collected_at, encoding=encoding,
+                         date_format=date_format)
+    outcome = ImportOutcome(path, ImportResult(), encoding=reader.encoding)
     seen: set[str] = set()
     advance = progress(label, data_lines(path))
 

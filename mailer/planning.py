@@ -123,10 +123,12 @@ def decide_campaign(ws: Workspace, prepared: PreparedCampaign, *, today: date | 
     if import_csv and campaign.csv is not None:
         if persist:
             imported = read = import_contacts(ws, campaign.csv, campaign.list_name, now=now, progress=progress,
-                                              collected_at=campaign.collected_at)
+                                              collected_at=campaign.collected_at,
+                                              encoding=campaign.csv_encoding, date_format=campaign.csv_date_format)
         else:
             read, from_csv = read_as_imported(ws, campaign.csv, now=now, progress=progress,
-                                              collected_at=campaign.collected_at)
+                                              collected_at=campaign.collected_at,
+                                              encoding=campaign.csv_encoding, date_format=campaign.csv_date_format)
     if from_csv is None:
         ws.store.contacts.list_id(campaign.list_name)  # a clear error when the list does not exist
     advance = progress("Rendering and checking" if render_check else "Deciding",

@@ -29,12 +29,12 @@ def test_a_bad_row_imports_nothing_and_names_file_and_line(project: Project) -> 
     text = ("email,kind,collected_at,consent\n"
             "ok@x.example,b2b,2026-01-01,\n"
             "bad@x.example,b2z,2026-01-01,\n"
-            "date@x.example,b2b,01/02/2026,\n"
+            "date@x.example,b2b,32/13/2026,\n"
             "consent@x.example,b2c,2026-01-01,maybe\n")
     result, path = imp(project, text)
     assert result.exit_code == 2
     assert f"{path}:3: kind 'b2z' must be 'b2b' or 'b2c'" in result.output
-    assert f"{path}:4: collected_at '01/02/2026' is not a date (use YYYY-MM-DD)" in result.output
+    assert f"{path}:4: collected_at '32/13/2026' is not a date (use YYYY-MM-DD, or DD/MM/YYYY" in result.output
     assert f"{path}:5: consent 'maybe'" in result.output
     assert "--skip-invalid" in result.output
     assert project.sql("select count(*) from contacts") == [(0,)]
@@ -50,8 +50,9 @@ def test_skip_invalid_imports_the_good_rows_and_lists_the_others(project: Projec
 def test_missing_columns_and_encoding_problems(project: Project) -> None:
     result, path = imp(project, "mail,kind\na@x.example,b2b\n")
     assert result.exit_code == 2 and f"{path}:1: no 'email' column" in result.output
-    result, path = imp(project, "email,kind\nb@x.example,b2b\n\xe9t\xe9@x.example,b2b\n".encode("latin-1"))
-    assert result.exit_code == 2 and f"{path}:3: not UTF-8" in result.output
+    result, path = imp(project, "email,kind\nb@x.example,b2b\n\xe9t\xe9@x.example,b2b\n".encode("latin-1"),
+                       "--encoding", "utf-8")
+    assert result.exit_code == 2 and f"{path}:3: not UTF-8" in result.output and "--encoding" in result.output
     result, path = imp(project, "email,kind\n\"a@x.example,b2b\n")
     assert result.exit_code == 2
     result, path = imp(project, "email,kind\na@x.example,b2b,extra\n")
@@ -105,7 +106,7 @@ def test_empty_or_older_dates_never_erase_a_recorded_contact_from_the_person(pro
 
 def test_a_file_that_cannot_be_read_keeps_its_own_hint(project: Project) -> None:
     """Only bad rows suggest skipping them; a file in the wrong encoding says how to save it."""
-    result, path = imp(project, "email,kind\nzo\xe9@x.example,b2b\n".encode("latin-1"))
+    result, path = imp(project, "email,kind\nzo\xe9@x.example,b2b\n".encode("latin-1"), "--encoding", "utf-8")
     assert result.exit_code == 2
     assert f"{path}:2: not UTF-8" in result.output
     assert "save the file as UTF-8" in result.output
@@ -154,3 +155,44 @@ def test_a_file_with_old_mac_line_endings_imports(project: Project) -> None:
     assert result.exit_code == 0, result.output
     assert sorted(project.sql("select email_key, first_name from contacts")) == [
         ("after@x.example", "Bob"), ("first@x.example", "Ann")]
+
+
+def test_what_excel_in_france_writes_is_read_and_said(project: Project) -> None:
+    """Windows-1252 with semicolons, UTF-16 with tabs (Excel's "Unicode text"), DD/MM/YYYY dates."""
+    rows = "email;first_name;company;kind;source;collected_at\r\n" \
+           "zoe@x.example;Zoé;Cœur & Cie;b2b;Salon 2026 (entrée 15 €);12/06/2026\r\n"
+    result, _ = imp(project, rows.encode("cp1252"))
+    assert result.exit_code == 0, result.output
+    assert "(read as Windows-1252): 1 new" in result.output
+    tabs = "email\tfirst_name\tkind\tsource\tcollected_at\r\nlea@x.example\tLéa\tb2c\tSite\t01/03/2026\r\n"
+    result, _ = imp(project, tabs.encode("utf-16"), name="unicode.txt")
+    assert result.exit_code == 0, result.output
+    assert "(read as UTF-16): 1 new" in result.output
+    assert project.sql("select email_key, first_name, company, source, collected_at from contacts order by id") == [
+        ("zoe@x.example", "Zoé", "Cœur & Cie", "Salon 2026 (entrée 15 €)", "2026-06-12"),
+        ("lea@x.example", "Léa", "", "Site", "2026-03-01")]
+
+
+def test_month_first_dates_when_the_file_says_so(project: Project) -> None:
+    result, _ = imp(project, "email,kind,collected_at\na@x.example,b2b,03/04/2026\n", "--date-format", "MM/DD/YYYY")
+    assert result.exit_code == 0, result.output
+    assert project.sql("select collected_at from contacts") == [("2026-03-04",)]
+
+
+def test_a_file_imported_again_is_unchanged(project: Project) -> None:
+    text = "email,kind,first_name\na@x.example,b2b,Ana\nb@x.example,b2b,Bo\n"
+    assert "2 new, 0 updated, 0 unchanged" in imp(project, text)[0].output
+    assert "0 new, 0 updated, 2 unchanged" in imp(project, text)[0].output
+    assert "0 new, 1 updated, 1 unchanged" in imp(project, text.replace("Bo", "Bob"))[0].output
+
+
+def test_a_campaign_says_how_its_csv_is_written(project: Project) -> None:
+    project.campaign.write_text(project.campaign.read_text().replace(
+        '[recipients]\n', '[recipients]\nencoding = "cp1252"\ndate_format = "MM/DD/YYYY"\n'))
+    project.csv.write_bytes(("email,first_name,last_name,company,job_title,industry,kind,source,collected_at\n"
+                             "claire@client.example,Zoé,Durand,Client SA,CTO,banking,b2b,Salon,06/12/2026\n")
+                            .encode("cp1252"))
+    result = project.send()
+    assert result.exit_code == 0, result.output
+    assert "(read as Windows-1252)" in result.output
+    assert project.sql("select first_name, collected_at from contacts") == [("Zoé", "2026-06-12")]

@@ -8,6 +8,7 @@ import sys
 import click
 
 from ..campaign import campaign_status, plan_campaign, preview_campaign, send_campaign, send_test
+from ..contacts import ENCODINGS
 from ..errors import ComplianceRefusal, InputError, NotFound, TransportError
 from ..gate import RULE_IDS
 from ..planning import Plan
@@ -219,7 +220,9 @@ def _still_waiting(ws: Workspace, campaign: str, campaign_id: str) -> int:
 def _show_plan(plan: Plan) -> None:
     if plan.imported is not None:
         r = plan.imported.result
-        click.echo(f"Imported {plan.imported.path.name}: {r.inserted} new, {r.updated} updated.")
+        read_as = f" (read as {ENCODINGS[plan.imported.encoding]})" if plan.imported.encoding != "utf-8" else ""
+        click.echo(f"Imported {plan.imported.path.name}{read_as}: {r.inserted} new, {r.updated} updated, "
+                   f"{r.unchanged} unchanged.")
         if plan.imported.erased_skipped:
             click.echo(f"Skipped {plan.imported.erased_skipped} rows of people whose data was erased.")
     if plan.confirmed_delivered:

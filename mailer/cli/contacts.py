@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ..contacts import parse_date
+from ..contacts import DATE_FORMATS, ENCODINGS, parse_date
 from ..errors import InputError, NotFound
 from ..importer import import_contacts
 from ..privacy import touch_contact
@@ -26,12 +26,19 @@ def contacts() -> None:
 @click.option("--collected-at", "collected_at", metavar="DATE",
               help="When the file's addresses were collected (YYYY-MM-DD), for rows with no collected_at. "
                    "Without a date, a contact counts as past retention.")
+@click.option("--encoding", type=click.Choice(sorted(ENCODINGS)), default=None,
+              help="The file's encoding (default: detected; Excel in France writes cp1252).")
+@click.option("--date-format", "date_format", type=click.Choice(DATE_FORMATS), default="DD/MM/YYYY",
+              show_default=True, help="How dates like 12/06/2026 are read (YYYY-MM-DD is always read).")
 @pass_env
-def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool, collected_at: str | None) -> None:
+def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool, collected_at: str | None,
+                    encoding: str | None, date_format: str) -> None:
     """Validate a contacts CSV and upsert it into a list (all or nothing).
 
-    Comma or semicolon separated, UTF-8 with or without BOM; columns as in the
-    README. Rows are matched on the normalised address.
+    Comma, semicolon or tab separated; UTF-8 (with or without BOM), UTF-16,
+    Windows-1252 or Latin-1, detected (or --encoding); dates as YYYY-MM-DD or
+    DD/MM/YYYY (--date-format); columns as in the README. Rows are matched on
+    the normalised address.
 
     \b
     Example:  mailer contacts import contacts/prospects.csv --list prospects-2026
@@ -44,10 +51,11 @@ def contacts_import(env: Env, file: str, list_name: str, skip_invalid: bool, col
             raise InputError(f"--collected-at {collected_at!r} is not a date", hint="use YYYY-MM-DD") from None
     with Steps() as steps:
         outcome = import_contacts(env.workspace(writing=True), Path(file), list_name, skip_invalid=skip_invalid, progress=steps,
-                                  collected_at=day)
+                                  collected_at=day, encoding=encoding, date_format=date_format)
     r = outcome.result
-    click.echo(f"{file}: {r.inserted} new, {r.updated} updated, {len(outcome.repeated)} repeated rows merged; "
-               f"{r.added_to_list} added to list {list_name!r}.")
+    read_as = f" (read as {ENCODINGS[outcome.encoding]})" if outcome.encoding != "utf-8" else ""
+    click.echo(f"{file}{read_as}: {r.inserted} new, {r.updated} updated, {r.unchanged} unchanged, "
+               f"{len(outcome.repeated)} repeated rows merged; {r.added_to_list} added to list {list_name!r}.")
     if outcome.undated:
         click.secho(f"{outcome.undated} rows have no collection date: they count as past retention and will not be "
                     "mailed. Give collected_at in the file, or --collected-at DATE for the whole file.", fg="yellow")

@@ -23,6 +23,7 @@ from .tables import CONTACTS, LIST_MEMBERS, LISTS, utcnow
 class ImportResult:
     inserted: int = 0
     updated: int = 0
+    unchanged: int = 0  # rows the file gives as stored already (nothing written)
     added_to_list: int = 0
 
 
@@ -86,17 +87,19 @@ class Contacts:
                       present_columns: frozenset[str], now: datetime, result: ImportResult) -> None:
         table = CONTACTS
         keys = [r.address.key for r in batch]
-        existing = {
-            row["email_key"]: row
-            for row in conn.execute(
-                select(table.c.id, table.c.email_key, table.c.attrs, table.c.last_interaction_at)
-                .where(table.c.email_key.in_(keys))).mappings()
-        }
+        existing = {row["email_key"]: row for row in
+                    conn.execute(select(table).where(table.c.email_key.in_(keys))).mappings()}
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         for record in batch:
             found = existing.get(record.address.key)
-            (inserts if found is None else updates).append(_changes(record, present_columns, now, found))
+            changes = _changes(record, present_columns, now, found)
+            if found is None:
+                inserts.append(changes)
+            elif any(found[name] != value for name, value in changes.items() if name not in _BOOKKEEPING):
+                updates.append(changes)
+            else:
+                result.unchanged += 1
         if inserts:
             execute_many(conn, _CONTACT_INSERT, inserts)
         if updates:
@@ -206,6 +209,10 @@ def _batches(records: Iterable[ContactData], size: int) -> Iterator[list[Contact
             batch = {}
     if batch:
         yield list(batch.values())
+
+
+#: columns an update sets whatever the file says: a row whose other values are all as stored is unchanged
+_BOOKKEEPING = frozenset({"id", "updated_at", "created_at"})
 
 
 def _changes(record: ContactData, present: frozenset[str], now: datetime, found: Any) -> dict[str, Any]:
