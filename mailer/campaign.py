@@ -503,6 +503,8 @@ class CampaignStatus:
     dead_run: bool = False
     #: opt-outs (of any campaign) waiting in the spool to be recorded (mailer.spool)
     spooled_optouts: int = 0
+    #: suppression entries this campaign's messages caused, by origin (one-click, link, mailto, bounce, …)
+    suppressions: dict[str, int] = field(default_factory=dict)
 
     @property
     def allowed(self) -> int:
@@ -529,4 +531,5 @@ def campaign_status(ws: Workspace, campaign: str | os.PathLike[str], *, show: st
             shown.append(SendState.SENDING)
     return CampaignStatus(campaign_id, states, rules, ws.store.suppressions.bounces_recorded(campaign_id),
                           last_run, ws.store.sendlog.rows(campaign_id, shown) if show else [], dead_run,
-                          spooled_optouts=ws.spool.pending())
+                          spooled_optouts=ws.spool.pending(),
+                          suppressions=ws.store.suppressions.origins_by_campaign().get(campaign_id, {}))

@@ -204,3 +204,22 @@ def test_contacts_list_show_and_remove(project: Project) -> None:
     assert again.exit_code == 2 and "is not in the list 'prospects'" in again.output
     assert "paul@telco.example" not in project.run("contacts", "list", "--list", "prospects").output
     assert "paul@telco.example" in project.run("contacts", "list").output  # the contact stays
+
+
+def test_status_without_a_campaign_lists_every_campaign_with_its_unsubscribes(project: Project) -> None:
+    import re
+    assert "No campaign was sent yet" in project.run("status").output
+    assert project.send().exit_code == 0
+    inbox = project.root / "inbox" / "new"
+    inbox.mkdir(parents=True)
+    header = email.message_from_bytes(project.messages()[0], policy=policy.default)["List-Unsubscribe"]
+    subject = re.search(r"subject=([^>]+)>", header).group(1)
+    (inbox / "1.eml").write_bytes(f"From: a@client.example\r\nSubject: {subject}\r\n\r\n".encode())
+    assert project.run("suppress", "mailto", str(project.root / "inbox")).exit_code == 0
+    lines = project.run("status").output.splitlines()
+    assert lines[0].split() == ["CAMPAIGN", "LAST", "RUN", "OUTCOME", "SENT", "FAILED", "DEFERRED", "BLOCKED",
+                                "UNSUBSCRIBED", "BOUNCED"]
+    assert lines[1].split()[0] == "2026-12-cloud-audit" and lines[1].split()[3:] == ["finished", "2", "0", "0",
+                                                                                      "1", "1", "0"]
+    one = project.run("status", "2026-12-cloud-audit").output
+    assert "Unsubscribed from it: 1 (1 mailto)" in one

@@ -233,18 +233,25 @@ def _show_plan(plan: Plan) -> None:
 
 
 @cli.command()
-@click.argument("campaign")
+@click.argument("campaign", required=False)
 @click.option("--show", type=click.Choice(["blocked", "failed", "uncertain", "deferred", "sent", "planned"]),
               default=None, help="Also list the addresses in this state.")
 @pass_env
-def status(env: Env, campaign: str, show: str | None) -> None:
-    """Show a campaign's send log: sent, failed, uncertain, blocked per rule.
+def status(env: Env, campaign: str | None, show: str | None) -> None:
+    """Show a campaign's send log: sent, failed, uncertain, blocked per rule, and the
+    unsubscribes and hard bounces that came from it. Without CAMPAIGN: one line per campaign.
 
     CAMPAIGN is the campaign file or its id.
 
     \b
-    Example:  mailer status campaigns/cloud-audit.toml --show blocked
+    Examples:  mailer status
+               mailer status campaigns/cloud-audit.toml --show blocked
     """
+    if campaign is None:
+        if show:
+            raise click.UsageError("--show needs a CAMPAIGN")
+        _status_of_all(env.workspace())
+        return
     found = campaign_status(env.workspace(), campaign, show=show)
     states, rules = found.states, found.rules
     click.echo(f"Campaign {found.campaign_id}")
@@ -267,6 +274,12 @@ def status(env: Env, campaign: str, show: str | None) -> None:
         click.echo(f"Last run: {run.started_at:%Y-%m-%d %H:%M} UTC, {outcome}")
         if run.counts.get("duplicate"):
             click.echo(f"  {run.counts['duplicate']} repeated rows in the CSV were skipped as duplicates")
+    unsubscribed = {origin: n for origin, n in found.suppressions.items() if origin in _UNSUBSCRIBES}
+    if unsubscribed:
+        how = ", ".join(f"{n} {origin}" for origin, n in sorted(unsubscribed.items()))
+        click.echo(f"Unsubscribed from it: {sum(unsubscribed.values())} ({how})")
+    if found.suppressions.get("complaint"):
+        click.echo(f"Complaints about it: {found.suppressions['complaint']}")
     if found.spooled_optouts:
         click.echo(f"Opt-outs waiting to be recorded: {found.spooled_optouts} (kept in {env.workspace().spool.path} "
                    "while the database was busy; the next send or import records them)")
@@ -290,3 +303,36 @@ def _send_test(ws: Workspace, campaign: str, to: str, as_contact: str | None) ->
     click.echo(f"Sent a test of {sent.contact}'s message to {sent.to} via {sent.target.rstrip('/')}: "
                f"{sent.subject}")
     click.echo("Nothing was recorded; its unsubscribe link records nothing when used.")
+
+
+#: suppression origins that are a person unsubscribing (from a campaign's message)
+_UNSUBSCRIBES = ("one-click", "link", "mailto")
+
+
+def _status_of_all(ws: Workspace) -> None:
+    """One line per campaign: its last run, and what its send log and the suppression list hold."""
+    ids = ws.store.campaigns.ids()
+    if not ids:
+        click.echo("No campaign was sent yet: mailer send CAMPAIGN.toml starts one.")
+        return
+    origins = ws.store.suppressions.origins_by_campaign()
+    header = ("CAMPAIGN", "LAST RUN", "OUTCOME", "SENT", "FAILED", "DEFERRED", "BLOCKED", "UNSUBSCRIBED",
+              "BOUNCED")
+    rows = []
+    for campaign_id in ids:
+        found = campaign_status(ws, campaign_id)
+        run = found.last_run
+        outcome = "" if run is None else "stopped (process gone)" if found.dead_run and run.outcome == "running" \
+            else run.outcome
+        counts = origins.get(campaign_id, {})
+        rows.append((campaign_id, f"{run.started_at:%Y-%m-%d %H:%M}" if run else "", outcome,
+                     found.states.get("sent", 0), found.states.get("failed", 0), found.states.get("deferred", 0),
+                     found.states.get("blocked", 0), sum(counts.get(o, 0) for o in _UNSUBSCRIBES),
+                     counts.get("bounce", 0)))
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(v).rjust(w) if isinstance(v, int) else str(v).ljust(w)
+                             for v, w in zip(row, widths, strict=True)).rstrip())
+    waiting = ws.spool.pending()
+    if waiting:
+        click.echo(f"Opt-outs waiting to be recorded: {waiting} (the next send or import records them)")

@@ -107,6 +107,11 @@ class Campaigns:
                                .order_by(table.c.id.desc()).limit(1)).mappings().first()
         return Run(**row) if row else None
 
+    def ids(self) -> list[str]:
+        """Every campaign ever planned for sending, oldest first."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(CAMPAIGNS.c.id).order_by(CAMPAIGNS.c.created_at, CAMPAIGNS.c.id)).scalars())
+
     def known(self, campaign_id: str) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(select(CAMPAIGNS.c.id).where(

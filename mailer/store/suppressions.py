@@ -124,6 +124,17 @@ class Suppressions:
             return conn.execute(select(_table.c.id).where(
                 _table.c.scope == "address", _table.c.value.in_(hash_values)).limit(1)).first() is not None
 
+    def origins_by_campaign(self) -> dict[str, dict[str, int]]:
+        """campaign id -> origin ("one-click", "link", "mailto", "bounce", …) -> entries it caused."""
+        found: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for campaign_id, origin, count in conn.execute(
+                    select(_table.c.campaign_id, _table.c.origin, func.count())
+                    .where(_table.c.campaign_id.is_not(None), _table.c.campaign_id != "")
+                    .group_by(_table.c.campaign_id, _table.c.origin)):
+                found.setdefault(campaign_id, {})[origin] = count
+        return found
+
     def bounces_recorded(self, campaign_id: str) -> int:
         """Hard bounces put on the suppression list by this campaign (in the session or reported later)."""
         with self.engine.connect() as conn:
