@@ -42,7 +42,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import find_config_path
-from .locales import strings
+from .locales import available, strings
 from .optouts import OPTOUT_PATIENCE, OptOutRecorded, apply_spooled_optouts, record_optout
 from .spool import SpooledOptOut
 from .store import utcnow
@@ -66,6 +66,28 @@ DRAIN_INTERVAL = 2.0
 REASONS = ("too-many", "not-relevant", "never-signed-up", "other")
 #: the bad-link page's language, when the token (which carries the locale) cannot be read
 FALLBACK_LOCALE = "en"
+
+
+def _reader_locale(request: Request) -> str:
+    """The page language for a link that carries none (an invalid one): the first of the
+    browser's Accept-Language that mailer speaks, by q-value, else FALLBACK_LOCALE."""
+    header = request.headers.get("accept-language", "")[:500]
+    choices = []
+    for position, part in enumerate(header.split(",")[:20]):
+        tag, _, params = part.strip().partition(";")
+        q = 1.0
+        if params.strip().startswith("q="):
+            try:
+                q = float(params.strip()[2:])
+            except ValueError:
+                continue
+        choices.append((-q, position, tag.strip().lower()))
+    spoken = available()
+    for _, _, tag in sorted(choices):
+        for candidate in (tag, tag.split("-")[0]):
+            if candidate in spoken:
+                return candidate
+    return FALLBACK_LOCALE
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,Arial,sans-serif;background:#f5f5f5;color:#1a1a1a;margin:0}
@@ -161,7 +183,7 @@ class UnsubscribeApp:
     async def show(self, request: Request) -> Response:
         token = await self._token(request.path_params["token"])
         if token is None:
-            return self._bad()
+            return self._bad(_reader_locale(request))
         t = strings(token.locale).unsubscribe_page
         if not token.test and await _bounded(self.ws.store.suppressions.has_hash, token.address_hash,
                                              seconds=READ_PATIENCE):
@@ -187,7 +209,7 @@ class UnsubscribeApp:
         raw = request.path_params["token"]
         token = await self._token(raw)
         if token is None:
-            return self._bad()
+            return self._bad(_reader_locale(request))
         if token.test:  # a test message's link (send --test-to): nothing to record
             t = strings(token.locale).unsubscribe_page
             return _page(token.locale, t.title, f'<h1>{t.title}</h1><p role="status">{t.test}</p>')

@@ -121,6 +121,8 @@ def test_tampered_or_garbage_tokens_get_a_400_and_nothing_is_recorded(served, ma
     assert httpx.get(url).status_code == 400
     response = httpx.post(url, data={"List-Unsubscribe": "One-Click"})
     assert response.status_code == 400 and "Invalid link" in response.text
+    french = httpx.get(url, headers={"Accept-Language": "de-DE,fr-CA;q=0.8,en;q=0.5"})
+    assert french.status_code == 400 and "Lien invalide" in french.text and 'lang="fr"' in french.text
     assert project.sql("select count(*) from suppressions") == [(0,)]
 
 
