@@ -356,6 +356,21 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
     campaign = prepared.campaign
     transport = ws.open_transport()
     lease = run_id = None
+    if confirm is not None and not dry_run:
+        # Ask before anything is written (the CSV's import included): the question shows a plan
+        # made without writing, and the run sends no more than the number agreed to.
+        asked = decide_campaign(ws, prepared, persist=False, retry_uncertain=retry_uncertain,
+                                keep_recipients=False, progress=progress)
+        agreed = asked.allowed_count if limit is None else min(limit, asked.allowed_count)
+        if agreed:
+            if asked.first_allowed is not None:
+                first = prepared.renderer.render(asked.first_allowed)
+                if first.footer_problems:
+                    raise ComplianceRefusal([*first.footer_problems][:20] + ["nothing was sent"])
+            if not confirm(asked, agreed):
+                return RunSummary(campaign.id, asked.counts, to_send=agreed, declined=True, plan=asked,
+                                  blocked={rule: asked.counts[rule] for rule in RULE_IDS if asked.counts.get(rule)})
+            limit, confirm = agreed, None
     if not dry_run:  # one process at a time sends a campaign (and recovers its crashed rows)
         ws.store.campaigns.record(campaign.id, campaign.kind, campaign.locale, campaign.list_name)
         lease = take_campaign(ws.store, campaign.id)

@@ -85,6 +85,9 @@ def test_without_yes_the_counts_are_shown_and_a_no_sends_nothing(project: Projec
     assert "not-relevant" in result.output
     assert "Send 2 messages via maildir" in result.output
     assert project.messages() == []
+    # asked before anything was written: the CSV not imported, no campaign, no run, no decision
+    for table in ("contacts", "lists", "campaigns", "runs", "send_log"):
+        assert project.sql(f"select count(*) from {table}") == [(0,)], table
     yes = project.run("send", str(project.campaign), input="y\n", env={"MAILER_ASSUME_TTY": "1"})
     assert yes.exit_code == 0
     assert len(project.messages()) == 2
