@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -119,6 +119,7 @@ def _read(ws: Workspace, path: Path, now: datetime, progress: Progress, label: s
         advance(len(chunk))
 
     anyone_erased = ws.store.people.has_erasures()
+    spelt: dict[str, str] = {}  # address key -> its first row's spelling, where that differs from the key
 
     def keep(chunk: list[ContactData]) -> Iterator[ContactData]:
         kept, erased = _without_erased(ws, chunk, now) if anyone_erased else (chunk, 0)
@@ -127,9 +128,16 @@ def _read(ws: Workspace, path: Path, now: datetime, progress: Progress, label: s
             outcome.rows += 1
             if record.collected_at is None:
                 outcome.undated += 1
-            if record.address.key in seen:
+            key = record.address.key
+            if key in seen:
                 outcome.repeated.append(record)
-            seen.add(record.address.key)
+                first = spelt.get(key, key)
+                if record.address.send_to != first:  # the first row's spelling is the one mailed (and kept)
+                    record = replace(record, address=replace(record.address, send_to=first))
+            else:
+                seen.add(key)
+                if record.address.send_to != key:
+                    spelt[key] = record.address.send_to
             yield record
 
     return reader, outcome, records()

@@ -261,3 +261,15 @@ def test_a_members_footer_elides_de_before_a_vowel(project: Project) -> None:
     assert result.exit_code == 0, result.output
     text, html = parts(parse(project.messages()[0]))
     assert "en tant que membre d'Association Élan." in text
+
+
+def test_a_repeated_row_does_not_change_the_spelling_the_first_row_gave(project: Project) -> None:
+    """The gate keeps the first row of an address; the To: header is that row's spelling too."""
+    project.csv.write_text(HEADER
+                           + "Claire.Durand@client.example,Claire,Durand,Client SA,CTO,banking,b2b,Salon,2026-06-01\n"
+                           + "CLAIRE.DURAND@CLIENT.EXAMPLE,Claire,Durand,Client SA,CTO,banking,b2b,Salon,2026-06-01\n")
+    result = project.send()
+    assert result.exit_code == 0, result.output
+    assert counts(result.output)["duplicate"] == 1
+    [raw] = project.messages()
+    assert parse(raw)["To"].addresses[0].addr_spec == "Claire.Durand@client.example"
