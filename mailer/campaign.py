@@ -10,6 +10,7 @@ callbacks the caller passes in.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html as html_lib
 import os
 import re
@@ -19,13 +20,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import owner_only
 from .addresses import normalise
-from .config import load_campaign
+from .config import Campaign, load_campaign
 from .contacts import ContactData
 from .delivery import DeliveryReport
 from .errors import ComplianceRefusal, InputError, NotFound
@@ -339,14 +341,41 @@ class RunSummary:
 Confirm = Callable[[Plan, int], bool]
 
 
+def fingerprint(campaign_path: Path, campaign: Campaign) -> str:
+    """The version of what a campaign says: a hash of its file and its templates (not of its CSV,
+    whose rows are expected to change between runs)."""
+    digest = hashlib.sha256()
+    for path in (campaign_path, campaign.html_template, campaign.text_template):
+        digest.update(b"\0" if path is None else path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def _check_unchanged(ws: Workspace, campaign_path: Path, campaign: Campaign, allow_changes: bool) -> str:
+    """This run's fingerprint; InputError (exit 2) when earlier runs sent another version of the
+    campaign's file or templates, unless allow_changes."""
+    version = fingerprint(campaign_path, campaign)
+    sent = {v: n for v, n in ws.store.campaigns.sent_versions(campaign.id).items() if v}
+    if sent and version not in sent and not allow_changes:
+        earlier = ", ".join(f"{v} ({count} sent from {started:%Y-%m-%d %H:%M})" for v, (count, started) in sent.items())
+        raise InputError(f"{campaign_path}: the campaign file or its templates changed since earlier runs of "
+                         f"{campaign.id} sent messages (version {version} now; earlier: {earlier}): the rest of the "
+                         "recipients would get other text than the first",
+                         hint="put the files back as they were, or rerun with --allow-changes to send this version "
+                              "to the rest (`mailer status` shows which version each recipient got)")
+    return version
+
+
 def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_run: bool = False,
                   retry_uncertain: bool = False, limit: int | None = None, confirm: Confirm | None = None,
                   progress: Progress | None = None, on_result: OnResult | None = None,
-                  on_stopping: Callable[[], None] | None = None, render_workers: int | None = None) -> RunSummary:
+                  on_stopping: Callable[[], None] | None = None, render_workers: int | None = None,
+                  allow_changes: bool = False) -> RunSummary:
     """Plan, then deliver every allowed recipient (at most `limit`), recording each decision and
     each delivery. Rerunning resumes: nobody is mailed twice for one campaign.
 
-    dry_run records and sends nothing. `confirm` is asked before anything is sent. SIGINT and
+    A campaign whose file or templates changed since earlier runs sent messages is refused
+    (InputError) unless allow_changes. dry_run records and sends nothing. `confirm` is asked
+    before anything is written or sent. SIGINT and
     SIGTERM (when called from the main thread) stop after the messages in flight (`on_stopping`
     is told); a second one interrupts. Raises TemplateError, ComplianceRefusal, TransportError
     (server unreachable, campaign being sent by another process).
@@ -354,6 +383,7 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
     progress = progress or no_progress
     prepared = prepare_campaign(ws, Path(campaign_path))
     campaign = prepared.campaign
+    version = _check_unchanged(ws, Path(campaign_path), campaign, allow_changes)
     transport = ws.open_transport()
     lease = run_id = None
     if confirm is not None and not dry_run:
@@ -374,7 +404,7 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
     if not dry_run:  # one process at a time sends a campaign (and recovers its crashed rows)
         ws.store.campaigns.record(campaign.id, campaign.kind, campaign.locale, campaign.list_name)
         lease = take_campaign(ws.store, campaign.id)
-        run_id = ws.store.campaigns.start_run(campaign.id)
+        run_id = ws.store.campaigns.start_run(campaign.id, version)
     if render_workers is None:
         workers = ws.environ.get("MAILER_RENDER_WORKERS")
         render_workers = int(workers) if workers and workers.isdigit() else None
@@ -520,6 +550,8 @@ class CampaignStatus:
     spooled_optouts: int = 0
     #: suppression entries this campaign's messages caused, by origin (one-click, link, mailto, bounce, …)
     suppressions: dict[str, int] = field(default_factory=dict)
+    #: version of the campaign file and templates (fingerprint) -> (messages sent, first sent from)
+    versions: dict[str, tuple[int, datetime]] = field(default_factory=dict)
 
     @property
     def allowed(self) -> int:
@@ -547,4 +579,5 @@ def campaign_status(ws: Workspace, campaign: str | os.PathLike[str], *, show: st
     return CampaignStatus(campaign_id, states, rules, ws.store.suppressions.bounces_recorded(campaign_id),
                           last_run, ws.store.sendlog.rows(campaign_id, shown) if show else [], dead_run,
                           spooled_optouts=ws.spool.pending(),
-                          suppressions=ws.store.suppressions.origins_by_campaign().get(campaign_id, {}))
+                          suppressions=ws.store.suppressions.origins_by_campaign().get(campaign_id, {}),
+                          versions=ws.store.campaigns.sent_versions(campaign_id))

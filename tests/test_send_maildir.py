@@ -273,3 +273,27 @@ def test_a_repeated_row_does_not_change_the_spelling_the_first_row_gave(project:
     assert counts(result.output)["duplicate"] == 1
     [raw] = project.messages()
     assert parse(raw)["To"].addresses[0].addr_spec == "Claire.Durand@client.example"
+
+
+def test_a_changed_template_stops_the_next_run_unless_allowed_and_status_says_who_got_which(project: Project) -> None:
+    project.csv.write_text(CSV_FIRST)
+    assert project.send().exit_code == 0
+    project.write("templates/offer.html.j2", project.root.joinpath("templates/offer.html.j2").read_text()
+                  .replace("Un audit", "Une offre"))
+    project.csv.write_text(CSV_FIRST + "nina@software.example,Nina,New,Soft,CTO,software,b2b,Salon VivaTech 2026,"
+                                       "2026-06-01\n")
+    refused = project.send()
+    assert refused.exit_code == 2
+    assert "the campaign file or its templates changed since earlier runs" in refused.output
+    assert "--allow-changes" in refused.output
+    assert len(project.messages()) == 1
+    project.campaign.write_text(project.campaign.read_text())  # same bytes: still the new version
+    allowed = project.run("send", str(project.campaign), "--yes", "--allow-changes")
+    assert allowed.exit_code == 0, allowed.output
+    assert len(project.messages()) == 2
+    status = project.run("status", "2026-12-cloud-audit").output
+    line = next(s for s in status.splitlines() if s.startswith("Sent, by version"))
+    assert line.count(" 1 (from ") == 2  # one recipient got each version
+
+
+CSV_FIRST = HEADER + "claire@client.example,Claire,Durand,Client SA,CTO,banking,b2b,Salon VivaTech 2026,2026-06-01\n"

@@ -127,13 +127,15 @@ def preview(env: Env, campaign: str, to: str | None, include_sent: bool, out: st
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Send at most N messages in this run.")
 @click.option("--retry-uncertain", is_flag=True,
               help="Resend deliveries a crash left uncertain (they may then arrive twice).")
+@click.option("--allow-changes", is_flag=True,
+              help="Send although the campaign file or its templates changed since earlier runs sent messages.")
 @click.option("--test-to", "test_to", metavar="EMAIL",
               help="Send one test message to EMAIL instead (subject '[TEST] …'); nothing is recorded.")
 @click.option("--as", "as_contact", metavar="CONTACT",
               help="With --test-to: whose message to send (default: the first allowed recipient).")
 @pass_env
 def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, retry_uncertain: bool,
-         test_to: str | None, as_contact: str | None) -> None:
+         allow_changes: bool, test_to: str | None, as_contact: str | None) -> None:
     """Plan, confirm, send with a progress bar, and print a summary.
 
     Rerunning resumes: nobody is mailed twice for one campaign.
@@ -171,6 +173,7 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
 
     with Steps() as steps, bar.shown():
         summary = send_campaign(ws, campaign, dry_run=dry_run, retry_uncertain=retry_uncertain, limit=limit,
+                                allow_changes=allow_changes,
                                 confirm=confirm, progress=steps, on_result=bar, on_stopping=stopping)
     if summary.dry_run or summary.to_send == 0:
         if summary.plan is not None:
@@ -274,6 +277,10 @@ def status(env: Env, campaign: str | None, show: str | None) -> None:
         click.echo(f"Last run: {run.started_at:%Y-%m-%d %H:%M} UTC, {outcome}")
         if run.counts.get("duplicate"):
             click.echo(f"  {run.counts['duplicate']} repeated rows in the CSV were skipped as duplicates")
+    if len(found.versions) > 1 or found.versions and "" not in found.versions:
+        click.echo("Sent, by version of the campaign file and templates: " + ", ".join(
+            f"{v or 'unrecorded'} {count} (from {started:%Y-%m-%d %H:%M})"
+            for v, (count, started) in sorted(found.versions.items(), key=lambda kv: kv[1][1])))
     unsubscribed = {origin: n for origin, n in found.suppressions.items() if origin in _UNSUBSCRIBES}
     if unsubscribed:
         how = ", ".join(f"{n} {origin}" for origin, n in sorted(unsubscribed.items()))

@@ -4,12 +4,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
 from .reconnect import NEVER, Reconnect
 from .sql import insert_ignore
-from .tables import CAMPAIGNS, RUNS, Run, utcnow
+from .tables import CAMPAIGNS, RUNS, SEND_LOG, Run, utcnow
 
 
 class Campaigns:
@@ -85,10 +85,22 @@ class Campaigns:
 
         self.reconnect.run(release)
 
-    def start_run(self, campaign_id: str) -> int:
+    def sent_versions(self, campaign_id: str) -> dict[str, tuple[int, datetime]]:
+        """fingerprint -> (messages sent, first run's start) of the runs that sent this campaign's
+        messages; runs recorded before fingerprints were kept count under ""."""
+        log = SEND_LOG
+        query = (select(RUNS.c.fingerprint, func.count(), func.min(RUNS.c.started_at))
+                 .select_from(log.join(RUNS, RUNS.c.id == log.c.run_id))
+                 .where(log.c.campaign_id == campaign_id, log.c.state == "sent")
+                 .group_by(RUNS.c.fingerprint))
+        with self.engine.connect() as conn:
+            return {fingerprint: (count, started) for fingerprint, count, started in conn.execute(query)}
+
+    def start_run(self, campaign_id: str, fingerprint: str = "") -> int:
         with self.engine.begin() as conn:
             key = conn.execute(RUNS.insert().values(
-                campaign_id=campaign_id, started_at=utcnow(), outcome="running", counts={})).inserted_primary_key
+                campaign_id=campaign_id, started_at=utcnow(), outcome="running", counts={},
+                fingerprint=fingerprint)).inserted_primary_key
             assert key is not None
             return int(key[0])
 

@@ -96,6 +96,8 @@ class Run(SQLModel, table=True):
     finished_at: datetime | None = None
     outcome: str = "running"
     counts: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: the campaign file and templates this run sent (mailer.campaign.fingerprint); "" before 0004
+    fingerprint: str = Field(default="", sa_column_kwargs={"server_default": ""})
 
 
 class SendLog(SQLModel, table=True):
