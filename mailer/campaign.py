@@ -369,13 +369,15 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
                   retry_uncertain: bool = False, limit: int | None = None, confirm: Confirm | None = None,
                   progress: Progress | None = None, on_result: OnResult | None = None,
                   on_stopping: Callable[[], None] | None = None, render_workers: int | None = None,
-                  allow_changes: bool = False) -> RunSummary:
+                  allow_changes: bool = False, ask_before_writing: bool = False) -> RunSummary:
     """Plan, then deliver every allowed recipient (at most `limit`), recording each decision and
     each delivery. Rerunning resumes: nobody is mailed twice for one campaign.
 
     A campaign whose file or templates changed since earlier runs sent messages is refused
     (InputError) unless allow_changes. dry_run records and sends nothing. `confirm` is asked
-    before anything is written or sent. SIGINT and
+    before anything is sent; with ask_before_writing it is first asked with a plan made without
+    writing anything (the CSV not imported yet: answer False and nothing changed), then called
+    again with the run's plan, and the run sends no more than the number first agreed to. SIGINT and
     SIGTERM (when called from the main thread) stop after the messages in flight (`on_stopping`
     is told); a second one interrupts. Raises TemplateError, ComplianceRefusal, TransportError
     (server unreachable, campaign being sent by another process).
@@ -386,7 +388,7 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
     version = _check_unchanged(ws, Path(campaign_path), campaign, allow_changes)
     transport = ws.open_transport()
     lease = run_id = None
-    if confirm is not None and not dry_run:
+    if confirm is not None and ask_before_writing and not dry_run:
         # Ask before anything is written (the CSV's import included): the question shows a plan
         # made without writing, and the run sends no more than the number agreed to.
         asked = decide_campaign(ws, prepared, persist=False, retry_uncertain=retry_uncertain,
@@ -400,7 +402,7 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
             if not confirm(asked, agreed):
                 return RunSummary(campaign.id, asked.counts, to_send=agreed, declined=True, plan=asked,
                                   blocked={rule: asked.counts[rule] for rule in RULE_IDS if asked.counts.get(rule)})
-            limit, confirm = agreed, None
+            limit = agreed
     if not dry_run:  # one process at a time sends a campaign (and recovers its crashed rows)
         ws.store.campaigns.record(campaign.id, campaign.kind, campaign.locale, campaign.list_name)
         lease = take_campaign(ws.store, campaign.id)

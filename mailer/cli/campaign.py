@@ -156,15 +156,21 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
         return
     bar = SendingBar()
 
+    shown: list[bool] = []
+
     def confirm(plan: Plan, to_send: int) -> bool:
-        """Shows the plan; asks unless --yes; the sending bar starts once the answer is yes."""
-        _show_plan(plan)
-        if not yes:
-            if not sys.stdin.isatty() and not os.environ.get("MAILER_ASSUME_TTY"):
-                raise InputError("not asking for confirmation without a terminal",
-                                 hint="add --yes to send without confirmation")
-            click.confirm(f"Send {to_send} messages via {ws.config.transport.type} "
-                          f"({ws.open_transport().target.rstrip('/')})?", abort=True)
+        """Shows the plan; asks unless --yes, before anything is written (send_campaign calls it again
+        with the run's plan then); the sending bar starts once the run's plan is made."""
+        if not shown:
+            shown.append(True)
+            _show_plan(plan)
+            if not yes:
+                if not sys.stdin.isatty() and not os.environ.get("MAILER_ASSUME_TTY"):
+                    raise InputError("not asking for confirmation without a terminal",
+                                     hint="add --yes to send without confirmation")
+                click.confirm(f"Send {to_send} messages via {ws.config.transport.type} "
+                              f"({ws.open_transport().target.rstrip('/')})?", abort=True)
+                return True
         bar.start(to_send)
         return True
 
@@ -173,7 +179,7 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
 
     with Steps() as steps, bar.shown():
         summary = send_campaign(ws, campaign, dry_run=dry_run, retry_uncertain=retry_uncertain, limit=limit,
-                                allow_changes=allow_changes,
+                                allow_changes=allow_changes, ask_before_writing=not yes,
                                 confirm=confirm, progress=steps, on_result=bar, on_stopping=stopping)
     if summary.dry_run or summary.to_send == 0:
         if summary.plan is not None:
