@@ -275,3 +275,32 @@ def test_an_opt_out_spooled_while_a_campaign_runs_stops_its_message(project: Pro
     assert project.sql("select state, rule from send_log where address_key = 'claire@client.example'") == [
         ("blocked", "suppressed")]
     assert not spool_file(project).exists()
+
+
+def test_an_opt_out_spooled_mid_run_stops_its_message_even_when_the_database_cannot_take_it_yet(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The running send could not record the spool before its claim (the database stayed busy past
+    SPOOL_PATIENCE, then freed for the claim): the claim itself must still honour what waits in
+    the spool, or the person is mailed after `mailer serve` answered 200 (hostile test, issue 13)."""
+    import mailer.sending
+    from mailer import send_campaign
+    from mailer.spool import SpooledOptOut
+    from mailer.store import utcnow
+
+    def busy(*args: object, **kwargs: object) -> None:
+        raise sqlalchemy.exc.OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked"))
+
+    with open_workspace(project.config, {"MAILER_SECRET": SECRET}) as workspace:
+        def spool_claire(plan: object, to_send: int) -> bool:
+            token = workspace.unsubscribe_token("2026-12-cloud-audit", "claire@client.example", "fr")
+            workspace.spool.append(SpooledOptOut(token, "one-click", "", utcnow()))
+            monkeypatch.setattr(mailer.sending, "apply_spooled_optouts", busy)
+            return True
+
+        summary = send_campaign(workspace, project.campaign, confirm=spool_claire)
+    sent_to = b"".join(project.messages())
+    assert b"paul@telco.example" in sent_to and b"claire@client.example" not in sent_to
+    assert summary.sent == 1
+    assert project.sql("select state, rule from send_log where address_key = 'claire@client.example'") == [
+        ("blocked", "suppressed")]
+    assert spool_file(project).exists()  # still waiting: the next writer records it
