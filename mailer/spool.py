@@ -48,8 +48,8 @@ class SpooledOptOut:
             at = datetime.fromisoformat(data["at"])
             entry = cls(str(data["token"]), str(data["origin"]), str(data.get("reason", "")),
                         at if at.tzinfo else at.replace(tzinfo=UTC))
-        except (ValueError, KeyError, TypeError):
-            return None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return None  # RecursionError: a line of "[[[[…" must not stop every command
         return entry if data.get("v") == FORMAT else None
 
 

@@ -1,0 +1,20 @@
+"""The opt-out spool against garbage a crash, a disk or a hand left in it (hostile test, issue 13)."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mailer.spool import OptOutSpool, SpooledOptOut
+
+
+def test_a_deeply_nested_line_is_a_line_that_holds_no_entry_not_a_crash_of_every_command(tmp_path: Path) -> None:
+    spool = OptOutSpool(tmp_path / "mailer.db.optout-spool")
+    good = SpooledOptOut("tok.en", "one-click", "", datetime(2026, 12, 1, tzinfo=UTC))
+    spool.append(good)
+    with open(spool.path, "ab") as handle:
+        handle.write(b"[" * 200_000 + b"\n")
+    spool.append(SpooledOptOut("tok.other", "one-click", "", datetime(2026, 12, 1, tzinfo=UTC)))
+    assert SpooledOptOut.parse(b"[" * 200_000 + b"\n") is None
+    assert spool.pending() == 2
+    assert spool.drain(lambda entries: entries) == 2
+    assert not spool.path.exists()
