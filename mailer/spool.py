@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .errors import SpoolUnreadable
 from .owner_only import FILE_MODE
 
 FORMAT = 1
@@ -92,11 +93,18 @@ class OptOutSpool:
     # ------------------------------------------------------------------ the file
 
     def _read(self) -> tuple[list[tuple[SpooledOptOut, bytes]], set[bytes]]:
-        """(entries with their lines, lines that are no entry)."""
-        with self._locked(create=False) as descriptor:
-            if descriptor is None:
-                return [], set()
-            data = _read_all(descriptor)
+        """(entries with their lines, lines that are no entry). SpoolUnreadable (an OSError) when
+        the file exists but cannot be read."""
+        try:
+            with self._locked(create=False) as descriptor:
+                if descriptor is None:
+                    return [], set()
+                data = _read_all(descriptor)
+        except OSError as exc:
+            raise SpoolUnreadable(
+                f"the opt-out spool {self.path} cannot be read ({exc.strerror or type(exc).__name__})",
+                hint="it holds opt-outs `mailer serve` could not record yet: do not delete it; make it a "
+                     "file its owner can read and write again, then rerun") from None
         found, unreadable = [], set()
         for line in data.splitlines(keepends=True):
             entry = SpooledOptOut.parse(line) if line.endswith(b"\n") else None

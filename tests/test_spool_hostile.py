@@ -18,3 +18,18 @@ def test_a_deeply_nested_line_is_a_line_that_holds_no_entry_not_a_crash_of_every
     assert spool.pending() == 2
     assert spool.drain(lambda entries: entries) == 2
     assert not spool.path.exists()
+
+
+def test_a_spool_that_cannot_be_read_is_one_sentence_naming_it_and_sends_nothing(tmp_path: Path) -> None:
+    import pytest
+
+    from mailer.errors import SpoolUnreadable, StoreError
+
+    path = tmp_path / "mailer.db.optout-spool"
+    path.mkdir()  # what a restore or a hand can leave there
+    spool = OptOutSpool(path)
+    with pytest.raises(SpoolUnreadable) as caught:
+        spool.pending()
+    assert isinstance(caught.value, StoreError) and isinstance(caught.value, OSError)
+    assert caught.value.exit_code == 1
+    assert str(caught.value) == f"the opt-out spool {path} cannot be read (Is a directory)"
