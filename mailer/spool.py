@@ -60,13 +60,18 @@ class OptOutSpool:
 
     def append(self, entry: SpooledOptOut) -> None:
         """Add one opt-out, on disk (file and folder fsync'd) when this returns. Raises OSError."""
+        self.append_many([entry])
+
+    def append_many(self, entries: list[SpooledOptOut]) -> None:
+        """Add opt-outs with one write and one fsync (many people unsubscribing at once while the
+        database is busy: an fsync each, one after the other, made the last wait seconds)."""
         created = not self.path.exists()
         with self._locked(create=True) as descriptor:
             assert descriptor is not None
             size = os.fstat(descriptor).st_size
             if size and os.pread(descriptor, 1, size - 1) != b"\n":
                 os.write(descriptor, b"\n")  # a line a crash cut short stays on its own
-            os.write(descriptor, entry.line())
+            os.write(descriptor, b"".join(entry.line() for entry in entries))
             os.fsync(descriptor)
         if created:
             _sync_folder(self.path.parent)

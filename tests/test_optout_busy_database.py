@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -304,3 +305,35 @@ def test_an_opt_out_spooled_mid_run_stops_its_message_even_when_the_database_can
     assert project.sql("select state, rule from send_log where address_key = 'claire@client.example'") == [
         ("blocked", "suppressed")]
     assert spool_file(project).exists()  # still waiting: the next writer records it
+
+
+def test_many_opt_outs_at_once_against_a_locked_database_are_each_answered_within_the_patience(
+        project: Project) -> None:
+    """80 one-click POSTs together while SQLite stays locked: past the connection pool (15) the
+    attempts queued for a connection, and each spooled opt-out had an fsync of its own, one after
+    the other: the server took up to 5.1 s (measured on a shared 2-core machine) for what it promises
+    in ~3.3 (hostile test, issue 13). Now at most 4 wait on the database at once, an opt-out that
+    cannot get a turn within the patience is spooled, once the database is known busy the next ones
+    are spooled at once, and appends that arrive together share one fsync: 3.6-3.9 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if project.is_postgres:
+        pytest.skip("the thread pool and the spool are the same on PostgreSQL; SQLite's lock is the quick one")
+    assert project.send().exit_code == 0  # the campaign is known
+    with open_workspace(project.config, {"MAILER_SECRET": SECRET}) as workspace:
+        tokens = [workspace.unsubscribe_token("2026-12-cloud-audit", f"p{i}@many.example", "fr") for i in range(80)]
+    with MailerServe(project) as server, locked(project):
+        with ThreadPoolExecutor(80) as pool:
+            answers = list(pool.map(lambda token: post(f"{server.base}/u/{token}"), tokens))
+    codes = sorted({response.status_code for response, _ in answers})
+    # as the server measured each request (the 80 clients of this test, on a busy machine, take
+    # seconds to start their own connections)
+    served = [float(ms) / 1000 for ms in re.findall(r"POST /u/… 200 ([0-9.]+)ms", server.output)]
+    slowest = max(served)
+    print(f"80 one-click POSTs against a locked database: {codes}, the slowest served in {slowest:.1f} s "
+          f"(client side: {max(waited for _, waited in answers):.1f} s)")
+    assert codes == [200] and len(served) == 80
+    assert slowest < OPTOUT_PATIENCE + 1.5
+    spool = spool_file(project)
+    waiting = spool.read_text().count("\n") if spool.exists() else 0  # the rest: drained once the lock went
+    assert waiting + project.sql("select count(*) from suppressions")[0][0] == 80
