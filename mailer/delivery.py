@@ -119,7 +119,7 @@ class _GroupCommitter:
         spooled: set[str] = set()
         if claims and self._before_claims is not None:
             spooled = self._before_claims() or set()
-        answer = self._writer.commit([m for m, _ in claims], outcomes, bounces, stopped=spooled)
+        answer = self._writer.commit([m for m, _ in claims], outcomes, bounces, spooled=spooled)
         for message, _ in claims:
             if message.log_id in answer.claimed:
                 message.attempts += 1

@@ -139,9 +139,9 @@ def test_a_database_removed_while_the_run_plans_stops_it_even_with_nothing_to_se
     """Removed after the plan recorded its work (here the spool's opt-outs, drained into the lost
     file) and with nobody left to mail: the run ended "nothing to send", exit 0, and the opt-out
     survived only in a deleted file (hostile test, issue 13)."""
-    import mailer.campaign
     from conftest import SECRET
 
+    import mailer.campaign
     from mailer import open_workspace
     from mailer.errors import DatabaseGone
     from mailer.spool import SpooledOptOut
