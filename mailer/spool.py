@@ -129,7 +129,8 @@ class OptOutSpool:
                 os.unlink(self.path)
             else:
                 fresh = self.path.with_name(self.path.name + ".new")
-                out = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+                fresh.unlink(missing_ok=True)  # a crash's leftover, or a symlink: never written through
+                out = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
                 try:
                     os.write(out, b"".join(kept))
                     os.fsync(out)
@@ -144,7 +145,7 @@ class OptOutSpool:
         (and not `create`). Opened again when another process replaced or removed the file
         while this one waited for the lock."""
         while True:
-            flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0)
+            flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
             try:
                 descriptor = os.open(self.path, flags, FILE_MODE)
             except FileNotFoundError:

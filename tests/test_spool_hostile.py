@@ -33,3 +33,24 @@ def test_a_spool_that_cannot_be_read_is_one_sentence_naming_it_and_sends_nothing
     assert isinstance(caught.value, StoreError) and isinstance(caught.value, OSError)
     assert caught.value.exit_code == 1
     assert str(caught.value) == f"the opt-out spool {path} cannot be read (Is a directory)"
+
+
+def test_the_spool_is_not_written_through_a_symlink(tmp_path: Path) -> None:
+    """A symlink at the spool's path sent the tokens to wherever it pointed (a file others may read,
+    kept 0644): now appending refuses (the server answers 503, not 200) and reading says so."""
+    import os
+
+    import pytest
+
+    from mailer.errors import SpoolUnreadable
+
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_bytes(b"")
+    path = tmp_path / "mailer.db.optout-spool"
+    os.symlink(elsewhere, path)
+    spool = OptOutSpool(path)
+    with pytest.raises(OSError):
+        spool.append(SpooledOptOut("tok.en", "one-click", "", datetime(2026, 12, 1, tzinfo=UTC)))
+    assert elsewhere.read_bytes() == b""
+    with pytest.raises(SpoolUnreadable):
+        spool.pending()
