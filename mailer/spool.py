@@ -85,15 +85,30 @@ class OptOutSpool:
 
     def drain(self, apply: Callable[[list[SpooledOptOut]], list[SpooledOptOut]]) -> int:
         """Give the waiting entries to `apply`, which writes them to the database (idempotently)
-        and returns those it took; these are then removed from the file, and so are lines that
-        hold no entry. Entries appended meanwhile, or not taken, stay. If `apply` raises, nothing
+        and returns those it took; these are then removed from the file, and lines that hold no
+        entry are moved to `aside_path`. Entries appended meanwhile, or not taken, stay. If `apply` raises, nothing
         is removed. Returns how many entries were taken."""
         found, unreadable = self._read()
         if not found and not unreadable:
             return 0
         taken = set(apply([entry for entry, _ in found]) if found else [])
+        if unreadable:  # they may still hold a person's signed token: kept aside, never deleted
+            self._set_aside(sorted(unreadable))
         self._forget({line for entry, line in found if entry in taken} | unreadable)
         return len(taken)
+
+    @property
+    def aside_path(self) -> Path:
+        """Where lines that hold no entry go (another format's, damaged ones), for the operator."""
+        return self.path.with_name(self.path.name + ".unreadable")
+
+    def _set_aside(self, lines: list[bytes]) -> None:
+        descriptor = os.open(self.aside_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            os.write(descriptor, b"".join(lines))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
     # ------------------------------------------------------------------ the file
 

@@ -54,3 +54,22 @@ def test_the_spool_is_not_written_through_a_symlink(tmp_path: Path) -> None:
     assert elsewhere.read_bytes() == b""
     with pytest.raises(SpoolUnreadable):
         spool.pending()
+
+
+def test_a_line_that_holds_no_entry_is_kept_aside_not_deleted(tmp_path: Path) -> None:
+    """A line of another format version (a newer mailer wrote it) or with one damaged byte still
+    holds a person's signed token: the next writer deleted it silently, and the opt-out the server
+    had answered 200 was lost. It is moved to PATH.unreadable (owner-only) for the operator."""
+    import os
+    import stat
+
+    path = tmp_path / "mailer.db.optout-spool"
+    newer = b'{"v":2,"token":"tok.en","origin":"one-click","reason":"","at":"2026-12-01T05:00:00+00:00"}\n'
+    damaged = b'{"v":1,"token":"tok.other","origin":"one-click","reason":"","at":"2026-12-01T05:00:00+00:0\x010"}\n'
+    path.write_bytes(newer + damaged)
+    spool = OptOutSpool(path)
+    assert spool.drain(lambda entries: entries) == 0
+    aside = tmp_path / "mailer.db.optout-spool.unreadable"
+    assert sorted(aside.read_bytes().splitlines(keepends=True)) == sorted([newer, damaged])
+    assert stat.S_IMODE(os.stat(aside).st_mode) == 0o600
+    assert not path.exists()
