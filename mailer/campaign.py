@@ -427,6 +427,8 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
         plan = decide_campaign(ws, prepared, persist=not dry_run, retry_uncertain=retry_uncertain,
                                transport=transport, run_id=run_id, keep_recipients=False, progress=progress)
         counts = dict(plan.counts)
+        if not dry_run:  # the plan wrote (the spool's opt-outs, contacts, decisions): still in the file read?
+            ws.store.verify_in_place("the run planned")
         to_send = plan.allowed_count if limit is None else min(limit, plan.allowed_count)
         summary = RunSummary(campaign.id, plan.counts, to_send=to_send, dry_run=dry_run, imported=plan.imported,
                              confirmed_delivered=plan.confirmed_delivered,

@@ -46,7 +46,7 @@ class DeliveryReport:
 class _GroupCommitter:
     """Batches claims and outcomes from concurrent workers into shared transactions."""
 
-    def __init__(self, store: Store, before_claims: Callable[[], None] | None = None) -> None:
+    def __init__(self, store: Store, before_claims: Callable[[], set[str] | None] | None = None) -> None:
         self._before_claims = before_claims
         self._writer = store.sendlog.writer()
         self._claims: list[tuple[Outgoing, asyncio.Future[str]]] = []
@@ -116,9 +116,10 @@ class _GroupCommitter:
     def _flush(self, claims: list[tuple[Outgoing, asyncio.Future[str]]], outcomes: list[dict[str, Any]],
                bounces: list[tuple[str, str, str]]) -> dict[int, str]:
         """One transaction. Returns the claims that did not go: log id -> "suppressed" | "taken"."""
+        spooled: set[str] = set()
         if claims and self._before_claims is not None:
-            self._before_claims()
-        answer = self._writer.commit([m for m, _ in claims], outcomes, bounces)
+            spooled = self._before_claims() or set()
+        answer = self._writer.commit([m for m, _ in claims], outcomes, bounces, spooled=spooled)
         for message, _ in claims:
             if message.log_id in answer.claimed:
                 message.attempts += 1
@@ -141,7 +142,7 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
                       *, campaign_id: str, retry: RetryPolicy | None = None,
                       on_result: Callable[[str], None] | None = None,
                       stop: asyncio.Event | None = None, rate_per_second: float = 0,
-                      before_claims: Callable[[], None] | None = None) -> DeliveryReport:
+                      before_claims: Callable[[], set[str] | None] | None = None) -> DeliveryReport:
     """Deliver every message with `transport.concurrency` workers. Returns the counts.
 
     Setting `stop` lets in-flight messages finish, then returns with `stopped`.

@@ -97,6 +97,11 @@ class DatabaseGone(StoreError):
         self.rescued = rescued        # the copy of the run's database, when one could be made
 
 
+class SpoolUnreadable(StoreError, OSError):
+    """The opt-out spool exists but cannot be read (a folder, no permission, an I/O error). Also an
+    OSError, so that the server and a running send, which go on without the spool, still do."""
+
+
 class NotFound(InputError):
     """A named thing (list, campaign, contact) does not exist."""
 

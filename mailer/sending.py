@@ -22,7 +22,7 @@ from .delivery import DeliveryReport, Outgoing, RetryPolicy, deliver_all
 from .dkim_signing import DkimSigner
 from .errors import TemplateError
 from .gate import FOOTER_MISSING
-from .optouts import apply_spooled_optouts
+from .optouts import apply_spooled_optouts, spooled_hashes
 from .planning import Plan, PreparedCampaign
 from .render import Renderer
 from .states import SendState
@@ -181,15 +181,21 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
 SPOOL_PATIENCE = 1.0
 
 
-def record_spooled_optouts_now(ws: Workspace) -> None:
+def record_spooled_optouts_now(ws: Workspace) -> set[str]:
     """Opt-outs `mailer serve` spooled while this campaign runs, recorded before the next claim,
-    which then stops their messages. A stat when there is none; never fatal to the send."""
+    which then stops their messages. A stat when there is none; never fatal to the send.
+    Returns the address hashes still waiting in the spool (the database did not take them in
+    time): the claim stops those too, or a person would be mailed after the server's 200."""
     try:
         if not ws.spool.path.exists():
-            return
+            return set()
         apply_spooled_optouts(ws, patience=SPOOL_PATIENCE)
     except (SQLAlchemyError, OSError):
         pass  # the server records them too, as soon as the database answers
+    try:
+        return spooled_hashes(ws)  # those the database did not take (or appended meanwhile)
+    except OSError:
+        return set()
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,9 @@ BODY_DEADLINE = 10.0
 READ_PATIENCE = 2.0
 #: seconds between attempts to move the spool's opt-outs to the database
 DRAIN_INTERVAL = 2.0
+#: seconds after an opt-out was spooled during which the next ones are spooled without waiting
+#: for the database (the drainer ends it as soon as the database takes the spool)
+BUSY_MEMORY = 5.0
 
 REASONS = ("too-many", "not-relevant", "never-signed-up", "other")
 #: the bad-link page's language, when the token (which carries the locale) cannot be read
@@ -126,6 +129,15 @@ class UnsubscribeApp:
         self._campaigns: set[str] = set()
         self._drainer: threading.Thread | None = None
         self._drainer_lock = threading.Lock()
+        #: until when the database counts as busy (an opt-out was just spooled, the spool is not yet
+        #: recorded): opt-outs meanwhile go to the spool at once, in threads of their own, instead of
+        #: each waiting `patience` on the database for a worker thread the ones before them hold
+        self._busy_until = 0.0
+        self._to_spool: list[tuple[SpooledOptOut, asyncio.Future[None]]] = []
+        self._spooling = False
+        #: opt-outs trying the database at once: fewer than the connection pool holds, whose
+        #: checkout would otherwise wait past the patience (30 s) while the first ones wait the lock
+        self._database_slots = anyio.CapacityLimiter(4)
         self.app = Starlette(routes=[
             Route("/u/{token}", self.show, methods=["GET", "HEAD"]),
             Route("/u/{token}", self.unsubscribe, methods=["POST"]),
@@ -237,10 +249,56 @@ class UnsubscribeApp:
         (a connection that hangs), the opt-out is spooled here and the thread left to finish
         (a second record of one opt-out changes nothing)."""
         start = time.monotonic()
+        if start < self._busy_until:
+            return await self._spool_now(raw, origin, reason, start, "the database was busy a moment ago")
+        slot = False
+        with anyio.move_on_after(self.patience):  # the pool's connections are few: wait for one here
+            await self._database_slots.acquire()
+            slot = True
+        if not slot:
+            recorded = await self._spool_now(raw, origin, reason, start, "every database connection was waiting")
+        else:
+            try:
+                recorded = await self._record_in_database(raw, token, origin, reason, start)
+            finally:
+                self._database_slots.release()
+        if recorded.spooled:
+            self._busy_until = time.monotonic() + BUSY_MEMORY
+        return recorded
+
+    async def _spool_now(self, raw: str, origin: str, reason: str, start: float, cause: str) -> OptOutRecorded:
+        """Append to the spool together with the opt-outs that arrive meanwhile: one write, one fsync."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._to_spool.append((SpooledOptOut(raw, origin, reason, utcnow()), done))
+        if not self._spooling:
+            self._spooling = True
+            try:
+                while self._to_spool:
+                    batch, self._to_spool = self._to_spool, []
+                    try:
+                        await anyio.to_thread.run_sync(self.ws.spool.append_many, [e for e, _ in batch])
+                    except OSError as exc:
+                        for _, future in batch:
+                            future.set_exception(OSError(exc.errno, exc.strerror))
+                    else:
+                        for _, future in batch:
+                            future.set_result(None)
+            finally:
+                self._spooling = False
+        await done
+        return OptOutRecorded(True, time.monotonic() - start, 0, cause)
+
+    async def _record_in_database(self, raw: str, token: UnsubscribeToken, origin: str, reason: str,
+                                  start: float) -> OptOutRecorded:
+        def record() -> OptOutRecorded:
+            if time.monotonic() < self._busy_until:  # found busy while this one waited for a thread
+                self.ws.spool.append(SpooledOptOut(raw, origin, reason, utcnow()))
+                return OptOutRecorded(True, time.monotonic() - start, 0, "the database was busy a moment ago")
+            left = max(self.patience - (time.monotonic() - start), 0.05)
+            return record_optout(self.ws, raw, token, origin=origin, reason=reason, patience=left)
+
         with anyio.move_on_after(self.patience + 2.0):
-            return await anyio.to_thread.run_sync(
-                lambda: record_optout(self.ws, raw, token, origin=origin, reason=reason, patience=self.patience),
-                abandon_on_cancel=True)
+            return await anyio.to_thread.run_sync(record, abandon_on_cancel=True)
         # In the loop's own thread (an append and an fsync): the worker threads may all be held.
         self.ws.spool.append(SpooledOptOut(raw, origin, reason, utcnow()))
         return OptOutRecorded(True, time.monotonic() - start, 1, "no answer")
@@ -270,6 +328,7 @@ class UnsubscribeApp:
         while True:
             try:
                 applied = apply_spooled_optouts(self.ws, patience=self.patience)
+                self._busy_until = 0.0  # the database answered
                 if applied.recorded:
                     log.info("recorded %d opt-outs that waited in the spool", applied.recorded)
                 if not self.ws.spool.pending() or applied.unverified:

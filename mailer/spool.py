@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .errors import SpoolUnreadable
 from .owner_only import FILE_MODE
 
 FORMAT = 1
@@ -48,8 +49,8 @@ class SpooledOptOut:
             at = datetime.fromisoformat(data["at"])
             entry = cls(str(data["token"]), str(data["origin"]), str(data.get("reason", "")),
                         at if at.tzinfo else at.replace(tzinfo=UTC))
-        except (ValueError, KeyError, TypeError):
-            return None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return None  # RecursionError: a line of "[[[[…" must not stop every command
         return entry if data.get("v") == FORMAT else None
 
 
@@ -59,13 +60,18 @@ class OptOutSpool:
 
     def append(self, entry: SpooledOptOut) -> None:
         """Add one opt-out, on disk (file and folder fsync'd) when this returns. Raises OSError."""
+        self.append_many([entry])
+
+    def append_many(self, entries: list[SpooledOptOut]) -> None:
+        """Add opt-outs with one write and one fsync (many people unsubscribing at once while the
+        database is busy: an fsync each, one after the other, made the last wait seconds)."""
         created = not self.path.exists()
         with self._locked(create=True) as descriptor:
             assert descriptor is not None
             size = os.fstat(descriptor).st_size
             if size and os.pread(descriptor, 1, size - 1) != b"\n":
                 os.write(descriptor, b"\n")  # a line a crash cut short stays on its own
-            os.write(descriptor, entry.line())
+            os.write(descriptor, b"".join(entry.line() for entry in entries))
             os.fsync(descriptor)
         if created:
             _sync_folder(self.path.parent)
@@ -79,24 +85,46 @@ class OptOutSpool:
 
     def drain(self, apply: Callable[[list[SpooledOptOut]], list[SpooledOptOut]]) -> int:
         """Give the waiting entries to `apply`, which writes them to the database (idempotently)
-        and returns those it took; these are then removed from the file, and so are lines that
-        hold no entry. Entries appended meanwhile, or not taken, stay. If `apply` raises, nothing
+        and returns those it took; these are then removed from the file, and lines that hold no
+        entry are moved to `aside_path`. Entries appended meanwhile, or not taken, stay. If `apply` raises, nothing
         is removed. Returns how many entries were taken."""
         found, unreadable = self._read()
         if not found and not unreadable:
             return 0
         taken = set(apply([entry for entry, _ in found]) if found else [])
+        if unreadable:  # they may still hold a person's signed token: kept aside, never deleted
+            self._set_aside(sorted(unreadable))
         self._forget({line for entry, line in found if entry in taken} | unreadable)
         return len(taken)
+
+    @property
+    def aside_path(self) -> Path:
+        """Where lines that hold no entry go (another format's, damaged ones), for the operator."""
+        return self.path.with_name(self.path.name + ".unreadable")
+
+    def _set_aside(self, lines: list[bytes]) -> None:
+        descriptor = os.open(self.aside_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            os.write(descriptor, b"".join(lines))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
     # ------------------------------------------------------------------ the file
 
     def _read(self) -> tuple[list[tuple[SpooledOptOut, bytes]], set[bytes]]:
-        """(entries with their lines, lines that are no entry)."""
-        with self._locked(create=False) as descriptor:
-            if descriptor is None:
-                return [], set()
-            data = _read_all(descriptor)
+        """(entries with their lines, lines that are no entry). SpoolUnreadable (an OSError) when
+        the file exists but cannot be read."""
+        try:
+            with self._locked(create=False) as descriptor:
+                if descriptor is None:
+                    return [], set()
+                data = _read_all(descriptor)
+        except OSError as exc:
+            raise SpoolUnreadable(
+                f"the opt-out spool {self.path} cannot be read ({exc.strerror or type(exc).__name__})",
+                hint="it holds opt-outs `mailer serve` could not record yet: do not delete it; make it a "
+                     "file its owner can read and write again, then rerun") from None
         found, unreadable = [], set()
         for line in data.splitlines(keepends=True):
             entry = SpooledOptOut.parse(line) if line.endswith(b"\n") else None
@@ -116,7 +144,8 @@ class OptOutSpool:
                 os.unlink(self.path)
             else:
                 fresh = self.path.with_name(self.path.name + ".new")
-                out = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+                fresh.unlink(missing_ok=True)  # a crash's leftover, or a symlink: never written through
+                out = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
                 try:
                     os.write(out, b"".join(kept))
                     os.fsync(out)
@@ -131,7 +160,7 @@ class OptOutSpool:
         (and not `create`). Opened again when another process replaced or removed the file
         while this one waited for the lock."""
         while True:
-            flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0)
+            flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
             try:
                 descriptor = os.open(self.path, flags, FILE_MODE)
             except FileNotFoundError:

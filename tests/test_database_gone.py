@@ -132,3 +132,41 @@ def test_a_database_whose_folder_is_removed_says_how_many_messages_are_not_recor
     assert found, result.output
     assert int(found.group(1)) < 100 and len(project.messages()) < RECIPIENTS
     assert not (project.root / "data").exists()
+
+
+def test_a_database_removed_while_the_run_plans_stops_it_even_with_nothing_to_send(
+        project: Project, monkeypatch) -> None:  # noqa: ANN001
+    """Removed after the plan recorded its work (here the spool's opt-outs, drained into the lost
+    file) and with nobody left to mail: the run ended "nothing to send", exit 0, and the opt-out
+    survived only in a deleted file (hostile test, issue 13)."""
+    from conftest import SECRET
+
+    import mailer.campaign
+    from mailer import open_workspace
+    from mailer.errors import DatabaseGone
+    from mailer.spool import SpooledOptOut
+    from mailer.store import utcnow
+
+    assert project.send().exit_code == 0  # everybody mailed: a rerun has nothing to send
+    real = mailer.campaign.decide_campaign
+
+    def decide_then_lose_the_file(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        plan = real(*args, **kwargs)
+        for path in database_files(project):
+            path.unlink()
+        return plan
+
+    monkeypatch.setattr(mailer.campaign, "decide_campaign", decide_then_lose_the_file)
+    with open_workspace(project.config, {"MAILER_SECRET": SECRET}) as workspace:
+        token = workspace.unsubscribe_token("2026-12-cloud-audit", "claire@client.example", "fr")
+        workspace.spool.append(SpooledOptOut(token, "one-click", "", utcnow()))
+        try:
+            mailer.campaign.send_campaign(workspace, project.campaign)
+        except DatabaseGone as exc:
+            gone = exc
+        else:
+            raise AssertionError("the run went on without its database file")
+    assert "was removed" in str(gone) and gone.rescued
+    rescued = sqlite3.connect(gone.rescued)
+    assert rescued.execute("select origin from suppressions").fetchall() == [("one-click",)]
+    assert not project.db.exists()  # nothing made a new, empty database at the path

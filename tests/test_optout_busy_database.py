@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -275,3 +276,64 @@ def test_an_opt_out_spooled_while_a_campaign_runs_stops_its_message(project: Pro
     assert project.sql("select state, rule from send_log where address_key = 'claire@client.example'") == [
         ("blocked", "suppressed")]
     assert not spool_file(project).exists()
+
+
+def test_an_opt_out_spooled_mid_run_stops_its_message_even_when_the_database_cannot_take_it_yet(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The running send could not record the spool before its claim (the database stayed busy past
+    SPOOL_PATIENCE, then freed for the claim): the claim itself must still honour what waits in
+    the spool, or the person is mailed after `mailer serve` answered 200 (hostile test, issue 13)."""
+    import mailer.sending
+    from mailer import send_campaign
+    from mailer.spool import SpooledOptOut
+    from mailer.store import utcnow
+
+    def busy(*args: object, **kwargs: object) -> None:
+        raise sqlalchemy.exc.OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked"))
+
+    with open_workspace(project.config, {"MAILER_SECRET": SECRET}) as workspace:
+        def spool_claire(plan: object, to_send: int) -> bool:
+            token = workspace.unsubscribe_token("2026-12-cloud-audit", "claire@client.example", "fr")
+            workspace.spool.append(SpooledOptOut(token, "one-click", "", utcnow()))
+            monkeypatch.setattr(mailer.sending, "apply_spooled_optouts", busy)
+            return True
+
+        summary = send_campaign(workspace, project.campaign, confirm=spool_claire)
+    sent_to = b"".join(project.messages())
+    assert b"paul@telco.example" in sent_to and b"claire@client.example" not in sent_to
+    assert summary.sent == 1
+    assert project.sql("select state, rule from send_log where address_key = 'claire@client.example'") == [
+        ("blocked", "suppressed")]
+    assert spool_file(project).exists()  # still waiting: the next writer records it
+
+
+def test_many_opt_outs_at_once_against_a_locked_database_are_each_answered_within_the_patience(
+        project: Project) -> None:
+    """80 one-click POSTs together while SQLite stays locked: past the connection pool (15) the
+    attempts queued for a connection, and each spooled opt-out had an fsync of its own, one after
+    the other: the server took up to 5.1 s (measured on a shared 2-core machine) for what it promises
+    in ~3.3 (hostile test, issue 13). Now at most 4 wait on the database at once, an opt-out that
+    cannot get a turn within the patience is spooled, once the database is known busy the next ones
+    are spooled at once, and appends that arrive together share one fsync: 3.6-3.9 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if project.is_postgres:
+        pytest.skip("the thread pool and the spool are the same on PostgreSQL; SQLite's lock is the quick one")
+    assert project.send().exit_code == 0  # the campaign is known
+    with open_workspace(project.config, {"MAILER_SECRET": SECRET}) as workspace:
+        tokens = [workspace.unsubscribe_token("2026-12-cloud-audit", f"p{i}@many.example", "fr") for i in range(80)]
+    with MailerServe(project) as server, locked(project):
+        with ThreadPoolExecutor(80) as pool:
+            answers = list(pool.map(lambda token: post(f"{server.base}/u/{token}"), tokens))
+    codes = sorted({response.status_code for response, _ in answers})
+    # as the server measured each request (the 80 clients of this test, on a busy machine, take
+    # seconds to start their own connections)
+    served = [float(ms) / 1000 for ms in re.findall(r"POST /u/… 200 ([0-9.]+)ms", server.output)]
+    slowest = max(served)
+    print(f"80 one-click POSTs against a locked database: {codes}, the slowest served in {slowest:.1f} s "
+          f"(client side: {max(waited for _, waited in answers):.1f} s)")
+    assert codes == [200] and len(served) == 80
+    assert slowest < OPTOUT_PATIENCE + 1.5
+    spool = spool_file(project)
+    waiting = spool.read_text().count("\n") if spool.exists() else 0  # the rest: drained once the lock went
+    assert waiting + project.sql("select count(*) from suppressions")[0][0] == 80

@@ -107,6 +107,11 @@ class Env:
                 click.secho(f"Warning: {applied.unverified} opt-outs in {spool} carry a token this secret does not "
                             "verify (was the unsubscribe secret changed?): they stay there until it is restored.",
                             fg="yellow", err=True)
+            aside = self._workspace.spool.aside_path
+            if aside.exists():
+                click.secho(f"Warning: {aside} holds lines of the opt-out spool this mailer cannot read (another "
+                            "version's, or damaged): each may be a person's opt-out; read them, suppress those "
+                            "people (mailer suppress add), then remove the file.", fg="yellow", err=True)
         return self._workspace
 
     def close(self) -> None:

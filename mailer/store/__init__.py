@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import create_engine
 
 from .. import owner_only
-from ..errors import DatabaseMissing, StoreError
+from ..errors import DatabaseGone, DatabaseMissing, StoreError
 from ..states import DELIVERED_STATES, PENDING_STATES, SendState
 from . import migrate
 from .campaigns import Campaigns
@@ -141,6 +141,37 @@ class Store:
     def lost(self) -> str:
         """"removed" or "replaced" once a run found its SQLite file so; "" otherwise."""
         return self.place.lost if self.place is not None else ""
+
+    def verify_in_place(self, stage: str) -> None:
+        """Raise DatabaseGone when the SQLite file (or its -wal) at the path is no longer the one
+        opened: what was written since went to a file nobody will read. A copy of it is kept
+        beside the path (from a pooled connection still open on it), as a send's log is."""
+        if self.place is None or self.place.lost:
+            return
+        change = self.place.change()
+        if not change:
+            return
+        self.place.lost = change
+        rescued = None
+        try:
+            raw = self.engine.raw_connection()
+            try:
+                rescued = self.place.rescue(raw.driver_connection)
+            finally:
+                raw.invalidate()
+        except Exception:  # noqa: BLE001 - no connection on the lost file is left: no copy
+            rescued = None
+        path = self.place.path
+        if rescued is not None:
+            raise DatabaseGone(
+                f"the database file {path} was {change} while {stage}, so nothing was sent; what this run "
+                f"recorded (imported contacts, decisions, opt-outs taken from the spool) was saved to {rescued}: "
+                f"check it, put it back in place (mv {rescued} {path}) and rerun the same command",
+                rescued=str(rescued))
+        raise DatabaseGone(
+            f"the database file {path} was {change} while {stage}, so nothing was sent, and what this run "
+            "recorded there (imported contacts, decisions, opt-outs taken from the spool) could not be copied: "
+            "restore the database from a backup, then rerun the same command")
 
     @staticmethod
     def _engine(url: str, busy_timeout: float = 30.0, may_create: list[bool] | None = None) -> Engine:

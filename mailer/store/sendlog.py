@@ -5,7 +5,7 @@ States and their allowed moves are in `mailer.states`; the statements here follo
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -206,14 +206,15 @@ class LogWriter:
         self._next_check = 0.0
 
     def commit(self, claims: Sequence[Claimable], outcomes: Sequence[dict[str, Any]],
-               bounces: Sequence[tuple[str, str, str]]) -> CommitAnswer:
+               bounces: Sequence[tuple[str, str, str]], *, spooled: Collection[str] = ()) -> CommitAnswer:
         """One transaction: write `outcomes` (rows leaving `sending`: dicts with `id` and `state`),
         put `bounces` (hash, reason, campaign) on the suppression list, then claim `claims`
-        (pending -> sending) unless their address or domain is suppressed by now."""
+        (pending -> sending) unless their address or domain is suppressed by now, or their address
+        hash is in `spooled` (opt-outs still waiting in the spool)."""
         for change in outcomes:
             if change["state"] not in _OUTCOMES:
                 check_move(S.SENDING, change["state"])  # raises, naming the move
-        answer = self.reconnect.run(lambda: self._commit(claims, outcomes, bounces), lost=self._drop)
+        answer = self.reconnect.run(lambda: self._commit(claims, outcomes, bounces, spooled), lost=self._drop)
         if self.place is not None:
             self._unverified.update(answer.claimed)
             # At most every CHECK_INTERVAL: a commit claims a handful of messages, and two stat()
@@ -259,7 +260,7 @@ class LogWriter:
             self._conn = None
 
     def _commit(self, claims: Sequence[Claimable], outcomes: Sequence[dict[str, Any]],
-                bounces: Sequence[tuple[str, str, str]]) -> CommitAnswer:
+                bounces: Sequence[tuple[str, str, str]], spooled: Collection[str] = ()) -> CommitAnswer:
         log, sup = _log, SUPPRESSIONS
         now = utcnow()
         blocked: set[int] = set()
@@ -277,7 +278,7 @@ class LogWriter:
             domains = list({d for m in claims for d in domain_and_parents(m.domain)})
             found = conn.exec_driver_sql(suppressed_among_sql(conn.dialect.paramstyle, len(hashes), len(domains)),
                                          tuple(hashes + domains)).all()
-            stopped_hashes = {v for s, v in found if s == "address"}
+            stopped_hashes = {v for s, v in found if s == "address"} | set(spooled)
             stopped_domains = {v for s, v in found if s == "domain"}
             stopped, going = [], []
             for message in claims:
