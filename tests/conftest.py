@@ -6,6 +6,8 @@ import pty
 import re
 import subprocess
 import textwrap
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -242,3 +244,18 @@ def in_a_terminal(start: Callable[[int], subprocess.Popen[bytes] | subprocess.Po
         output += chunk
     os.close(leader)
     return process.wait(timeout=60), output.decode("utf-8", "replace")
+
+
+def when_outbox_holds(project: Project, count: int, action: Callable[[], None]) -> threading.Thread:
+    """Run `action` from another thread once the send has written `count` messages."""
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if project.outbox.exists() and len(os.listdir(project.outbox)) >= count:
+                action()
+                return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread

@@ -6,12 +6,9 @@ import os
 import re
 import shutil
 import sqlite3
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from conftest import HEADER, Project
+from conftest import HEADER, Project, when_outbox_holds
 
 RECIPIENTS = 600
 
@@ -20,21 +17,6 @@ def many_contacts(project: Project, n: int = RECIPIENTS) -> None:
     rows = "".join(f"p{i}@c{i % 50}.example,P{i},L{i},C{i % 50},CTO,software,b2b,Salon VivaTech 2026,2026-06-01\n"
                    for i in range(n))
     project.csv.write_text(HEADER + rows, encoding="utf-8")
-
-
-def when_outbox_holds(project: Project, count: int, action: Callable[[], None]) -> threading.Thread:
-    """Run `action` from another thread once the send has written `count` messages."""
-    def watch() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if project.outbox.exists() and len(os.listdir(project.outbox)) >= count:
-                action()
-                return
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 def database_files(project: Project) -> list[Path]:

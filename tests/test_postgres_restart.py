@@ -12,15 +12,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import sqlalchemy
-from conftest import HEADER, Project
+from conftest import HEADER, Project, when_outbox_holds
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 RECIPIENTS = 400
@@ -106,20 +104,6 @@ def use(project: Project, instance: Instance, reconnect_seconds: float) -> None:
                    for i in range(RECIPIENTS))
     project.csv.write_text(HEADER + rows, encoding="utf-8")
     assert project.run("db", "init").exit_code == 0
-
-
-def when_outbox_holds(project: Project, count: int, action: Callable[[], None]) -> threading.Thread:
-    def watch() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if project.outbox.exists() and len(os.listdir(project.outbox)) >= count:
-                action()
-                return
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 def recipients(project: Project) -> list[str]:

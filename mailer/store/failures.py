@@ -75,13 +75,14 @@ def _first_line(exc: BaseException, url: str) -> str:
 
 # SQLite's primary result codes (sqlite3 gives their names: SQLITE_BUSY, SQLITE_IOERR_WRITE, ...)
 # and, for an older sqlite3 without them, the words of its messages.
+def _locked(name: str) -> str:
+    return (f"{name} is locked by another program and stayed locked past the busy timeout: wait for that program "
+            "to finish or stop it (or raise [database] busy_timeout_seconds), then rerun")
+
+
 _SQLITE: list[tuple[str, str, Callable[[str], str]]] = [
-    ("SQLITE_BUSY", "database is locked", lambda name: (
-        f"{name} is locked by another program and stayed locked past the busy timeout: wait for that program "
-        "to finish or stop it (or raise [database] busy_timeout_seconds), then rerun")),
-    ("SQLITE_LOCKED", "table is locked", lambda name: (
-        f"{name} is locked by another program and stayed locked past the busy timeout: wait for that program "
-        "to finish or stop it (or raise [database] busy_timeout_seconds), then rerun")),
+    ("SQLITE_BUSY", "database is locked", _locked),
+    ("SQLITE_LOCKED", "table is locked", _locked),
     ("SQLITE_FULL", "database or disk is full", lambda name: (
         f"the disk holding {name} is full: free space on it (or move the database to a larger disk), "
         "then rerun")),
