@@ -206,7 +206,7 @@ class Recipients(_Section):
     list: str = Field(min_length=1)
     csv: str = ""
     collected_at: date | None = None   # the collection date of the CSV's rows that give none
-    encoding: Literal["utf-8", "utf-16", "cp1252", "latin-1"] | None = None  # None: detected
+    encoding: Literal["utf-8", "utf-16", "utf-16-le", "utf-16-be", "cp1252", "latin-1"] | None = None  # None: detected
     date_format: Literal["DD/MM/YYYY", "MM/DD/YYYY", "YYYY-MM-DD"] = "DD/MM/YYYY"
 
 

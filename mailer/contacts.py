@@ -113,14 +113,16 @@ def parse_bool(value: str) -> bool:
 
 
 #: what a CSV may be written in, as `--encoding` names them, and what people call them
-ENCODINGS = {"utf-8": "UTF-8", "utf-16": "UTF-16", "cp1252": "Windows-1252", "latin-1": "Latin-1"}
+ENCODINGS = {"utf-8": "UTF-8", "utf-16": "UTF-16", "utf-16-le": "UTF-16 (little-endian, no BOM)",
+             "utf-16-be": "UTF-16 (big-endian, no BOM)", "cp1252": "Windows-1252", "latin-1": "Latin-1"}
 _SAMPLE = 1 << 16
 
 
 def detect_encoding(path: Path) -> str:
-    """The encoding of a contacts CSV, one of ENCODINGS: a byte-order mark says UTF-8 or UTF-16;
-    else UTF-8 when the first 64 KB read as UTF-8; else what charset-normalizer finds likeliest
-    among Windows-1252 (what Excel in France exports) and Latin-1."""
+    """The encoding of a contacts CSV, one of ENCODINGS: a byte-order mark says UTF-8 or UTF-16, and
+    a NUL every other byte UTF-16 without one; else UTF-8 when the first 64 KB read as UTF-8; else
+    what charset-normalizer finds likeliest among Windows-1252 (what Excel in France exports) and
+    Latin-1."""
     try:
         with open(path, "rb") as handle:
             sample = handle.read(_SAMPLE)
@@ -128,6 +130,8 @@ def detect_encoding(path: Path) -> str:
         return "utf-8"  # _lines says why it cannot be read
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"
+    if sample.count(0) * 4 >= len(sample) > 0:  # text with a NUL every other byte: UTF-16 without its mark
+        return "utf-16-le" if sample[1::2].count(0) > sample[0::2].count(0) else "utf-16-be"
     try:
         sample.decode("utf-8")
         return "utf-8"
@@ -171,7 +175,8 @@ def _lines(path: Path, encoding: str = "utf-8") -> Iterator[str]:
 
 def _other_lines(path: Path, handle: Any, encoding: str) -> Iterator[str]:
     """Lines of a file in another encoding than UTF-8 (newline="": LF, CRLF and lone CR end lines)."""
-    codec = {"utf-16": "utf-16", "cp1252": "cp1252", "latin-1": "latin-1"}[encoding]
+    codec = {"utf-16": "utf-16", "utf-16-le": "utf-16-le", "utf-16-be": "utf-16-be", "cp1252": "cp1252",
+             "latin-1": "latin-1"}[encoding]
     with io.TextIOWrapper(handle, encoding=codec, newline="") as text:
         number = 0
         try:

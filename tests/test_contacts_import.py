@@ -173,6 +173,15 @@ def test_what_excel_in_france_writes_is_read_and_said(project: Project) -> None:
         ("lea@x.example", "Léa", "", "Site", "2026-03-01")]
 
 
+def test_utf_16_without_its_byte_order_mark_is_read(project: Project) -> None:
+    text = "email\tfirst_name\tkind\r\nlea@x.example\tLéa\tb2c\r\n"
+    for codec in ("utf-16-le", "utf-16-be"):
+        result, _ = imp(project, text.encode(codec), name=f"{codec}.txt")
+        assert result.exit_code == 0, result.output
+        assert "(read as UTF-16 (" in result.output
+    assert project.sql("select email_key, first_name from contacts") == [("lea@x.example", "Léa")]
+
+
 def test_month_first_dates_when_the_file_says_so(project: Project) -> None:
     result, _ = imp(project, "email,kind,collected_at\na@x.example,b2b,03/04/2026\n", "--date-format", "MM/DD/YYYY")
     assert result.exit_code == 0, result.output
