@@ -62,8 +62,7 @@ def test_a_file_that_is_not_a_mailer_database_or_is_damaged_is_named_with_what_t
 
 def test_a_full_disk_is_named_with_what_to_do(project: Project, tmp_path: Path) -> None:
     """A real full disk: a small tmpfs, mounted in a mount namespace of the mailer process alone."""
-    if shutil.which("unshare") is None:
-        pytest.skip("needs unshare (util-linux) to mount a small tmpfs")
+    assert shutil.which("unshare"), "needs unshare (util-linux, installed with Debian) to mount a small tmpfs"
     source = tmp_path.parent / f"{tmp_path.name}-source"
     shutil.copytree(project.root, source)
     rows = "".join(f"p{i}@c{i}.example,P{i},L{i},C{i},CTO,software,b2b,Salon VivaTech 2026,2026-06-01\n"
@@ -77,8 +76,8 @@ def test_a_full_disk_is_named_with_what_to_do(project: Project, tmp_path: Path) 
                MAILER_SECRET=SECRET, MAILER_CONFIG="", PYTHONPATH=os.pathsep.join(sys.path))
     done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], env=env,
                           capture_output=True, text=True, timeout=60)
-    if done.returncode in (97, 98) or "unshare:" in done.stderr:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    assert done.returncode not in (97, 98) and "unshare:" not in done.stderr, \
+        f"cannot mount a small tmpfs here (user namespaces needed): {done.stderr.strip()}"
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
     assert (f"Error: the disk holding the database file {project.db} is full: free space on it") in output, output

@@ -152,11 +152,10 @@ def test_an_opt_out_while_the_database_is_locked_briefly_is_written_directly(
     assert not [r for r in caplog.records if r.name == "mailer.server" and r.levelno >= logging.WARNING]
 
 
+@pytest.mark.databases("postgresql")
 def test_an_opt_out_while_postgresql_refuses_connections_briefly_is_written_once_it_is_back(
         project: Project, caplog: pytest.LogCaptureFixture) -> None:
     """The database away for a moment (its connections cut, new ones refused): retried, not a 500."""
-    if not project.is_postgres:
-        pytest.skip("PostgreSQL only (MAILER_TEST_POSTGRES_URL)")
     assert project.send().exit_code == 0
     name = sqlalchemy.engine.make_url(project.database_url).database
     admin = sqlalchemy.create_engine(os.environ["MAILER_TEST_POSTGRES_URL"], isolation_level="AUTOCOMMIT",
@@ -307,6 +306,7 @@ def test_an_opt_out_spooled_mid_run_stops_its_message_even_when_the_database_can
     assert spool_file(project).exists()  # still waiting: the next writer records it
 
 
+@pytest.mark.databases("sqlite")  # the thread pool and the spool are the same on PostgreSQL; SQLite's lock is quick
 def test_many_opt_outs_at_once_against_a_locked_database_are_each_answered_within_the_patience(
         project: Project) -> None:
     """80 one-click POSTs together while SQLite stays locked: past the connection pool (15) the
@@ -317,8 +317,6 @@ def test_many_opt_outs_at_once_against_a_locked_database_are_each_answered_withi
     are spooled at once, and appends that arrive together share one fsync: 3.6-3.9 s."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if project.is_postgres:
-        pytest.skip("the thread pool and the spool are the same on PostgreSQL; SQLite's lock is the quick one")
     assert project.send().exit_code == 0  # the campaign is known
     with open_workspace(project.config, {"MAILER_SECRET": SECRET}) as workspace:
         tokens = [workspace.unsubscribe_token("2026-12-cloud-audit", f"p{i}@many.example", "fr") for i in range(80)]
