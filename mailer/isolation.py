@@ -498,6 +498,8 @@ def _attributes(node: LexborNode, tag: str, unsubscribe_url: str, result: Isolat
                 node.attrs[name] = kept
             else:
                 del node.attrs[name]
+    if tag in ("img", "source"):
+        _images_shown(node, tag, result)
     _spend_blank_height(node, tag, result)
     if tag == "a":
         words, glued = _link_words(node), _glued_word(node)
@@ -516,6 +518,50 @@ def _attributes(node: LexborNode, tag: str, unsubscribe_url: str, result: Isolat
 _WRAPPER_STYLE = ("display:flow-root !important;contain:paint !important;isolation:isolate !important;"
                   "position:relative !important;margin:0 !important")
 _BODY_ATTRIBUTES = ("bgcolor", "background", "class", "dir", "lang", "text", "link", "vlink", "alink")
+
+
+#: The tallest an image is shown: its height follows its width by its own proportions (a 1x60 white
+#: picture at width:100% stood 36,000px tall), so each is held to this, whatever the stylesheet says.
+IMAGE_HEIGHT_LIMIT = LENGTH_LIMIT = 1500
+#: What an image is taken to show, for the height of what holds it, when it does not say its height.
+IMAGE_ALLOWANCE = 600
+_URL_NOISE = re.compile(r"[\x00-\x20\x7f]+")
+
+
+def _images_shown(node: LexborNode, tag: str, result: Isolated) -> None:
+    """Images come from the web, as mail clients show them: Gmail and Outlook do not show data:
+    images, and one a template carries could be any height of blank. Each is held to
+    IMAGE_HEIGHT_LIMIT (an inline !important declaration, which no stylesheet rule overrides)."""
+    for name in ("src", "srcset"):
+        value = node.attributes.get(name)
+        if value is not None and _URL_NOISE.sub("", html_lib.unescape(value)).lower().startswith("data:"):
+            del node.attrs[name]
+            result.notes.append(f"<{tag} {name}=\"data:...\"> was left out: mail clients such as Gmail and Outlook do "
+                                "not show images carried in the message; link to the image on your web server")
+    if tag == "img":
+        style = (node.attributes.get("style") or "").rstrip().rstrip(";")
+        node.attrs["style"] = f"{style};max-height:{IMAGE_HEIGHT_LIMIT}px !important" if style else \
+            f"max-height:{IMAGE_HEIGHT_LIMIT}px !important"
+
+
+def _image_allowance(node: LexborNode) -> float:
+    """The height the images inside `node` may account for: each one's stated height, or
+    IMAGE_ALLOWANCE when it does not say."""
+    total = 0.0
+    for image in node.css("img") if node.tag != "img" else [node]:
+        stated = _attribute_length(image.attributes.get("height") or "")
+        match = re.search(r"(?:^|;)\s*height\s*:\s*(\d+(?:\.\d+)?)px", image.attributes.get("style") or "", re.I)
+        if match:
+            stated = float(match.group(1))
+        total += min(stated, IMAGE_HEIGHT_LIMIT) if stated else IMAGE_ALLOWANCE
+    return total
+
+
+def _shows_little(node: LexborNode, height: float) -> bool:
+    """True when `node` is tall for what it shows: its text at PX_PER_CHARACTER, its images at
+    their stated heights."""
+    shown = len(node.text(deep=True).strip(_BLANK_CHARACTERS)) * PX_PER_CHARACTER
+    return shown < height and shown + _image_allowance(node) < height
 
 
 def _attribute_length(value: str) -> float:
@@ -558,8 +604,7 @@ def _spend_blank_height(node: LexborNode, tag: str, result: Isolated) -> None:
     if not (style or height) or tag in ("img", "tr", "tbody", "thead", "tfoot"):
         return
     spent = _vertical_px(style) + _attribute_length(height)
-    if spent <= LENGTH_LIMIT and (node.css_first("img, picture") is not None or
-                                  len(node.text(deep=True).strip(_BLANK_CHARACTERS)) * PX_PER_CHARACTER >= spent):
+    if spent <= LENGTH_LIMIT and not _shows_little(node, spent):
         return  # an element with content for its height, its spacing within one length's limit
     if spent <= LENGTH_LIMIT and result.blank_height + spent <= BLANK_HEIGHT_LIMIT:
         result.blank_height += spent
@@ -639,8 +684,8 @@ def _clean_declarations(text: str, where: str) -> tuple[str, tuple[str, ...]]:
     return ";".join(kept), tuple(problems)
 
 
-#: Lengths past this (in px) push the footer out of sight below a blank stretch.
-LENGTH_LIMIT = 1500
+#: Lengths past this (in px) push the footer out of sight below a blank stretch (LENGTH_LIMIT,
+#: defined with IMAGE_HEIGHT_LIMIT above).
 _PX_PER_UNIT = {"px": 1, "pt": 4 / 3, "pc": 16, "in": 96, "cm": 37.8, "mm": 3.78, "q": 0.945, "em": 16, "rem": 16,
                 "ex": 8, "ch": 8, "lh": 24, "rlh": 24, "vh": 9, "svh": 9, "lvh": 9, "dvh": 9, "vmax": 9,
                 "vw": 6, "svw": 6, "lvw": 6, "dvw": 6, "vmin": 6, "vb": 9, "vi": 6, "cqh": 9, "cqw": 6}
@@ -735,7 +780,7 @@ def _charge_rule(tree: LexborHTMLParser, selector: str, px: float, result: Isola
         return
     flattened = 0
     for node in matched:
-        if node.tag in ("img", "body") or not _blank(node):
+        if node.tag in ("img", "body") or not _shows_little(node, px):
             continue
         if result.blank_height + px <= BLANK_HEIGHT_LIMIT:
             result.blank_height += px

@@ -563,7 +563,10 @@ def _template_line(exc: BaseException, path: Path | None) -> int | None:
     wanted = os.path.normpath(str(path)) if path is not None else None
     while tb is not None:
         if wanted is not None and os.path.normpath(tb.tb_frame.f_code.co_filename) == wanted:
-            line = tb.tb_lineno
+            # A frame of the compiled template (an exception Jinja did not rewrite, such as the
+            # budget's) is at a line of the generated Python: map it back to the template's.
+            compiled = tb.tb_frame.f_globals.get("__jinja_template__")
+            line = compiled.get_corresponding_lineno(tb.tb_lineno) if compiled is not None else tb.tb_lineno
         tb = tb.tb_next
     return line
 
@@ -581,6 +584,8 @@ class BudgetExceeded(BaseException):
     A BaseException, as KeyboardInterrupt is: the timer's signal lands wherever the work is, and
     an `except Exception` there (in a library, or around a C call that returned) must not swallow it.
     """
+
+    line: int | None = None  # the template line being written when the output budget ran out
 
 
 _timing = threading.local()
@@ -706,10 +711,13 @@ def _render_template(template: jinja2.Template, context: dict[str, Any]) -> str:
     ctx = template.new_context({**merged[1], **context}, shared=True)
     try:
         pieces, size = [], 0
-        for piece in template.root_render_func(ctx):
+        render = template.root_render_func(ctx)
+        for piece in render:
             size += len(piece)
             if size > OUTPUT_LIMIT:
-                raise BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
+                exceeded = BudgetExceeded(f"more than {OUTPUT_LIMIT:,} characters of output")
+                exceeded.line = _writing_line(render)
+                raise exceeded
             pieces.append(piece)
         return "".join(pieces)
     except BudgetExceeded:
@@ -719,6 +727,19 @@ def _render_template(template: jinja2.Template, context: dict[str, Any]) -> str:
 
 
 _GLOBALS: dict[int, tuple[jinja2.Template, dict[str, Any]]] = {}
+
+
+def _writing_line(render: Any) -> int | None:
+    """The template line the suspended render generator (or the block or macro it delegates to)
+    was writing."""
+    line = None
+    while render is not None and getattr(render, "gi_frame", None) is not None:
+        frame = render.gi_frame
+        compiled = frame.f_globals.get("__jinja_template__")
+        if compiled is not None:
+            line = compiled.get_corresponding_lineno(frame.f_lineno)
+        render = render.gi_yieldfrom
+    return line
 
 
 class _Footer:
@@ -874,7 +895,7 @@ class Renderer:
         try:
             return _render_template(template, context)
         except BudgetExceeded as exc:
-            line = _template_line(exc, path)
+            line = _template_line(exc, path) or exc.line
             where = f"{path}:{line}" if path and line else (str(path) if path else what)
             raise TemplateError(f"{where}: the template took {exc} for one message (rendering for {contact.email})",
                                 hint="look for a loop inside a loop, or a repeated string; one message may take "

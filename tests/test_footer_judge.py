@@ -13,7 +13,7 @@ ordinary layout a failure. An accepted message is judged on what a person gets:
   with a second screenshot where only that text is made transparent (so whatever paints,
   blends, filters, masks or covers it, the difference is what a person sees of it);
 - no stretch of more than 2500px without any text or image before the link (a footer
-  pushed away by a blank spacer);
+  pushed away by a blank spacer; an image counts when it loaded and is not all one colour);
 - the HTML part under Gmail's clipping point (102 KB);
 - no link other than mailer's saying "unsubscribe" / "se désabonner" / "opt out";
 - the text part: the footer (organisation, source, unsubscribe URL) at its end, no run of
@@ -187,7 +187,23 @@ BLANK_STRETCH = r"""
     range.selectNodeContents(n);
     for (const r of range.getClientRects()) if (r.height > 0) spans.push([r.top + scrollY, r.bottom + scrollY]);
   }
+  // An image shows something only when it loaded and is not all one colour (a white picture
+  // stretched tall is a blank stretch); remote images are not loaded here, as in a client that
+  // blocks them until asked.
+  const showsSomething = (img) => {
+    if (!img.complete || !img.naturalWidth || !img.naturalHeight) return false;
+    const canvas = document.createElement('canvas');
+    canvas.width = Math.min(img.naturalWidth, 64); canvas.height = Math.min(img.naturalHeight, 64);
+    const ctx = canvas.getContext('2d');
+    ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+    let d;
+    try { d = ctx.getImageData(0, 0, canvas.width, canvas.height).data; } catch (e) { return true; }
+    for (let i = 4; i < d.length; i += 4)
+      for (let c = 0; c < 4; c++) if (Math.abs(d[i + c] - d[c]) > 8) return true;
+    return false;
+  };
   for (const e of document.querySelectorAll('img, svg, video, canvas, input, button, hr')) {
+    if (e.tagName === 'IMG' && !showsSomething(e)) continue;
     const r = e.getBoundingClientRect();
     if (r.height > 0) spans.push([r.top + scrollY, r.bottom + scrollY]);
   }

@@ -26,6 +26,23 @@ def test_a_runaway_template_stops_the_send_naming_the_file(project: Project, nam
     assert project.messages() == []
 
 
+RUNAWAY_ON_LINE_4 = {
+    "output flood": "{% for i in range(100000) %}<p>{{ contact.first_name * 20 }}</p>{% endfor %}",
+    "nested loops writing": "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+    "repeated string": "{% set s = 'x' * 900000 %}{{ s ~ s ~ s }}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNAWAY_ON_LINE_4))
+def test_a_runaway_template_is_named_with_its_line(project: Project, name: str) -> None:
+    project.write("templates/offer.html.j2", "<p>Bonjour {{ contact.first_name }}</p>\n<p>Une offre.</p>\n\n"
+                                             + RUNAWAY_ON_LINE_4[name] + "\n<p>Fin</p>\n")
+    result = project.send()
+    assert result.exit_code == 2, result.output
+    assert "offer.html.j2:4: the template took" in result.output, result.output
+    assert project.messages() == []
+
+
 def test_an_ordinary_loop_is_well_within_the_budget(project: Project) -> None:
     project.write("templates/offer.html.j2", "{% for i in range(200) %}<p>{{ i }} {{ contact.first_name }}</p>"
                                              "{% endfor %}")
@@ -235,9 +252,9 @@ COSTLY_SELECTORS = {
 @pytest.mark.parametrize("name", sorted(COSTLY_SELECTORS))
 def test_costly_selectors_are_charged_in_linear_time(project: Project, name: str) -> None:
     project.write("templates/offer.html.j2", COSTLY_SELECTORS[name] + "<p>Bonjour {{ contact.first_name }}</p>")
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: what the budget bounds, whatever else the machine runs
     result = project.run("preview", str(project.campaign), "--out", str(project.root / "out"))
-    assert time.monotonic() - started < 10, "the rebuild's selector matching ran unstopped"
+    assert time.process_time() - started < 10, "the rebuild's selector matching ran unstopped"
     assert result.exit_code == 0, result.output
     page = next((project.root / "out").glob("*.html")).read_text("utf-8")
     assert "height:auto !important" in page  # past the blank-space budget, the empty blocks are flattened
@@ -248,8 +265,8 @@ def test_deriving_the_text_part_from_a_large_static_template_is_within_the_budge
     source: a static table of 300 x 300 cells (450 KB) took 22 s there, outside any budget."""
     project.write("templates/offer.html.j2", "<p>Bonjour {{ contact.first_name }}</p><table>"
                                              + ("<tr>" + "<td>x" * 300) * 300 + "</table>")
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: what the budget bounds, whatever else the machine runs
     result = project.run("check", str(project.campaign), "--no-dns")
-    assert time.monotonic() - started < 18, "the text part's derivation ran unstopped"
+    assert time.process_time() - started < 18, "the text part's derivation ran unstopped"
     assert result.exit_code in (2, 3), result.output
     assert "offer.html.j2" in result.output
