@@ -556,6 +556,8 @@ class CampaignStatus:
     suppressions: dict[str, int] = field(default_factory=dict)
     #: version of the campaign file and templates (fingerprint) -> (messages sent, first sent from)
     versions: dict[str, tuple[int, datetime]] = field(default_factory=dict)
+    #: recipients who reported its message as spam (`mailer suppress complaints`)
+    complaints: int = 0
 
     @property
     def allowed(self) -> int:
@@ -584,4 +586,5 @@ def campaign_status(ws: Workspace, campaign: str | os.PathLike[str], *, show: st
                           last_run, ws.store.sendlog.rows(campaign_id, shown) if show else [], dead_run,
                           spooled_optouts=ws.spool.pending(),
                           suppressions=ws.store.suppressions.origins_by_campaign().get(campaign_id, {}),
-                          versions=ws.store.campaigns.sent_versions(campaign_id))
+                          versions=ws.store.campaigns.sent_versions(campaign_id),
+                          complaints=ws.store.complaints.count(campaign_id))

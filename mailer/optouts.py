@@ -1,9 +1,10 @@
-"""The suppression list fed by hand, from files, and from inbound mail (mailto opt-outs, bounces)."""
+"""The suppression list fed by hand, from files, and from inbound mail (mailto opt-outs, bounces,
+spam complaints)."""
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
@@ -14,10 +15,12 @@ from .addresses import NormalisedAddress, domain_and_parents, normalise, valid_d
 from .errors import InputError
 from .spool import SpooledOptOut
 from .store import Suppression, utcnow
-from .store.people import erased_key
+from .store.people import ERASED_PREFIX, erased_key
 from .suppression import (
+    FeedbackReport,
     UnreadableMessage,
     bounces_in,
+    feedback_report_in,
     hard_bounce_status,
     message_files,
     parse_message_file,
@@ -278,3 +281,100 @@ def record_bounce_reports(ws: Workspace, paths: Iterable[Path]) -> InboundResult
     result.unmatched, result.not_reports = len(unmatched), len(not_reports)
     result.rejected = unmatched + not_reports
     return result
+
+
+@dataclass
+class ComplaintsResult(InboundResult):
+    """`added`: addresses newly on the suppression list; `known`: complaints recorded before (the
+    same report read again, or a second report about one message); `unmatched`: reports about
+    no message mailer sent; `not_reports`: files that are not feedback reports."""
+
+    recorded: int = 0           # new complaints
+    by_token: int = 0           # of those, matched by the unsubscribe token (the Message-ID was not ours)
+    other_recipient: int = 0    # reports naming another recipient than the one the message went to
+    not_complaints: int = 0     # not-spam and auth-failure reports
+
+
+def record_complaints(ws: Workspace, paths: Iterable[Path]) -> ComplaintsResult:
+    """Spam complaints (ARF feedback reports, RFC 5965): a report about a message mailer sent
+    suppresses the address that message was sent to (origin `complaint`) and is counted for its
+    campaign. The message is known by its Message-ID in the send log, or, when a relay replaced
+    the Message-ID, by the signed unsubscribe token of its List-Unsubscribe header (whoever holds
+    it can already unsubscribe that address in one click). A report naming another recipient
+    suppresses at most the address the message went to, never the one named; a report about a
+    message mailer did not send suppresses no one. A file that cannot be read is skipped, not fatal.
+    Reading the same reports again changes nothing."""
+    result = ComplaintsResult()
+    reports: list[tuple[Path, FeedbackReport]] = []
+    for path in message_files(list(paths)):
+        try:
+            found = parse_message_file(path, feedback_report_in)
+        except UnreadableMessage as exc:
+            result.skipped.append(f"{path}: {exc}")
+            continue
+        if found is None:
+            result.not_reports += 1
+            result.rejected.append(f"{path}: not a feedback report (ARF)")
+        elif not found.complaint:
+            result.not_complaints += 1
+            result.rejected.append(f"{path}: a {found.feedback_type} report, not a complaint")
+        else:
+            reports.append((path, found))
+    sent = ws.store.sendlog.sent_messages(report.message_id for _, report in reports)
+    for path, report in reports:
+        if report.message_id in sent:
+            campaign_id, logged_key = sent[report.message_id]
+            digest = logged_key[len(ERASED_PREFIX):] if logged_key.startswith(ERASED_PREFIX) \
+                else ws.hash_address(logged_key)
+            token_used = False
+        else:
+            token = _token_of(ws, report)
+            if token is None:
+                result.unmatched += 1
+                result.rejected.append(f"{path}: not about a message mailer sent (its Message-ID is not in the "
+                                       "send log, and it carries no unsubscribe token of ours)")
+                continue
+            campaign_id, digest, token_used = token.campaign_id, token.address_hash, True
+        if any(not _same_mailbox(ws, named, digest) for named in _addresses(report.named)):
+            result.other_recipient += 1
+            result.rejected.append(f"{path}: names another recipient than the one the message was sent to (a "
+                                   "forward, or a forgery): only the address it was sent to is suppressed")
+        recorded = ws.store.complaints.record(
+            campaign_id=campaign_id, address_hash=digest, message_id=report.message_id,
+            feedback_type=report.feedback_type, reported_at=report.reported_at,
+            reason=f"spam complaint ({report.feedback_type} report)")
+        if not recorded.complaint:
+            result.known += 1
+            continue
+        result.recorded += 1
+        result.by_token += token_used
+        result.added += recorded.suppressed
+    return result
+
+
+def _token_of(ws: Workspace, report: FeedbackReport) -> UnsubscribeToken | None:
+    """The first of the report's unsubscribe tokens that verifies (a test message's records nothing)."""
+    for raw in report.tokens:
+        try:
+            token = verify(ws.keys, raw)
+        except InvalidToken:
+            continue
+        if not token.test:
+            return token
+    return None
+
+
+def _addresses(named: Iterable[str]) -> Iterator[NormalisedAddress]:
+    """The named recipients that are addresses: a redacted one ("redacted", "xxxxx@yahoo.com" when
+    the local part is all x) names no one."""
+    for value in named:
+        address = normalise(value)
+        local = address.key.rpartition("@")[0]
+        if address.valid and local.strip("x*") and "redacted" not in local:
+            yield address
+
+
+def _same_mailbox(ws: Workspace, named: NormalisedAddress, digest: str) -> bool:
+    """Whether `named` is the mailbox kept under `digest`: its canonical mailbox's hash, or (an erased
+    send-log row) the hash of the address as it was spelt."""
+    return digest in ws.lookup_hashes(named.key)

@@ -61,6 +61,8 @@ class Explanation:
     generic: bool = False
     retention_from: tuple[date | None, str] = (None, "")
     deletion_date: date | None = None
+    #: (campaign id, when) of each message they reported as spam (`mailer suppress complaints`)
+    complaints: list[tuple[str, datetime]] = field(default_factory=list)
 
     @property
     def holds_nothing(self) -> bool:
@@ -99,6 +101,7 @@ def explain_person(ws: Workspace, email: str) -> Explanation:
     explanation.campaign_kinds = sorted({d.campaign_kind for d in explanation.decisions if d.campaign_kind})
     explanation.suppressed_since, explanation.suppression_origin = held.suppressed_since, held.suppression_origin
     explanation.erased_at = held.erased_at
+    explanation.complaints = held.complaints
     if explanation.contact is not None and not explanation.generic and explanation.contact.collected_at is not None:
         reference, which = retention_reference(explanation.contact)
         explanation.retention_from = (reference, which)
@@ -272,6 +275,7 @@ def as_json(explanation: Explanation) -> dict[str, Any]:
         "legal_bases": {kind: legal_basis_id(kind, c) for kind in explanation.campaign_kinds},
         "suppressed_since": _jsonable(explanation.suppressed_since),
         "erased_at": _jsonable(explanation.erased_at),
+        "complaints": [{"campaign": campaign, "at": _jsonable(at)} for campaign, at in explanation.complaints],
         "generic_address": explanation.generic,
         "deletion_date": _jsonable(explanation.deletion_date),
     }
@@ -389,6 +393,8 @@ def render_explanation(e: Explanation, locale: str, fmt: str, retention_years: i
             item(w.sent_line.format(date=_date(m.at), campaign=m.campaign_id, subject=m.subject or "—"))
     else:
         out.append(w.none_sent)
+    for campaign, at in e.complaints:
+        out.append(w.complained.format(date=_date(at), campaign=campaign))
     if e.decisions:
         heading(w.decisions)
         for d in e.decisions:

@@ -1,4 +1,5 @@
-"""Reading suppression files (addresses, @domains, CSV), mailto opt-out messages and bounce reports."""
+"""Reading suppression files (addresses, @domains, CSV), mailto opt-out messages, bounce reports
+and spam complaints (ARF feedback reports)."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +11,9 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email import policy
+from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
+from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote
@@ -179,15 +182,8 @@ def bounces_in(data: bytes) -> list[Bounce] | None:
         if kind == "message/delivery-status":
             payload = part.get_payload()
             blocks = [b for b in payload if isinstance(b, email.message.Message)] if isinstance(payload, list) else []
-        elif kind in ("text/rfc822-headers", "message/rfc822", "message/rfc822-headers") and not original_id:
-            inner = part.get_payload()
-            original: email.message.Message
-            if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
-                original = inner[0]
-            else:
-                raw = part.get_payload(decode=True)
-                original = email.message_from_bytes(raw if isinstance(raw, bytes) else b"", policy=policy.compat32)
-            original_id = str(original.get("Message-ID", "")).strip()
+        elif kind in ORIGINAL_PARTS and not original_id:
+            original_id = str(_enclosed(part).get("Message-ID", "")).strip()
     if not blocks:
         return None
     found = []
@@ -201,3 +197,103 @@ def bounces_in(data: bytes) -> list[Bounce] | None:
                             diagnostic=" ".join(str(block.get("Diagnostic-Code", "")).partition(";")[2].split()),
                             message_id=original_id))
     return found
+
+
+#: The parts of a report (RFC 3462, RFC 5965) that return the original message, or its headers.
+ORIGINAL_PARTS = ("text/rfc822-headers", "message/rfc822", "message/rfc822-headers")
+
+
+def _enclosed(part: email.message.Message) -> email.message.Message:
+    """The message (or header block) a message/* or text/rfc822-headers part holds: parsed by the
+    email package already, or, when it came encoded (base64, quoted-printable), parsed here."""
+    inner = part.get_payload()
+    if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
+        return inner[0]
+    raw = part.get_payload(decode=True)
+    return email.message_from_bytes(raw if isinstance(raw, bytes) else b"", policy=policy.compat32)
+
+
+# ----------------------------------------------------------------------------- spam complaints (ARF)
+
+#: Feedback types (RFC 5965, IANA registry) that are not a recipient objecting to the message:
+#: every other type (abuse, fraud, virus, other, and unknown ones, read as other) is a complaint.
+NOT_COMPLAINTS = frozenset({"not-spam", "auth-failure"})
+
+_FEEDBACK_TYPE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}\Z")
+_MESSAGE_ID = re.compile(r"<[^<>\s]{1,995}>")
+_TOKEN_IN_URL = re.compile(r"/u/([A-Za-z0-9_\-.]{40,400})")
+
+
+@dataclass(frozen=True)
+class FeedbackReport:
+    """What a feedback report (RFC 5965) says of the message a recipient reported."""
+
+    feedback_type: str    # abuse, fraud, virus, other, not-spam, auth-failure… (lower case)
+    message_id: str       # the reported message's Message-ID, as "<…>"; "" when the report returns none
+    #: the addresses the report names as the recipient (Original-Rcpt-To, Removal-Recipient, the
+    #: original's To); a redacted one ("redacted", "xxxxx@yahoo.com"…) is kept as written
+    named: tuple[str, ...]
+    #: the unsubscribe tokens in the original's List-Unsubscribe (its URL and mailto)
+    tokens: tuple[str, ...]
+    reported_at: datetime | None  # the report's Date, when it gives a sensible one
+
+    @property
+    def complaint(self) -> bool:
+        return self.feedback_type not in NOT_COMPLAINTS
+
+
+def feedback_report_in(data: bytes) -> FeedbackReport | None:
+    """The feedback report (multipart/report; report-type=feedback-report) a message is, or None
+    when it is not one (a bounce, an auto-reply, a person writing). UnreadableMessage when it says
+    it is one but its parts cannot be read: a complaint may be in it, so someone should look."""
+    message = email.message_from_bytes(data, policy=policy.compat32)
+    if message.get_content_type() != "multipart/report" or \
+            str(message.get_param("report-type", "")).strip().lower() != "feedback-report":
+        return None
+    parts = message.get_payload()
+    if not message.is_multipart() or not isinstance(parts, list):
+        raise UnreadableMessage("is a feedback report whose MIME parts cannot be read")
+    fields: email.message.Message | None = None
+    original: email.message.Message | None = None
+    for part in parts:
+        kind = part.get_content_type()
+        if kind == "message/feedback-report" and fields is None:
+            fields = _enclosed(part)
+        elif kind in ORIGINAL_PARTS and original is None:
+            original = _enclosed(part)
+    if fields is None:
+        raise UnreadableMessage("is a feedback report without its message/feedback-report part")
+    feedback_type = " ".join(str(fields.get("Feedback-Type", "")).split()).lower()
+    if not _FEEDBACK_TYPE.match(feedback_type):
+        raise UnreadableMessage("is a feedback report without a readable Feedback-Type")
+    original = original if original is not None else email.message.Message()
+    named = [str(v) for name in ("Original-Rcpt-To", "Removal-Recipient") for v in fields.get_all(name, [])]
+    named += [str(v) for v in original.get_all("To", [])]
+    unsubscribe = "".join(str(v) for v in original.get_all("List-Unsubscribe", [])).replace("\r", "").replace("\n", "")
+    unsubscribe = "".join(unsubscribe.split())
+    tokens = [*_TOKEN_IN_URL.findall(unsubscribe), *_TOKEN_IN_SUBJECT.findall(unsubscribe)]
+    return FeedbackReport(
+        feedback_type=feedback_type, message_id=message_id_of(str(original.get("Message-ID", ""))),
+        named=tuple(dict.fromkeys(a for _, a in getaddresses(named) if a)), tokens=tuple(dict.fromkeys(tokens)),
+        reported_at=_date(str(message.get("Date", ""))))
+
+
+def message_id_of(value: str) -> str:
+    """A Message-ID header's id as the send log holds it ("<…>"): folded, or written without its
+    angle brackets (RFC 5965's own example), it is the same id."""
+    value = " ".join(value.split())
+    found = _MESSAGE_ID.search(value)
+    if found:
+        return found.group(0)
+    return f"<{value}>" if value and "@" in value and " " not in value and len(value) < 996 else ""
+
+
+def _date(value: str) -> datetime | None:
+    """A Date header as an aware datetime; None when missing, unreadable, or in the future."""
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when if when <= datetime.now(UTC) else None

@@ -218,8 +218,8 @@ def test_status_without_a_campaign_lists_every_campaign_with_its_unsubscribes(pr
     assert project.run("suppress", "mailto", str(project.root / "inbox")).exit_code == 0
     lines = project.run("status").output.splitlines()
     assert lines[0].split() == ["CAMPAIGN", "LAST", "RUN", "OUTCOME", "SENT", "FAILED", "DEFERRED", "BLOCKED",
-                                "UNSUBSCRIBED", "BOUNCED"]
+                                "UNSUBSCRIBED", "BOUNCED", "COMPLAINED"]
     assert lines[1].split()[0] == "2026-12-cloud-audit" and lines[1].split()[3:] == ["finished", "2", "0", "0",
-                                                                                      "1", "1", "0"]
+                                                                                      "1", "1", "0", "0"]
     one = project.run("status", "2026-12-cloud-audit").output
     assert "Unsubscribed from it: 1 (1 mailto)" in one

@@ -31,7 +31,8 @@ from mailer.store import Store, migrate
 BOTH_DATABASES = True  # also run on PostgreSQL when MAILER_TEST_POSTGRES_URL is set
 
 FIXTURES = Path(__file__).parent / "fixtures"
-NOTE = "Upgraded the database schema from 0001 to 0004."
+HEAD = "0005"  # the newest revision: a new migration changes this line
+NOTE = f"Upgraded the database schema from 0001 to {HEAD}."
 
 # Every table 0.1.0 wrote, with the columns that order its rows.
 TABLES = {
@@ -157,8 +158,8 @@ def test_a_0_1_0_database_upgrades_on_first_use_without_losing_a_row(project: Pr
     assert result.output.count(NOTE) == 1
     assert counts(result.output)["sent"] == 3 and counts(result.output)["blocked"] == 5
     assert snapshot(project) == before  # every contact, list, suppression, erasure, interaction, run, send-log row
-    assert project.sql("SELECT version_num FROM alembic_version") == [("0004",)]
-    assert project.sql("SELECT value FROM settings WHERE key = 'schema_version'") == [("0004",)]  # 0.1.0 refuses it
+    assert project.sql("SELECT version_num FROM alembic_version") == [(HEAD,)]
+    assert project.sql("SELECT value FROM settings WHERE key = 'schema_version'") == [(HEAD,)]  # 0.1.0 refuses it
 
     again = project.run("status", "2027-01-follow-up")
     assert again.exit_code == 0 and "Upgraded" not in again.output
@@ -235,9 +236,9 @@ def test_the_baseline_is_exactly_the_0_1_0_schema(project: Project, spare: str, 
 def test_upgrade_reports_from_and_to_and_then_nothing(project: Project) -> None:
     load_0_1_0(project)
     engine = engine_for(url_of(project))
-    assert migrate.upgrade(engine) == ("0001", "0004")
-    assert migrate.upgrade(engine) == ("0004", "0004")
-    assert migrate.current_revision(engine) == migrate.head_revision() == "0004"
+    assert migrate.upgrade(engine) == ("0001", HEAD)
+    assert migrate.upgrade(engine) == (HEAD, HEAD)
+    assert migrate.current_revision(engine) == migrate.head_revision() == HEAD
     engine.dispose()
 
 
@@ -247,7 +248,7 @@ def test_the_downgrade_to_0001_dates_unknown_collections(project: Project) -> No
     Store.open(url_of(project), create=True).close()
     project.sql("UPDATE contacts SET collected_at = NULL WHERE email_key = ?", "paul.martin@telco.example")
     engine = engine_for(url_of(project))
-    assert migrate.downgrade(engine, "0001") == ("0004", "0001")
+    assert migrate.downgrade(engine, "0001") == (HEAD, "0001")
     engine.dispose()
     (created, collected), = project.sql("SELECT created_at, collected_at FROM contacts WHERE email_key = ?",
                                         "paul.martin@telco.example")
@@ -336,9 +337,9 @@ def test_two_processes_opening_a_database_at_once_upgrade_it_once(project: Proje
     assert sorted(outcomes) == ([[], [NOTE]] if start == "0.1.0" else [[], []])  # a new database: no note
     if start == "0.1.0":
         assert snapshot(project) == before
-    assert project.sql("SELECT version_num FROM alembic_version") == [("0004",)]
+    assert project.sql("SELECT version_num FROM alembic_version") == [(HEAD,)]
     if start == "empty":
-        assert project.sql("SELECT key, value FROM settings") == [("schema_version", "0004")]
+        assert project.sql("SELECT key, value FROM settings") == [("schema_version", HEAD)]
 
 
 # --------------------------------------------------------------------------- fixtures

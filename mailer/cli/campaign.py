@@ -248,7 +248,8 @@ def _show_plan(plan: Plan) -> None:
 @pass_env
 def status(env: Env, campaign: str | None, show: str | None) -> None:
     """Show a campaign's send log: sent, failed, uncertain, blocked per rule, and the
-    unsubscribes and hard bounces that came from it. Without CAMPAIGN: one line per campaign.
+    unsubscribes, hard bounces and spam complaints that came from it. Without CAMPAIGN:
+    one line per campaign.
 
     CAMPAIGN is the campaign file or its id.
 
@@ -291,8 +292,10 @@ def status(env: Env, campaign: str | None, show: str | None) -> None:
     if unsubscribed:
         how = ", ".join(f"{n} {origin}" for origin, n in sorted(unsubscribed.items()))
         click.echo(f"Unsubscribed from it: {sum(unsubscribed.values())} ({how})")
-    if found.suppressions.get("complaint"):
-        click.echo(f"Complaints about it: {found.suppressions['complaint']}")
+    if found.complaints:
+        sent = states.get("sent", 0)
+        rate = f" ({found.complaints / sent:.2%} of the messages sent; Gmail and Yahoo want under 0.3%)" if sent else ""
+        click.echo(f"Complaints about it: {found.complaints}{rate}")
     if found.spooled_optouts:
         click.echo(f"Opt-outs waiting to be recorded: {found.spooled_optouts} (kept in {env.workspace().spool.path} "
                    "while the database was busy; the next send or import records them)")
@@ -329,8 +332,9 @@ def _status_of_all(ws: Workspace) -> None:
         click.echo("No campaign was sent yet: mailer send CAMPAIGN.toml starts one.")
         return
     origins = ws.store.suppressions.origins_by_campaign()
+    complaints = ws.store.complaints.by_campaign()
     header = ("CAMPAIGN", "LAST RUN", "OUTCOME", "SENT", "FAILED", "DEFERRED", "BLOCKED", "UNSUBSCRIBED",
-              "BOUNCED")
+              "BOUNCED", "COMPLAINED")
     rows = []
     for campaign_id in ids:
         found = campaign_status(ws, campaign_id)
@@ -341,7 +345,7 @@ def _status_of_all(ws: Workspace) -> None:
         rows.append((campaign_id, f"{run.started_at:%Y-%m-%d %H:%M}" if run else "", outcome,
                      found.states.get("sent", 0), found.states.get("failed", 0), found.states.get("deferred", 0),
                      found.states.get("blocked", 0), sum(counts.get(o, 0) for o in _UNSUBSCRIBES),
-                     counts.get("bounce", 0)))
+                     counts.get("bounce", 0), complaints.get(campaign_id, 0)))
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(str(v).rjust(w) if isinstance(v, int) else str(v).ljust(w)

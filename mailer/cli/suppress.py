@@ -11,6 +11,7 @@ from ..optouts import (
     InboundResult,
     import_suppressions,
     record_bounce_reports,
+    record_complaints,
     record_mailto_optouts,
     suppress,
     suppressions,
@@ -141,6 +142,46 @@ def suppress_bounces(env: Env, paths: tuple[str, ...]) -> None:
                f"{result.not_reports} files that are not bounce reports.")
     for line in result.rejected[:50]:
         click.echo(f"  {line}")
+    _report_skipped(result)
+
+
+@suppress_group.command("complaints")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@pass_env
+def suppress_complaints(env: Env, paths: tuple[str, ...]) -> None:
+    """Record the spam complaints that mailbox providers report (feedback loops).
+
+    Give the reports received at the address you registered with the
+    providers' feedback loops (.eml files, or folders such as a maildir). A
+    feedback report (ARF, RFC 5965: Feedback-Type abuse, fraud, virus or other)
+    about a message mailer sent suppresses the address that message was sent to
+    (origin `complaint`) and counts against its campaign in `mailer status`.
+    The message is found by its Message-ID in the send log (or by the signed
+    unsubscribe token in its List-Unsubscribe header, when the relay replaced
+    the Message-ID), so a report whose recipient is redacted works too. A report
+    about a message mailer did not send suppresses no one, and one naming
+    another recipient suppresses only the address the message went to.
+    not-spam and auth-failure reports, and mail that is not a report, are
+    counted and skipped. Reading the same reports again changes nothing. Run
+    it from cron on the mailbox. A file that cannot be read (or a report whose
+    MIME parts cannot be) is listed and left in place, and the exit code is 4.
+
+    \b
+    Example:  mailer suppress complaints ~/Maildir/fbl/new
+    """
+    result = record_complaints(env.workspace(writing=True), [Path(p) for p in paths])
+    click.echo(f"{result.recorded} complaints recorded ({result.added} added to the suppression list, "
+               f"{result.recorded - result.added} already on it), {result.known} already recorded, "
+               f"{result.unmatched} not matched to a message mailer sent, {result.not_complaints} reports that "
+               f"are not complaints (not-spam, auth-failure), {result.not_reports} files that are not feedback "
+               "reports.")
+    if result.by_token:
+        click.echo(f"{result.by_token} of them were matched by their unsubscribe token: the relay replaced the "
+                   "Message-ID mailer gave.")
+    for line in result.rejected[:50]:
+        click.echo(f"  {line}")
+    if len(result.rejected) > 50:
+        click.echo(f"  … and {len(result.rejected) - 50} more")
     _report_skipped(result)
 
 

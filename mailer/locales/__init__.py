@@ -111,6 +111,7 @@ class Explain:
     sent: str
     sent_line: str
     none_sent: str
+    complained: str  # they reported a message as spam (an ARF complaint): {date}, {campaign}
     decisions: str
     decision_line: str
     retention: str

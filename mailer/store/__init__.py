@@ -3,6 +3,7 @@
     tables.py        the tables (a change needs a migration)
     contacts.py      contacts and lists                       store.contacts
     suppressions.py  the suppression list                      store.suppressions
+    complaints.py    spam complaints (ARF reports)              store.complaints
     sendlog.py       decisions and deliveries                  store.sendlog
     campaigns.py     campaigns, runs, the sending lease         store.campaigns
     people.py        one person across tables: explain, erase  store.people
@@ -29,6 +30,7 @@ from ..errors import DatabaseGone, DatabaseMissing, StoreError
 from ..states import DELIVERED_STATES, PENDING_STATES, SendState
 from . import migrate
 from .campaigns import Campaigns
+from .complaints import Complaints
 from .contacts import Contacts, ImportResult, contact_from_row
 from .failures import database_failure, describe_failure, redacted, without_secrets
 from .people import People, erased_key
@@ -39,6 +41,7 @@ from .settings import Settings
 from .suppressions import Suppressions
 from .tables import (
     CampaignRecord,
+    Complaint,
     Contact,
     ContactList,
     Erasure,
@@ -84,6 +87,7 @@ class Store:
         self.notes: list[str] = []  # what opening did that a person should hear of (a schema upgrade)
         self.contacts = Contacts(engine, reconnect)
         self.suppressions = Suppressions(engine)
+        self.complaints = Complaints(engine)
         self.sendlog = SendLogRows(engine, reconnect)
         self.campaigns = Campaigns(engine, reconnect)
         self.people = People(engine)
@@ -267,7 +271,7 @@ class Store:
 
 
 __all__ = [
-    "DECIDABLE_STATES", "DELIVERED_STATES", "PENDING_STATES", "CampaignRecord", "Contact", "ContactList",
+    "DECIDABLE_STATES", "DELIVERED_STATES", "PENDING_STATES", "CampaignRecord", "Complaint", "Contact", "ContactList",
     "Erasure", "ImportResult", "Interaction", "ListMember", "LogWriter", "Run", "SendLog", "SendState", "Setting",
     "Store", "Suppression", "contact_from_row", "database_failure", "describe_failure", "erased_key", "redacted",
     "utcnow",

@@ -15,6 +15,7 @@ from ..states import SendState
 from .contacts import contact_from_row
 from .tables import (
     CAMPAIGNS,
+    COMPLAINTS,
     CONTACTS,
     ERASURES,
     INTERACTIONS,
@@ -55,6 +56,8 @@ class PersonRecord:
     suppressed_since: datetime | None = None
     suppression_origin: str = ""
     erased_at: datetime | None = None
+    #: (campaign id, when) of each message they reported as spam
+    complaints: list[tuple[str, datetime]] = field(default_factory=list)
 
 
 @dataclass
@@ -99,6 +102,9 @@ class People:
                 found.suppressed_since, found.suppression_origin = entry.created_at, entry.origin
             found.erased_at = conn.execute(select(func.max(ERASURES.c.erased_at)).where(
                 ERASURES.c.address_hash.in_(digests))).scalar()
+            found.complaints = [(r.campaign_id, r.reported_at or r.recorded_at) for r in conn.execute(
+                select(COMPLAINTS.c.campaign_id, COMPLAINTS.c.reported_at, COMPLAINTS.c.recorded_at)
+                .where(COMPLAINTS.c.address_hash.in_(digests)).order_by(COMPLAINTS.c.recorded_at, COMPLAINTS.c.id))]
         return found
 
     def erase(self, people: Sequence[tuple[str, Sequence[str]]], *, by: str, reason: str) -> list[Erased]:

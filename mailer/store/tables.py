@@ -148,6 +148,22 @@ class Erasure(SQLModel, table=True):
     erased_at: datetime = Field(default_factory=utcnow)
 
 
+class Complaint(SQLModel, table=True):
+    """A recipient reported a message of a campaign as spam (an ARF feedback report matched to the
+    send log). Kept apart from the suppression list: one who had already unsubscribed still counts,
+    and the entry says which campaign. Holds no personal data but a keyed hash."""
+
+    __tablename__ = "complaints"
+    __table_args__ = (UniqueConstraint("campaign_id", "address_hash"),)
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: str = Field(index=True)
+    address_hash: str = Field(index=True)  # keyed hash of the address the message was sent to
+    message_id: str = ""  # of the reported message, as the send log holds it
+    feedback_type: str  # abuse | fraud | virus | other | … (RFC 5965)
+    reported_at: datetime | None = None  # the report's Date, when it gives one
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
 class Setting(SQLModel, table=True):
     __tablename__ = "settings"
     key: str = Field(primary_key=True)
@@ -167,3 +183,4 @@ SEND_LOG: Table = SendLog.__table__  # type: ignore[attr-defined]
 INTERACTIONS: Table = Interaction.__table__  # type: ignore[attr-defined]
 ERASURES: Table = Erasure.__table__  # type: ignore[attr-defined]
 SETTINGS: Table = Setting.__table__  # type: ignore[attr-defined]
+COMPLAINTS: Table = Complaint.__table__  # type: ignore[attr-defined]
