@@ -10,8 +10,8 @@ import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from email import policy
 from datetime import UTC, datetime
+from email import policy
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
@@ -219,6 +219,11 @@ def _enclosed(part: email.message.Message) -> email.message.Message:
 #: every other type (abuse, fraud, virus, other, and unknown ones, read as other) is a complaint.
 NOT_COMPLAINTS = frozenset({"not-spam", "auth-failure"})
 
+#: A report names one recipient, and our List-Unsubscribe is a few hundred characters: no more of
+#: each field is read (a 5 MB To of 300,000 addresses took 20 s to parse, before validating each).
+MAX_FIELD = 2000
+MAX_VALUES = 10
+
 _FEEDBACK_TYPE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}\Z")
 _MESSAGE_ID = re.compile(r"<[^<>\s]{1,995}>")
 _TOKEN_IN_URL = re.compile(r"/u/([A-Za-z0-9_\-.]{40,400})")
@@ -256,6 +261,8 @@ def feedback_report_in(data: bytes) -> FeedbackReport | None:
     fields: email.message.Message | None = None
     original: email.message.Message | None = None
     for part in parts:
+        if not isinstance(part, email.message.Message):
+            continue
         kind = part.get_content_type()
         if kind == "message/feedback-report" and fields is None:
             fields = _enclosed(part)
@@ -267,10 +274,10 @@ def feedback_report_in(data: bytes) -> FeedbackReport | None:
     if not _FEEDBACK_TYPE.match(feedback_type):
         raise UnreadableMessage("is a feedback report without a readable Feedback-Type")
     original = original if original is not None else email.message.Message()
-    named = [str(v) for name in ("Original-Rcpt-To", "Removal-Recipient") for v in fields.get_all(name, [])]
-    named += [str(v) for v in original.get_all("To", [])]
-    unsubscribe = "".join(str(v) for v in original.get_all("List-Unsubscribe", [])).replace("\r", "").replace("\n", "")
-    unsubscribe = "".join(unsubscribe.split())
+    named = [str(v)[:MAX_FIELD] for name in ("Original-Rcpt-To", "Removal-Recipient")
+             for v in fields.get_all(name, [])[:MAX_VALUES]]
+    named += [str(v)[:MAX_FIELD] for v in original.get_all("To", [])[:MAX_VALUES]]
+    unsubscribe = "".join("".join(str(v)[:MAX_FIELD].split()) for v in original.get_all("List-Unsubscribe", [])[:2])
     tokens = [*_TOKEN_IN_URL.findall(unsubscribe), *_TOKEN_IN_SUBJECT.findall(unsubscribe)]
     return FeedbackReport(
         feedback_type=feedback_type, message_id=message_id_of(str(original.get("Message-ID", ""))),

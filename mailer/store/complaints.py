@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import func, literal_column, select
+from sqlalchemy.engine import Connection, Engine
 
 from .sql import insert_ignore
 from .tables import COMPLAINTS, SUPPRESSIONS, utcnow
@@ -43,14 +44,15 @@ class Complaints:
         (a report read again, or a second report about the same message, changes nothing)."""
         now = utcnow()
         with self.engine.begin() as conn:
-            # One row per statement: its rowcount says whether it was new (ON CONFLICT DO NOTHING).
-            complaint = conn.execute(insert_ignore(self.dialect, _table), {
+            complaint = _added(conn, insert_ignore(self.dialect, _table), {
                 "campaign_id": campaign_id, "address_hash": address_hash, "message_id": message_id,
-                "feedback_type": feedback_type, "reported_at": reported_at, "recorded_at": now}).rowcount
-            suppressed = conn.execute(insert_ignore(self.dialect, SUPPRESSIONS), {
+                "feedback_type": feedback_type, "reported_at": reported_at, "recorded_at": now})
+            # Not again for a complaint recorded before: an entry removed since (`suppress remove`:
+            # the person asked to be mailed again) stays removed when the reports are read again.
+            suppressed = complaint and _added(conn, insert_ignore(self.dialect, SUPPRESSIONS), {
                 "scope": "address", "value": address_hash, "origin": "complaint", "reason": reason,
-                "campaign_id": campaign_id, "created_at": now}).rowcount
-        return Recorded(complaint == 1, suppressed == 1)
+                "campaign_id": campaign_id, "created_at": now})
+        return Recorded(complaint, suppressed)
 
     def by_campaign(self) -> dict[str, int]:
         """campaign id -> complaints about its messages."""
@@ -69,3 +71,11 @@ class Complaints:
                                        _table.c.recorded_at).where(_table.c.address_hash.in_(list(digests)))
                                 .order_by(_table.c.recorded_at, _table.c.id)).all()
         return [ComplaintEntry(*row) for row in rows]
+
+
+def _added(conn: Connection, statement: Any, row: dict[str, Any]) -> bool:
+    """Whether an INSERT … ON CONFLICT DO NOTHING of one row added it (RETURNING says so; psycopg's
+    rowcount said 0 for a new row)."""
+    if conn.dialect.insert_returning:
+        return conn.execute(statement.returning(literal_column("1")), row).first() is not None
+    return bool(conn.execute(statement, row).rowcount == 1)  # SQLite before 3.35
