@@ -8,7 +8,8 @@ from .config import Config
 from .errors import InputError
 
 SIGNED_HEADERS = (b"from", b"to", b"subject", b"date", b"message-id", b"reply-to", b"mime-version",
-                  b"content-type", b"list-unsubscribe", b"list-unsubscribe-post", b"list-id")
+                  b"content-type", b"list-unsubscribe", b"list-unsubscribe-post", b"list-id",
+                  b"feedback-id")
 
 
 class DkimSigner:

@@ -42,7 +42,8 @@ def test_messages_are_signed_and_verify_with_the_published_key(project: Project,
         assert dkim.verify(raw, dnsfunc=dns)
         header = raw.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ").lower()
         signed = header.split(b" h=", 1)[1].split(b";", 1)[0]
-        for name in (b"from", b"subject", b"list-unsubscribe", b"list-unsubscribe-post"):
+        # Gmail reads Feedback-ID only when the signature covers it
+        for name in (b"from", b"subject", b"list-unsubscribe", b"list-unsubscribe-post", b"feedback-id"):
             assert name in [part.strip() for part in signed.split(b":")]
         tampered = raw.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
                                b"List-Unsubscribe-Post: List-Unsubscribe=Nope")
