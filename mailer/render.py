@@ -996,7 +996,10 @@ class Renderer:
             if too_big:
                 problems.append(f"{self.templates.html_path}: {too_big}")
             notes = tuple(self._where_in_html(n) for n in isolated.notes)
-        name = display_name(" ".join(p for p in (contact.first_name, contact.last_name) if p))
+        # Without a person's name, the organisation's: a bare To whose domain the Subject starts with
+        # ("PME SARL, votre audit…" to contact@pme.example) is how brand phishing looks to filters
+        # (SpamAssassin's PDS_BRAND_SUBJ_NAKED_TO scored the sample's message 1.0 for it).
+        name = display_name(" ".join(p for p in (contact.first_name, contact.last_name) if p) or contact.company)
         return RenderedMessage(to_address=contact.email, to_name=name, subject=subject, text_pieces=text_pieces,
                                html_pieces=html_pieces, unsubscribe_url=url, unsubscribe_mailto=mailto,
                                address_hash=digest, footer_problems=tuple(problems), notes=notes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import email
 from email import policy
 
+import pytest
 from conftest import HEADER, Project, counts
 
 BOTH_DATABASES = True  # also run on PostgreSQL when MAILER_TEST_POSTGRES_URL is set
@@ -39,10 +40,23 @@ def test_send_writes_one_message_per_allowed_recipient_with_the_footer(project: 
         assert "<mailto:unsubscribe@acme.example?subject=unsubscribe-" in unsubscribe
         assert message["Message-ID"].endswith("@acme.example>")
         assert message["List-Id"] == "2026-12-cloud-audit <2026-12-cloud-audit.acme.example>"
+        # Gmail's feedback loop: complaint rates per campaign, per kind, for sender "mailer"
+        assert message["Feedback-ID"] == "2026-12-cloud-audit:prospecting:mailer"
         assert message["Subject"].endswith(", votre audit cloud offert")
         assert message["From"] == "Jeanne Martin <jeanne@acme.example>"
         assert message["Date"]
     assert counts(result.output)["sent"] == 2
+
+
+@pytest.mark.databases("sqlite")
+def test_a_recipient_without_a_name_is_addressed_by_their_organisation(project: Project) -> None:
+    """A bare To whose domain the Subject starts with is how brand phishing looks to spam filters
+    (tests/test_message_quality.py): the company's name is shown when the person's is unknown."""
+    project.write("contacts.csv", HEADER + "contact@pme.example,,,PME SARL,,,b2b,,2026-06-01\n"
+                                           "info@nobody.example,,,,,,b2b,,2026-06-01\n")
+    assert project.send().exit_code == 0
+    assert sorted(parse(m)["To"] for m in project.messages()) == ["PME SARL <contact@pme.example>",
+                                                                  "info@nobody.example"]
 
 
 def test_status_shows_who_was_blocked_by_which_rule(project: Project) -> None:
