@@ -44,7 +44,7 @@ from .errors import (
 )
 from .importer import ImportOutcome
 from .importer import import_contacts as _import_contacts
-from .optouts import apply_spooled_optouts, suppress, unsuppress
+from .optouts import ComplaintsResult, apply_spooled_optouts, record_complaints, suppress, unsuppress
 from .planning import Plan, PlannedRecipient
 from .privacy import Explanation, ForgetResult, RetentionItem, RetentionReport, explain, forget, retention
 from .states import SendState
@@ -60,11 +60,11 @@ def import_contacts(ws: Workspace, csv_path: str | os.PathLike[str], list_name: 
 
 
 __all__ = [
-    "CampaignStatus", "ComplianceRefusal", "ConfigError", "CsvError", "Delivery", "Envelope", "Explanation",
+    "CampaignStatus", "ComplaintsResult", "ComplianceRefusal", "ConfigError", "CsvError", "Delivery", "Envelope", "Explanation",
     "ForgetResult", "ImportOutcome", "InputError", "InvalidRows", "ListNotFound", "MailerError", "NotFound",
     "Plan", "PlannedRecipient", "PreviewResult", "RetentionItem", "RetentionReport", "RunSummary",
     "SendState", "StoreError", "DatabaseGone", "DatabaseMissing", "TemplateError", "Transport", "TransportError",
     "Workspace", "__version__",
     "apply_spooled_optouts", "campaign_status", "explain", "forget", "import_contacts", "open_workspace", "plan_campaign",
-    "preview_campaign", "retention", "send_campaign", "suppress", "unsuppress",
+    "preview_campaign", "record_complaints", "retention", "send_campaign", "suppress", "unsuppress",
 ]

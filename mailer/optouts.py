@@ -342,7 +342,7 @@ def record_complaints(ws: Workspace, paths: Iterable[Path]) -> ComplaintsResult:
         recorded = ws.store.complaints.record(
             campaign_id=campaign_id, address_hash=digest, message_id=report.message_id,
             feedback_type=report.feedback_type, reported_at=report.reported_at,
-            reason=f"spam complaint ({report.feedback_type} report)")
+            reason=f"{report.feedback_type} report")  # `suppress check` shows "(complaint: abuse report)"
         if not recorded.complaint:
             result.known += 1
             continue

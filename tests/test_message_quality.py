@@ -2,7 +2,8 @@
 (`spamassassin -L -t`, local rules only: no DNS, no network), stays at or below 0.5.
 
 The messages are those of the sample `mailer init` writes (mailer/sample) and of the campaigns
-in the repository (campaigns/, templates/, contacts/), sent to the maildir outbox. One
+in the repository (campaigns/, templates/, contacts/: links to the sample today, then scored
+once), sent to the maildir outbox. One
 SpamAssassin process scores them all (it takes a few seconds to load its rules). A message
 above the bar is fixed in how mailer builds it (headers, MIME structure, text and HTML), never
 by telling SpamAssassin to score less.
@@ -24,6 +25,7 @@ from conftest import SECRET
 from mailer.cli import cli
 
 REPOSITORY = Path(__file__).resolve().parent.parent
+SAMPLE = REPOSITORY / "mailer" / "sample"
 MAX_SCORE = 0.5
 SCORE = re.compile(r"score=(-?[\d.]+) required=[\d.]+ tests=(.*)", re.S)
 
@@ -74,8 +76,10 @@ def spamassassin_scores(messages: list[bytes], home: Path) -> list[tuple[float, 
 
 
 def test_every_sample_message_scores_at_most_half_a_point(tmp_path: Path) -> None:
-    messages = [*sent_messages(tmp_path / "sample", None), *sent_messages(tmp_path / "repository", REPOSITORY)]
-    assert len(messages) >= 4
+    messages = sent_messages(tmp_path / "sample", None)
+    if (REPOSITORY / "campaigns").resolve() != (SAMPLE / "campaigns").resolve():
+        messages += sent_messages(tmp_path / "repository", REPOSITORY)
+    assert len(messages) >= 3
     scores = spamassassin_scores(messages, tmp_path)
     lines = []
     for data, (score, rules) in zip(messages, scores, strict=True):
