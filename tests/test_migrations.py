@@ -31,7 +31,7 @@ from mailer.store import Store, migrate
 BOTH_DATABASES = True  # also run on PostgreSQL when MAILER_TEST_POSTGRES_URL is set
 
 FIXTURES = Path(__file__).parent / "fixtures"
-NOTE = "Upgraded the database schema from 0001 to 0004."
+NOTE = "Upgraded the database schema from 0001 to 0005."
 
 # Every table 0.1.0 wrote, with the columns that order its rows.
 TABLES = {
@@ -85,12 +85,15 @@ def snapshot(project: Project) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table 0.1.0 wrote (settings without schema_version, which the upgrade moves on)."""
     rows = {name: project.sql(f"SELECT * FROM {name} ORDER BY {order}") for name, order in TABLES.items()}
     rows["settings"] = [row for row in rows["settings"] if row[0] != "schema_version"]
-    # columns later revisions added come last (0004: runs.fingerprint, "" for the runs before it)
-    rows["runs"] = [row[:RUNS_COLUMNS_0_1_0] for row in rows["runs"]]
+    # columns later revisions added come last (0004: runs.fingerprint, "" for the runs before it;
+    # 0005: runs.sender, heartbeat_at, plan_run_id, send_log.claimed_by, campaigns.next_send_at)
+    for name, kept in COLUMNS_0_1_0.items():
+        rows[name] = [row[:kept] for row in rows[name]]
     return rows
 
 
-RUNS_COLUMNS_0_1_0 = 6  # id, campaign_id, started_at, finished_at, outcome, counts
+#: how many columns of these tables 0.1.0 had (runs: id, campaign_id, started_at, finished_at, outcome, counts)
+COLUMNS_0_1_0 = {"runs": 6, "send_log": 16, "campaigns": 7}
 
 
 def engine_for(url: str) -> sqlalchemy.Engine:
@@ -157,8 +160,8 @@ def test_a_0_1_0_database_upgrades_on_first_use_without_losing_a_row(project: Pr
     assert result.output.count(NOTE) == 1
     assert counts(result.output)["sent"] == 3 and counts(result.output)["blocked"] == 5
     assert snapshot(project) == before  # every contact, list, suppression, erasure, interaction, run, send-log row
-    assert project.sql("SELECT version_num FROM alembic_version") == [("0004",)]
-    assert project.sql("SELECT value FROM settings WHERE key = 'schema_version'") == [("0004",)]  # 0.1.0 refuses it
+    assert project.sql("SELECT version_num FROM alembic_version") == [("0005",)]
+    assert project.sql("SELECT value FROM settings WHERE key = 'schema_version'") == [("0005",)]  # 0.1.0 refuses it
 
     again = project.run("status", "2027-01-follow-up")
     assert again.exit_code == 0 and "Upgraded" not in again.output
@@ -235,9 +238,9 @@ def test_the_baseline_is_exactly_the_0_1_0_schema(project: Project, spare: str, 
 def test_upgrade_reports_from_and_to_and_then_nothing(project: Project) -> None:
     load_0_1_0(project)
     engine = engine_for(url_of(project))
-    assert migrate.upgrade(engine) == ("0001", "0004")
-    assert migrate.upgrade(engine) == ("0004", "0004")
-    assert migrate.current_revision(engine) == migrate.head_revision() == "0004"
+    assert migrate.upgrade(engine) == ("0001", "0005")
+    assert migrate.upgrade(engine) == ("0005", "0005")
+    assert migrate.current_revision(engine) == migrate.head_revision() == "0005"
     engine.dispose()
 
 
@@ -247,7 +250,7 @@ def test_the_downgrade_to_0001_dates_unknown_collections(project: Project) -> No
     Store.open(url_of(project), create=True).close()
     project.sql("UPDATE contacts SET collected_at = NULL WHERE email_key = ?", "paul.martin@telco.example")
     engine = engine_for(url_of(project))
-    assert migrate.downgrade(engine, "0001") == ("0004", "0001")
+    assert migrate.downgrade(engine, "0001") == ("0005", "0001")
     engine.dispose()
     (created, collected), = project.sql("SELECT created_at, collected_at FROM contacts WHERE email_key = ?",
                                         "paul.martin@telco.example")
@@ -336,9 +339,9 @@ def test_two_processes_opening_a_database_at_once_upgrade_it_once(project: Proje
     assert sorted(outcomes) == ([[], [NOTE]] if start == "0.1.0" else [[], []])  # a new database: no note
     if start == "0.1.0":
         assert snapshot(project) == before
-    assert project.sql("SELECT version_num FROM alembic_version") == [("0004",)]
+    assert project.sql("SELECT version_num FROM alembic_version") == [("0005",)]
     if start == "empty":
-        assert project.sql("SELECT key, value FROM settings") == [("schema_version", "0004")]
+        assert project.sql("SELECT key, value FROM settings") == [("schema_version", "0005")]
 
 
 # --------------------------------------------------------------------------- fixtures
