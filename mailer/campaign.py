@@ -414,7 +414,8 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
         if ws.store.dialect != "postgresql":  # SQLite: one process at a time sends a campaign
             lease = take_campaign(ws.store, campaign.id)
         sender = register(ws.store, campaign.id, version, this_process())
-        heartbeat = Heartbeat(ws.store, sender.run_id).start()
+        if lease is None:  # PostgreSQL: the others tell a live sender from a dead one by its heartbeat
+            heartbeat = Heartbeat(ws.store, sender.run_id).start()
     run_id = sender.run_id if sender is not None else None
     if render_workers is None:
         workers = ws.environ.get("MAILER_RENDER_WORKERS")
@@ -482,10 +483,12 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
     summary.notes = transport.notes()
     if sender is not None and sender.recovered.senders:
         found = sender.recovered
-        summary.notes.append(
-            f"{', '.join(found.senders)} stopped while sending this campaign: {found.uncertain} of its messages in "
-            f"flight are marked uncertain (not resent unless --retry-uncertain), {found.confirmed} were found "
-            f"delivered, and {found.given_back} it had taken were sent by the others")
+        done = [f"{found.uncertain} of the messages it was sending are marked uncertain (not resent unless "
+                "--retry-uncertain)" if found.uncertain else "",
+                f"{found.confirmed} it was sending were found delivered" if found.confirmed else "",
+                f"the {found.given_back} recipients it had taken went to the others" if found.given_back else ""]
+        summary.notes.append(f"{', '.join(found.senders)} stopped while sending this campaign: "
+                             + "; ".join(filter(None, done)))
     return summary
 
 
@@ -597,8 +600,8 @@ class SenderShare:
     run_id: int
     name: str                  # "host:pid"
     started_at: datetime
-    #: "sending" while it runs; "gone" when it stopped without saying so (killed, crashed, lost); else
-    #: how it ended ("finished", "stopped", …)
+    #: "sending" while it runs ("starting" before it has a plan to send); "gone" when it stopped
+    #: without saying so (killed, crashed, lost); else how it ended ("finished", "stopped", …)
     state: str
     last_seen: datetime | None
     #: send-log state -> rows it took ("sending": in flight; "planned": reserved, not sent yet). A gone
@@ -672,7 +675,8 @@ def campaign_status(ws: Workspace, campaign: str | os.PathLike[str], *, show: st
         rows = dict(by_sender.get(run_id, {}))
         if run_id in gone and rows.get(SendState.SENDING):
             rows[SendState.UNCERTAIN] = rows.get(SendState.UNCERTAIN, 0) + rows.pop(SendState.SENDING)
-        state = "sending" if run_id in alive else "gone" if run.outcome == "running" else run.outcome
+        state = ("sending" if run.plan_run_id is not None else "starting") if run_id in alive \
+            else "gone" if run.outcome == "running" else run.outcome
         if rows or run_id in alive:
             shares.append(SenderShare(run_id, run.sender or f"run {run_id}", run.started_at, state,
                                       run.heartbeat_at, rows))

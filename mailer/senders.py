@@ -12,8 +12,9 @@ a process of this machine that no longer runs. Only a dead sender's rows are rec
 was delivering become uncertain (sent when the transport proves it), those it had reserved go back
 to the others. A live sender's rows in flight are never touched.
 
-On SQLite the lease (`mailer.lease`) still admits one sender per campaign; it is registered the
-same way, so that `status` shows its share and a crash is recovered alike.
+On SQLite the lease (`mailer.lease`) still admits one sender per campaign: it is registered the
+same way (so `status` shows its share and a crash is recovered alike), but the lease, not a
+heartbeat, says it is alive.
 """
 from __future__ import annotations
 

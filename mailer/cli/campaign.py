@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from datetime import UTC, datetime
 
 import click
 
@@ -321,7 +322,9 @@ def _print_senders(found: CampaignStatus) -> None:
     for share in found.senders:
         state = share.state
         if state == "gone" and share.last_seen is not None:
-            state = f"gone (last seen {share.last_seen:%Y-%m-%d %H:%M:%S} UTC)"
+            seen = share.last_seen.replace(tzinfo=UTC) if share.last_seen.tzinfo is None else share.last_seen
+            state = f"gone (last seen {seen:%H:%M:%S} UTC)" if seen.date() == datetime.now(UTC).date() \
+                else f"gone (last seen {seen:%Y-%m-%d %H:%M} UTC)"
         counts = share.rows
         rows.append((share.name, share.run_id, state, counts.get("sent", 0), counts.get("failed", 0),
                      counts.get("deferred", 0), counts.get("uncertain", 0), counts.get("sending", 0),

@@ -166,6 +166,10 @@ class SendLogRows:
         state. Returns (confirmed sent, uncertain, given back)."""
         if not dead:
             return 0, 0, 0
+        return self.reconnect.run(lambda: self._recover_senders(campaign_id, dead, delivered))
+
+    def _recover_senders(self, campaign_id: str, dead: dict[int, str],
+                         delivered: Callable[[int], bool | None]) -> tuple[int, int, int]:
         table = _log
         senders = sorted(dead)
         with self.engine.connect() as conn:
