@@ -34,7 +34,7 @@ from .delivery import DeliveryReport
 from .errors import ComplianceRefusal, InputError, NotFound
 from .gate import RULE_IDS
 from .importer import ImportOutcome, Progress, no_progress
-from .lease import being_sent, keep_campaign, take_campaign, this_process
+from .lease import being_sent, keep_campaign, take_campaign
 from .owner_only import too_open
 from .planning import Plan, PreparedCampaign, decide_campaign, expected_recipients, prepare_campaign
 from .render import RenderedMessage
@@ -413,7 +413,7 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
         ws.store.campaigns.record(campaign.id, campaign.kind, campaign.locale, campaign.list_name)
         if ws.store.dialect != "postgresql":  # SQLite: one process at a time sends a campaign
             lease = take_campaign(ws.store, campaign.id)
-        sender = register(ws.store, campaign.id, version, this_process())
+        sender = register(ws.store, campaign.id, version)
         if lease is None:  # PostgreSQL: the others tell a live sender from a dead one by its heartbeat
             heartbeat = Heartbeat(ws.store, sender.run_id).start()
     run_id = sender.run_id if sender is not None else None
@@ -436,7 +436,9 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
     try:
         # The senders starting together plan one at a time: the first plans, the others join its plan.
         with ws.store.campaigns.planning(campaign.id) if sender is not None else contextlib.nullcontext():
-            planner = live_plan(ws.store, campaign.id, sender.run_id) if sender is not None else None
+            # (SQLite: the lease admits one sender, whose plan is its own)
+            planner = live_plan(ws.store, campaign.id, sender.run_id) if sender is not None and lease is None \
+                else None
             if sender is not None and planner is not None:
                 plan = _join_plan(ws, prepared, sender, planner, version, retry_uncertain)
             else:
@@ -477,6 +479,8 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
     finally:
         if heartbeat is not None:
             heartbeat.stop()
+        if sender is not None:
+            sender.finished()
         _end_run(ws, campaign.id, sender, lease, outcome,
                  counts | {f"delivery:{k}": v for k, v in results.items()}, failure)
     _summarise(summary, report.delivered, report.footer_blocked)

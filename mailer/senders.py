@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .lease import dead_here
+from .lease import dead_here, this_process
 from .store import Run, Store, utcnow
 from .transport import Transport
 
@@ -35,11 +35,18 @@ HEARTBEAT_SECONDS = 5.0
 SENDER_EXPIRY_SECONDS = 60.0
 
 
+#: the runs this process is sending now (a run of this process not among them ended, even if its end
+#: could not be recorded: the database went away)
+_SENDING_HERE: set[int] = set()
+
+
 def is_alive(run: Run, now: datetime | None = None) -> bool:
     """True for a run still sending: recorded as running, its heartbeat recent, and not a process
-    of this machine that no longer runs."""
+    of this machine that no longer runs (nor an earlier run of this very process)."""
     if run.outcome != "running" or not run.sender or run.heartbeat_at is None:
         return False
+    if run.sender == this_process():
+        return run.id in _SENDING_HERE
     beat = run.heartbeat_at if run.heartbeat_at.tzinfo else run.heartbeat_at.replace(tzinfo=UTC)
     if (now or utcnow()) - beat > timedelta(seconds=SENDER_EXPIRY_SECONDS):
         return False
@@ -126,10 +133,19 @@ class Sender:
         """Give back the rows reserved and not sent (stopped, limited, or found erased)."""
         self.store.sendlog.release(self.campaign_id, self.run_id)
 
+    def finished(self) -> None:
+        """This sender sends no more (whether or not its end could be recorded)."""
+        _SENDING_HERE.discard(self.run_id)
 
-def register(store: Store, campaign_id: str, fingerprint: str, name: str) -> Sender:
-    """A new run of the campaign, as a sender named `name` ("host:pid") whose heartbeat starts now."""
-    return Sender(store, campaign_id, store.campaigns.start_run(campaign_id, fingerprint, sender=name), name)
+
+def register(store: Store, campaign_id: str, fingerprint: str, name: str | None = None) -> Sender:
+    """A new run of the campaign, as a sender named `name` ("host:pid", this process's by default)
+    whose heartbeat starts now. `Sender.finished` says when it stops sending."""
+    name = name or this_process()
+    sender = Sender(store, campaign_id, store.campaigns.start_run(campaign_id, fingerprint, sender=name), name)
+    if name == this_process():
+        _SENDING_HERE.add(sender.run_id)
+    return sender
 
 
 def live_plan(store: Store, campaign_id: str, me: int) -> Run | None:

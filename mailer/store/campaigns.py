@@ -2,7 +2,6 @@
 at a time send a campaign on SQLite, and on PostgreSQL the planning lock and the shared rate."""
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -11,7 +10,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Engine
 
 from .reconnect import NEVER, Reconnect
-from .sql import insert_ignore
+from .sql import advisory_lock_key, insert_ignore
 from .tables import CAMPAIGNS, RUNS, SEND_LOG, Run, utcnow
 
 
@@ -145,7 +144,7 @@ class Campaigns:
         if self.dialect != "postgresql":
             yield
             return
-        key = int.from_bytes(hashlib.sha256(f"mailer/plan/{campaign_id}".encode()).digest()[:8], "big", signed=True)
+        key = advisory_lock_key(f"mailer/plan/{campaign_id}")
         with self.engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
             conn.commit()

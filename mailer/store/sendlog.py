@@ -18,7 +18,7 @@ from ..errors import DatabaseGone
 from ..states import DELIVERED_STATES, PENDING_STATES, TRANSITIONS, SendState, check_move
 from .place import DatabaseFile
 from .reconnect import NEVER, Reconnect
-from .sql import dialect_insert, execute_many, insert_ignore, update_by_id
+from .sql import advisory_lock_key, dialect_insert, execute_many, insert_ignore, update_by_id
 from .suppressions import suppressed_among_sql
 from .tables import SEND_LOG, SUPPRESSIONS, SendLog, utcnow
 
@@ -172,18 +172,21 @@ class SendLogRows:
                          delivered: Callable[[int], bool | None]) -> tuple[int, int, int]:
         table = _log
         senders = sorted(dead)
-        with self.engine.connect() as conn:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two senders recovering the same dead one at once would lock its rows in different
+                # orders (a deadlock): one at a time per campaign; the second finds the work done.
+                conn.execute(select(func.pg_advisory_xact_lock(advisory_lock_key(f"mailer/recover/{campaign_id}"))))
             in_flight = conn.execute(select(table.c.id, table.c.claimed_by, table.c.updated_at).where(
                 table.c.campaign_id == campaign_id, table.c.state == S.SENDING.value,
-                table.c.claimed_by.in_(senders))).all()
-        now = utcnow()
-        confirmed = [{"_id": row.id, "_by": row.claimed_by, "_now": now, "_sent_at": row.updated_at}
-                     for row in in_flight if delivered(row.id)]
-        proven = {c["_id"] for c in confirmed}
-        lost = [{"_id": row.id, "_by": row.claimed_by, "_now": now,
-                 "_detail": f"the sender {dead[row.claimed_by]} stopped during delivery"[:500]}
-                for row in in_flight if row.id not in proven]
-        with self.engine.begin() as conn:
+                table.c.claimed_by.in_(senders)).order_by(table.c.id)).all()
+            confirmed = [{"_id": row.id, "_by": row.claimed_by, "_now": now, "_sent_at": row.updated_at}
+                         for row in in_flight if delivered(row.id)]
+            proven = {c["_id"] for c in confirmed}
+            lost = [{"_id": row.id, "_by": row.claimed_by, "_now": now,
+                     "_detail": f"the sender {dead[row.claimed_by]} stopped during delivery"[:500]}
+                    for row in in_flight if row.id not in proven]
             sent = execute_many(conn, _CONFIRM_SENDING, confirmed)
             uncertain = execute_many(conn, _UNCERTAIN_SENDING, lost)
             given_back = conn.execute(update(table).where(
