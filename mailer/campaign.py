@@ -409,20 +409,9 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
                 return RunSummary(campaign.id, asked.counts, to_send=agreed, declined=True, plan=asked,
                                   blocked={rule: asked.counts[rule] for rule in RULE_IDS if asked.counts.get(rule)})
             limit = agreed
-    if not dry_run:
-        ws.store.campaigns.record(campaign.id, campaign.kind, campaign.locale, campaign.list_name)
-        if ws.store.dialect != "postgresql":  # SQLite: one process at a time sends a campaign
-            lease = take_campaign(ws.store, campaign.id)
-        sender = register(ws.store, campaign.id, version)
-        if lease is None:  # PostgreSQL: the others tell a live sender from a dead one by its heartbeat
-            heartbeat = Heartbeat(ws.store, sender.run_id).start()
-    run_id = sender.run_id if sender is not None else None
     if render_workers is None:
         workers = ws.environ.get("MAILER_RENDER_WORKERS")
         render_workers = int(workers) if workers and workers.isdigit() else None
-    if not dry_run and render_workers != 0 and (os.cpu_count() or 1) > 1 \
-            and expected_recipients(ws, campaign) >= LARGE_SEND:
-        start_render_workers_early()
     results: Counter[str] = Counter()
     counts: dict[str, int] = {}
     outcome = "failed"
@@ -434,24 +423,18 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
             on_result(state)
 
     try:
-        # The senders starting together plan one at a time: the first plans, the others join its plan.
-        with ws.store.campaigns.planning(campaign.id) if sender is not None else contextlib.nullcontext():
-            # (SQLite: the lease admits one sender, whose plan is its own)
-            planner = live_plan(ws.store, campaign.id, sender.run_id) if sender is not None and lease is None \
-                else None
-            if sender is not None and planner is not None:
-                plan = _join_plan(ws, prepared, sender, planner, version, retry_uncertain)
-            else:
-                plan = decide_campaign(ws, prepared, persist=not dry_run, retry_uncertain=retry_uncertain,
-                                       transport=transport, run_id=run_id, keep_recipients=False, progress=progress)
-                if not dry_run:  # the plan wrote (the spool's opt-outs, contacts, decisions): still in the file read?
-                    ws.store.verify_in_place("the run planned")
-                if plan.first_allowed is not None:  # a misspelt variable or a template defect stops here
-                    first = prepared.renderer.render(plan.first_allowed)
-                    if first.footer_problems:
-                        raise ComplianceRefusal([*first.footer_problems][:20] + ["nothing was sent"])
-                if sender is not None:
-                    sender.planned()
+        if not dry_run:
+            ws.store.campaigns.record(campaign.id, campaign.kind, campaign.locale, campaign.list_name)
+            if ws.store.dialect != "postgresql":  # SQLite: one process at a time sends a campaign
+                lease = take_campaign(ws.store, campaign.id)
+            sender = register(ws.store, campaign.id, version)
+            if lease is None:  # PostgreSQL: the others tell a live sender from a dead one by its heartbeat
+                heartbeat = Heartbeat(ws.store, sender.run_id).start()
+        if not dry_run and render_workers != 0 and (os.cpu_count() or 1) > 1 \
+                and expected_recipients(ws, campaign) >= LARGE_SEND:
+            start_render_workers_early()
+        plan = _plan_or_join(ws, prepared, sender, transport, version, retry_uncertain=retry_uncertain,
+                             several=lease is None, progress=progress)
         counts = dict(plan.counts)
         to_send = plan.allowed_count if limit is None else min(limit, plan.allowed_count)
         summary = RunSummary(campaign.id, plan.counts, to_send=to_send, dry_run=dry_run, imported=plan.imported,
@@ -494,6 +477,31 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
         summary.notes.append(f"{', '.join(found.senders)} stopped while sending this campaign: "
                              + "; ".join(filter(None, done)))
     return summary
+
+
+def _plan_or_join(ws: Workspace, prepared: PreparedCampaign, sender: Sender | None, transport: Transport,
+                  version: str, *, retry_uncertain: bool, several: bool, progress: Progress) -> Plan:
+    """This run's plan: made now (recording every decision, unless `sender` is None: a dry run), or,
+    when `several` senders may send the campaign (PostgreSQL) and live ones are sending it, theirs.
+    The senders starting together plan one at a time (the planning lock): the first plans, the
+    others find its plan complete and join it, so two never write conflicting decisions."""
+    with ws.store.campaigns.planning(prepared.campaign.id) if sender is not None else contextlib.nullcontext():
+        planner = live_plan(ws.store, prepared.campaign.id, sender.run_id) if sender is not None and several \
+            else None
+        if sender is not None and planner is not None:
+            return _join_plan(ws, prepared, sender, planner, version, retry_uncertain)
+        plan = decide_campaign(ws, prepared, persist=sender is not None, retry_uncertain=retry_uncertain,
+                               transport=transport, run_id=sender.run_id if sender is not None else None,
+                               keep_recipients=False, progress=progress)
+        if sender is not None:  # the plan wrote (the spool's opt-outs, contacts, decisions): still in the file read?
+            ws.store.verify_in_place("the run planned")
+        if plan.first_allowed is not None:  # a misspelt variable or a template defect stops here
+            first = prepared.renderer.render(plan.first_allowed)
+            if first.footer_problems:
+                raise ComplianceRefusal([*first.footer_problems][:20] + ["nothing was sent"])
+        if sender is not None:
+            sender.planned()
+        return plan
 
 
 def _join_plan(ws: Workspace, prepared: PreparedCampaign, sender: Sender, planner: Run, version: str,

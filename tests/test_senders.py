@@ -203,14 +203,14 @@ def test_a_sender_killed_midway_leaves_only_its_rows_in_flight_uncertain(project
     assert sender_lines(status)[f"{HOST}:{victim.pid}"][1] == "gone", status
 
 
-def _plan_as_another_machine(project: Project, name: str, reserved: int, in_flight: int) -> int:
+def _plan_as_another_machine(project: Project, name: str, reserved: int, in_flight: int, fingerprint: str = "") -> int:
     """A sender on another machine, as the database sees it: registered, its plan made, `reserved`
     rows taken, of which `in_flight` claimed (`sending`). Returns its run id."""
     ws = open_workspace(project.config, {"MAILER_SECRET": SECRET})
     try:
         prepared = prepare_campaign(ws, project.campaign)
         ws.store.campaigns.record(CAMPAIGN_ID, "prospecting", "fr", "prospects")
-        other = register(ws.store, CAMPAIGN_ID, "", name)
+        other = register(ws.store, CAMPAIGN_ID, fingerprint, name)
         decide_campaign(ws, prepared, run_id=other.run_id, keep_recipients=False)
         other.planned()
         ids = [log_id for log_id, _ in ws.store.sendlog.reserve(CAMPAIGN_ID, other.run_id, other.run_id, reserved)]
@@ -258,6 +258,24 @@ def test_a_live_sender_on_another_machine_is_left_alone_and_recovered_once_its_h
     assert "3 deliveries were interrupted by a crash and are marked uncertain" in rerun.output
     assert handler.recipients() == {a: 1 for a in addresses if states(project)[a] != "uncertain"}
     assert sorted(states(project).values()) == ["sent"] * 57 + ["uncertain"] * 3
+
+
+@pytest.mark.databases("postgresql")
+def test_a_sender_with_other_files_than_the_one_sending_or_deciding_again_under_it_is_refused(
+        project: Project) -> None:
+    many(project, 20)
+    _plan_as_another_machine(project, "sender-7.example:4242", reserved=5, in_flight=1, fingerprint="0123456789ab")
+    other_files = project.send()
+    assert other_files.exit_code == 2, other_files.output
+    assert "is being sent by sender-7.example:4242 (since " in other_files.output
+    assert "with another version of its file or templates (0123456789ab there, " in other_files.output
+    project.sql("update runs set fingerprint = ''")  # the same files (no version known: not compared)
+    again = project.send("--retry-uncertain")
+    assert again.exit_code == 2, again.output
+    assert "--retry-uncertain decides again over campaign 2026-12-cloud-audit, which sender-7.example:4242" \
+        in again.output
+    assert project.sql("select state, count(*) from send_log group by state order by state") == \
+        [("planned", 19), ("sending", 1)]  # neither sent nor decided anything
 
 
 @pytest.mark.databases("postgresql")
