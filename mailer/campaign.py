@@ -38,7 +38,7 @@ from .lease import being_sent, keep_campaign, take_campaign
 from .owner_only import too_open
 from .planning import Plan, PreparedCampaign, decide_campaign, expected_recipients, prepare_campaign
 from .render import RenderedMessage
-from .senders import Heartbeat, Sender, is_alive, live_plan, register
+from .senders import Heartbeat, Recovered, Sender, is_alive, live_plan, register
 from .sending import LARGE_SEND, SendReport, deliver_campaign, start_render_workers_early
 from .states import SendState
 from .store import Run, SendLog, utcnow
@@ -327,6 +327,8 @@ class RunSummary:
     imported: ImportOutcome | None = None
     #: this process as a sender of the campaign ("host:pid"); "" for a dry run
     sender: str = ""
+    #: what it did with the rows of other senders of the campaign that died meanwhile
+    recovered: Recovered | None = None
     #: rows a crash had left in `sending`, found delivered / marked uncertain
     confirmed_delivered: int = 0
     uncertain_recovered: int = 0
@@ -441,7 +443,8 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
                              confirmed_delivered=plan.confirmed_delivered,
                              uncertain_recovered=plan.uncertain_recovered,
                              blocked={rule: plan.counts[rule] for rule in RULE_IDS if plan.counts.get(rule)},
-                             plan=plan, sender=sender.name if sender is not None else "")
+                             plan=plan, sender=sender.name if sender is not None else "",
+                             recovered=sender.recovered if sender is not None else None)
         if dry_run:
             return summary
         if to_send == 0:
@@ -453,8 +456,8 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
             return summary
         outcome = "interrupted"
         with asyncio.Runner(loop_factory=_event_loop_factory(ws.environ)) as runner:
-            report = runner.run(_deliver(ws, prepared, plan, transport, limit, count, render_workers,
-                                         lease, sender, on_stopping))
+            report = runner.run(_deliver(ws, prepared, plan, transport, limit, count, render_workers, sender,
+                                         lease, on_stopping))
         outcome = "aborted" if report.delivered.aborted else "stopped" if report.delivered.stopped else "finished"
     except BaseException as exc:
         failure = exc
@@ -468,14 +471,6 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
                  counts | {f"delivery:{k}": v for k, v in results.items()}, failure)
     _summarise(summary, report.delivered, report.footer_blocked)
     summary.notes = transport.notes()
-    if sender is not None and sender.recovered.senders:
-        found = sender.recovered
-        done = [f"{found.uncertain} of the messages it was sending are marked uncertain (not resent unless "
-                "--retry-uncertain)" if found.uncertain else "",
-                f"{found.confirmed} it was sending were found delivered" if found.confirmed else "",
-                f"the {found.given_back} recipients it had taken went to the others" if found.given_back else ""]
-        summary.notes.append(f"{', '.join(found.senders)} stopped while sending this campaign: "
-                             + "; ".join(filter(None, done)))
     return summary
 
 
@@ -578,7 +573,7 @@ def _event_loop_factory(environ: Mapping[str, str]) -> Callable[[], asyncio.Abst
 
 
 async def _deliver(ws: Workspace, prepared: PreparedCampaign, plan: Plan, transport: Transport, limit: int | None,
-                   on_result: OnResult, render_workers: int | None, lease: str | None, sender: Sender | None,
+                   on_result: OnResult, render_workers: int | None, sender: Sender | None, lease: str | None,
                    on_stopping: Callable[[], None] | None) -> SendReport:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -142,16 +142,18 @@ class RetryPolicy:
 
 async def deliver_all(store: Store, transport: Transport, messages: AsyncIterator[Outgoing] | Iterable[Outgoing],
                       *, campaign_id: str, retry: RetryPolicy | None = None,
+                      sender: int | None = None, shared_pace: SharedPace | None = None,
                       on_result: Callable[[str], None] | None = None,
                       stop: asyncio.Event | None = None, rate_per_second: float = 0,
-                      before_claims: Callable[[], set[str] | None] | None = None,
-                      sender: int | None = None, shared_pace: SharedPace | None = None) -> DeliveryReport:
+                      before_claims: Callable[[], set[str] | None] | None = None) -> DeliveryReport:
     """Deliver every message with `transport.concurrency` workers. Returns the counts.
+
+    With `sender` (its run id, when several processes send the campaign) only the rows that
+    sender reserved are claimed; `shared_pace` keeps a rate shared with the other senders.
 
     Setting `stop` lets in-flight messages finish, then returns with `stopped`.
     `before_claims` runs before each transaction that claims messages (to record
-    opt-outs kept elsewhere, which the claim then honours). With `sender` (its run id), only
-    rows that sender reserved are claimed; `shared_pace` holds a rate shared with other senders.
+    opt-outs kept elsewhere, which the claim then honours).
     """
     retry = retry or RetryPolicy()
     stop = stop or asyncio.Event()
@@ -213,9 +215,9 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
         """Deliver a claimed message (retrying temporary failures); or, with claimed=False, claim
         it while the transport opens the transaction: only DATA waits for the claim."""
         while True:
-            await pace.wait()
             if shared_pace is not None:
                 await shared_pace.wait()
+            await pace.wait()
             if claimed:
                 delivery = await transport.deliver(message.envelope)
                 halt(delivery)

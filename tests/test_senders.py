@@ -140,23 +140,46 @@ def test_three_senders_mail_each_of_5000_recipients_once_and_status_shows_each_s
     assert {columns[1] for columns in table.values()} == {"finished"}
     assert counts(after.output)["sent"] == 5000
 
-    # A rerun after the list changed: two senders starting together again; one plans the new
-    # contacts (its decisions alone), the other joins; each new contact mailed once, nobody again.
-    more = [f"new{i}@later.example" for i in range(200)]
-    with project.csv.open("a") as csv:
-        csv.write("".join(f"{a},N{i},L,Co,CTO,software,b2b,Salon VivaTech 2026,2026-06-01\n"
-                          for i, a in enumerate(more)))
-    handler2 = RecordingHandler()
-    with SmtpServer(handler2) as server:
-        use_smtp(project, server.port, max_connections=8)
-        again = [start_sender(project, f"again{i}") for i in range(2)]
-        for sender in again:
-            sender.wait(timeout=60)
-    assert [s.returncode for s in again] == [0, 0], [output(project, f"again{i}") for i in range(2)]
-    assert handler2.recipients() == {a: 1 for a in more}
-    new_runs = project.sql("select plan_run_id from runs where id > ?", max(run_id for run_id, _, _ in runs))
-    assert len({plan for (plan,) in new_runs}) == 1
 
+@pytest.mark.databases("postgresql")
+def test_after_the_list_changed_senders_starting_together_again_plan_once_and_mail_each_new_contact_once(
+        project: Project) -> None:
+    """A rerun after changes: one of the senders starting together decides (its decisions alone),
+    the other joins its plan; each new contact is mailed once, nobody again."""
+    first = many(project, 60)
+    rerun: list[int] = []  # the last run before the rerun, once it starts
+
+    def until_both_have_a_plan(_: object) -> None:
+        """In the rerun, no message goes before both senders have a plan: neither may finish (and
+        the other then plan anew) before the other started, however slowly processes start here."""
+        if rerun:
+            wait_for(lambda: project.sql("select count(*) from runs where id > ? and plan_run_id is not null",
+                                         rerun[0]) == [(2,)], timeout=120)
+
+    handler = RecordingHandler(on_data=until_both_have_a_plan)
+    with SmtpServer(handler) as server:
+        use_smtp(project, server.port, max_connections=2)
+        for name in ("a0", "a1"):
+            start_sender(project, name)
+        for process in list(_STARTED):
+            process.wait(timeout=120)
+        assert [p.returncode for p in _STARTED] == [0, 0], [output(project, n) for n in ("a0", "a1")]
+        before = project.sql("select max(id) from runs")[0][0]
+        rerun.append(before)
+        more = [f"new{i}@later.example" for i in range(40)]
+        with project.csv.open("a") as csv:
+            csv.write("".join(f"{a},N{i},L,Co,CTO,software,b2b,Salon VivaTech 2026,2026-06-01\n"
+                              for i, a in enumerate(more)))
+        again = [start_sender(project, name) for name in ("b0", "b1")]
+        for process in again:
+            process.wait(timeout=120)
+    assert [p.returncode for p in again] == [0, 0], [output(project, n) for n in ("b0", "b1")]
+    assert handler.recipients() == {a: 1 for a in first + more}
+    plans = project.sql("select id, plan_run_id from runs where id > ? order by id", before)
+    assert len(plans) == 2 and len({plan for _, plan in plans}) == 1 and plans[0][1] in {i for i, _ in plans}
+    assert sum("joined the plan of" in output(project, n) for n in ("b0", "b1")) == 1
+    # The decisions of the rerun are its planner's: every row of the new contacts planned by it.
+    assert project.sql("select distinct run_id from send_log where address_key like 'new%'") == [(plans[0][1],)]
 
 @pytest.mark.databases("postgresql")
 @pytest.mark.timeout(300)

@@ -195,6 +195,14 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
     print_summary(summary)
     for note in summary.notes:
         click.echo(f"Note: {note}")
+    if summary.recovered is not None and summary.recovered.senders:
+        found = summary.recovered
+        done = [f"{found.uncertain} of the messages it was sending are marked uncertain (not resent unless "
+                "--retry-uncertain)" if found.uncertain else "",
+                f"{found.confirmed} it was sending were found delivered" if found.confirmed else "",
+                f"the {found.given_back} recipients it had taken went to the others" if found.given_back else ""]
+        click.echo(f"Note: {', '.join(found.senders)} stopped while sending this campaign: "
+                   + "; ".join(filter(None, done)))
     if summary.aborted:
         raise TransportError(f"sending stopped: {summary.aborted}",
                              hint="nothing is lost: check the server, then rerun the same command to resume")
