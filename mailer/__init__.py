@@ -22,6 +22,7 @@ from .campaign import (
     CampaignStatus,
     PreviewResult,
     RunSummary,
+    SenderShare,
     campaign_status,
     plan_campaign,
     preview_campaign,
@@ -62,7 +63,7 @@ def import_contacts(ws: Workspace, csv_path: str | os.PathLike[str], list_name: 
 __all__ = [
     "CampaignStatus", "ComplaintsResult", "ComplianceRefusal", "ConfigError", "CsvError", "Delivery", "Envelope", "Explanation",
     "ForgetResult", "ImportOutcome", "InputError", "InvalidRows", "ListNotFound", "MailerError", "NotFound",
-    "Plan", "PlannedRecipient", "PreviewResult", "RetentionItem", "RetentionReport", "RunSummary",
+    "Plan", "PlannedRecipient", "PreviewResult", "RetentionItem", "RetentionReport", "RunSummary", "SenderShare",
     "SendState", "StoreError", "DatabaseGone", "DatabaseMissing", "TemplateError", "Transport", "TransportError",
     "Workspace", "__version__",
     "apply_spooled_optouts", "campaign_status", "explain", "forget", "import_contacts", "open_workspace", "plan_campaign",

@@ -10,6 +10,7 @@ callbacks the caller passes in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import html as html_lib
 import os
@@ -33,13 +34,14 @@ from .delivery import DeliveryReport
 from .errors import ComplianceRefusal, InputError, NotFound
 from .gate import RULE_IDS
 from .importer import ImportOutcome, Progress, no_progress
-from .lease import being_sent, keep_campaign, take_campaign, this_process
+from .lease import being_sent, keep_campaign, take_campaign
 from .owner_only import too_open
 from .planning import Plan, PreparedCampaign, decide_campaign, expected_recipients, prepare_campaign
 from .render import RenderedMessage
+from .senders import Heartbeat, Recovered, Sender, is_alive, live_plan, register
 from .sending import LARGE_SEND, SendReport, deliver_campaign, start_render_workers_early
 from .states import SendState
-from .store import Run, SendLog
+from .store import Run, SendLog, utcnow
 from .store.reconnect import lost_connection
 from .transport import Transport
 from .transport.base import Delivery, Envelope
@@ -323,6 +325,10 @@ class RunSummary:
     #: why the run stopped by itself (the server went away); rerunning resumes
     aborted: str = ""
     imported: ImportOutcome | None = None
+    #: this process as a sender of the campaign ("host:pid"); "" for a dry run
+    sender: str = ""
+    #: what it did with the rows of other senders of the campaign that died meanwhile
+    recovered: Recovered | None = None
     #: rows a crash had left in `sending`, found delivered / marked uncertain
     confirmed_delivered: int = 0
     uncertain_recovered: int = 0
@@ -387,7 +393,9 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
     campaign = prepared.campaign
     version = _check_unchanged(ws, Path(campaign_path), campaign, allow_changes)
     transport = ws.open_transport()
-    lease = run_id = None
+    lease = None
+    sender: Sender | None = None
+    heartbeat: Heartbeat | None = None
     if confirm is not None and ask_before_writing and not dry_run:
         # Ask before anything is written (the CSV's import included): the question shows a plan
         # made without writing, and the run sends no more than the number agreed to.
@@ -403,16 +411,9 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
                 return RunSummary(campaign.id, asked.counts, to_send=agreed, declined=True, plan=asked,
                                   blocked={rule: asked.counts[rule] for rule in RULE_IDS if asked.counts.get(rule)})
             limit = agreed
-    if not dry_run:  # one process at a time sends a campaign (and recovers its crashed rows)
-        ws.store.campaigns.record(campaign.id, campaign.kind, campaign.locale, campaign.list_name)
-        lease = take_campaign(ws.store, campaign.id)
-        run_id = ws.store.campaigns.start_run(campaign.id, version)
     if render_workers is None:
         workers = ws.environ.get("MAILER_RENDER_WORKERS")
         render_workers = int(workers) if workers and workers.isdigit() else None
-    if not dry_run and render_workers != 0 and (os.cpu_count() or 1) > 1 \
-            and expected_recipients(ws, campaign) >= LARGE_SEND:
-        start_render_workers_early()
     results: Counter[str] = Counter()
     counts: dict[str, int] = {}
     outcome = "failed"
@@ -424,21 +425,26 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
             on_result(state)
 
     try:
-        plan = decide_campaign(ws, prepared, persist=not dry_run, retry_uncertain=retry_uncertain,
-                               transport=transport, run_id=run_id, keep_recipients=False, progress=progress)
+        if not dry_run:
+            ws.store.campaigns.record(campaign.id, campaign.kind, campaign.locale, campaign.list_name)
+            if ws.store.dialect != "postgresql":  # SQLite: one process at a time sends a campaign
+                lease = take_campaign(ws.store, campaign.id)
+            sender = register(ws.store, campaign.id, version)
+            if lease is None:  # PostgreSQL: the others tell a live sender from a dead one by its heartbeat
+                heartbeat = Heartbeat(ws.store, sender.run_id).start()
+        if not dry_run and render_workers != 0 and (os.cpu_count() or 1) > 1 \
+                and expected_recipients(ws, campaign) >= LARGE_SEND:
+            start_render_workers_early()
+        plan = _plan_or_join(ws, prepared, sender, transport, version, retry_uncertain=retry_uncertain,
+                             several=lease is None, progress=progress)
         counts = dict(plan.counts)
-        if not dry_run:  # the plan wrote (the spool's opt-outs, contacts, decisions): still in the file read?
-            ws.store.verify_in_place("the run planned")
         to_send = plan.allowed_count if limit is None else min(limit, plan.allowed_count)
         summary = RunSummary(campaign.id, plan.counts, to_send=to_send, dry_run=dry_run, imported=plan.imported,
                              confirmed_delivered=plan.confirmed_delivered,
                              uncertain_recovered=plan.uncertain_recovered,
                              blocked={rule: plan.counts[rule] for rule in RULE_IDS if plan.counts.get(rule)},
-                             plan=plan)
-        if plan.first_allowed is not None:  # a misspelt variable or a template defect stops here
-            first = prepared.renderer.render(plan.first_allowed)
-            if first.footer_problems:
-                raise ComplianceRefusal([*first.footer_problems][:20] + ["nothing was sent"])
+                             plan=plan, sender=sender.name if sender is not None else "",
+                             recovered=sender.recovered if sender is not None else None)
         if dry_run:
             return summary
         if to_send == 0:
@@ -450,30 +456,85 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
             return summary
         outcome = "interrupted"
         with asyncio.Runner(loop_factory=_event_loop_factory(ws.environ)) as runner:
-            report = runner.run(_deliver(ws, prepared, plan, transport, limit, count, render_workers,
+            report = runner.run(_deliver(ws, prepared, plan, transport, limit, count, render_workers, sender,
                                          lease, on_stopping))
         outcome = "aborted" if report.delivered.aborted else "stopped" if report.delivered.stopped else "finished"
     except BaseException as exc:
         failure = exc
         raise
     finally:
-        _end_run(ws, campaign.id, run_id, lease, outcome,
+        if heartbeat is not None:
+            heartbeat.stop()
+        if sender is not None:
+            sender.finished()
+        _end_run(ws, campaign.id, sender, lease, outcome,
                  counts | {f"delivery:{k}": v for k, v in results.items()}, failure)
     _summarise(summary, report.delivered, report.footer_blocked)
     summary.notes = transport.notes()
     return summary
 
 
-def _end_run(ws: Workspace, campaign_id: str, run_id: int | None, lease: str | None, outcome: str,
+def _plan_or_join(ws: Workspace, prepared: PreparedCampaign, sender: Sender | None, transport: Transport,
+                  version: str, *, retry_uncertain: bool, several: bool, progress: Progress) -> Plan:
+    """This run's plan: made now (recording every decision, unless `sender` is None: a dry run), or,
+    when `several` senders may send the campaign (PostgreSQL) and live ones are sending it, theirs.
+    The senders starting together plan one at a time (the planning lock): the first plans, the
+    others find its plan complete and join it, so two never write conflicting decisions."""
+    with ws.store.campaigns.planning(prepared.campaign.id) if sender is not None else contextlib.nullcontext():
+        planner = live_plan(ws.store, prepared.campaign.id, sender.run_id) if sender is not None and several \
+            else None
+        if sender is not None and planner is not None:
+            return _join_plan(ws, prepared, sender, planner, version, retry_uncertain)
+        plan = decide_campaign(ws, prepared, persist=sender is not None, retry_uncertain=retry_uncertain,
+                               transport=transport, run_id=sender.run_id if sender is not None else None,
+                               keep_recipients=False, progress=progress)
+        if sender is not None:  # the plan wrote (the spool's opt-outs, contacts, decisions): still in the file read?
+            ws.store.verify_in_place("the run planned")
+        if plan.first_allowed is not None:  # a misspelt variable or a template defect stops here
+            first = prepared.renderer.render(plan.first_allowed)
+            if first.footer_problems:
+                raise ComplianceRefusal([*first.footer_problems][:20] + ["nothing was sent"])
+        if sender is not None:
+            sender.planned()
+        return plan
+
+
+def _join_plan(ws: Workspace, prepared: PreparedCampaign, sender: Sender, planner: Run, version: str,
+               retry_uncertain: bool) -> Plan:
+    """Send the plan live senders are sending (`planner`'s) instead of deciding again: a plan to
+    show, whose `allowed` counts the rows nobody took yet. Raises InputError when this process
+    would send other text than theirs, or decide again (--retry-uncertain) under them."""
+    campaign = prepared.campaign
+    who = f"{planner.sender or 'another process'} (since {planner.started_at:%Y-%m-%d %H:%M:%S} UTC)"
+    if planner.fingerprint and planner.fingerprint != version:
+        raise InputError(f"campaign {campaign.id} is being sent by {who} with another version of its file or "
+                         f"templates ({planner.fingerprint} there, {version} here): every sender of a campaign "
+                         "must send the same text",
+                         hint="use the same campaign file and templates as that sender, or wait for it to finish")
+    if retry_uncertain:
+        raise InputError(f"--retry-uncertain decides again over campaign {campaign.id}, which {who} is sending now",
+                         hint="rerun with --retry-uncertain once its senders finished (mailer status shows them)")
+    sender.join(planner)
+    assert sender.plan_run_id is not None
+    waiting = ws.store.sendlog.unreserved(campaign.id, sender.plan_run_id)
+    plan = Plan(campaign, Counter({"allowed": waiting}), run_id=sender.plan_run_id,
+                from_domain=prepared.renderer.from_domain)
+    plan.notes[f"joined the plan of {who}: {waiting} recipients not taken yet by its senders"] = None
+    return plan
+
+
+def _end_run(ws: Workspace, campaign_id: str, sender: Sender | None, lease: str | None, outcome: str,
              counts: dict[str, int], failure: BaseException | None) -> None:
-    """Record how the run ended and give up the campaign's lease. Not when the database file
-    is gone (that would make a new file or write into another one), nor when the database
-    already failed: its error says more than a second one would, after waiting again."""
+    """Record how the run ended, give back the rows it reserved and did not send, and give up the
+    campaign's lease. Not when the database file is gone (that would make a new file or write
+    into another one), nor when the database already failed: its error says more than a second
+    one would, after waiting again (the rows it reserved go to the others once it is seen dead)."""
     if ws.store.lost or (failure is not None and lost_connection(failure)):
         return
     try:
-        if run_id is not None:
-            ws.store.campaigns.finish_run(run_id, outcome, counts)
+        if sender is not None:
+            sender.release()
+            ws.store.campaigns.finish_run(sender.run_id, outcome, counts)
         if lease is not None:
             ws.store.campaigns.release_lease(campaign_id, lease)
     except SQLAlchemyError:
@@ -512,7 +573,7 @@ def _event_loop_factory(environ: Mapping[str, str]) -> Callable[[], asyncio.Abst
 
 
 async def _deliver(ws: Workspace, prepared: PreparedCampaign, plan: Plan, transport: Transport, limit: int | None,
-                   on_result: OnResult, render_workers: int | None, lease: str | None,
+                   on_result: OnResult, render_workers: int | None, sender: Sender | None, lease: str | None,
                    on_stopping: Callable[[], None] | None) -> SendReport:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -531,11 +592,32 @@ async def _deliver(ws: Workspace, prepared: PreparedCampaign, plan: Plan, transp
         pass  # not the main thread: the caller stops the run its own way
     await transport.open()
     try:
-        async with keep_campaign(ws.store, prepared.campaign.id, lease or this_process()):
+        async with keep_campaign(ws.store, prepared.campaign.id, lease) if lease is not None \
+                else contextlib.nullcontext():
             return await deliver_campaign(ws, prepared, plan, transport, limit=limit, on_result=on_result,
-                                          stop=stop, render_workers=render_workers)
+                                          stop=stop, render_workers=render_workers, sender=sender)
     finally:
         await transport.close()
+
+
+@dataclass
+class SenderShare:
+    """One sender of a campaign (a run of `mailer send`) and the rows it took."""
+
+    run_id: int
+    name: str                  # "host:pid"
+    started_at: datetime
+    #: "sending" while it runs ("starting" before it has a plan to send); "gone" when it stopped
+    #: without saying so (killed, crashed, lost); else how it ended ("finished", "stopped", …)
+    state: str
+    last_seen: datetime | None
+    #: send-log state -> rows it took ("sending": in flight; "planned": reserved, not sent yet). A gone
+    #: sender's rows in flight are counted uncertain.
+    rows: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def sent(self) -> int:
+        return self.rows.get(SendState.SENT, 0)
 
 
 @dataclass
@@ -558,6 +640,8 @@ class CampaignStatus:
     versions: dict[str, tuple[int, datetime]] = field(default_factory=dict)
     #: recipients who reported its message as spam (`mailer suppress complaints`)
     complaints: int = 0
+    #: the senders that took rows of the campaign, or are sending it now, oldest first
+    senders: list[SenderShare] = field(default_factory=list)
 
     @property
     def allowed(self) -> int:
@@ -565,7 +649,10 @@ class CampaignStatus:
 
 
 def campaign_status(ws: Workspace, campaign: str | os.PathLike[str], *, show: str | None = None) -> CampaignStatus:
-    """A campaign's send log (`campaign` is its file or its id). Raises NotFound when it was never sent."""
+    """A campaign's send log (`campaign` is its file or its id). Raises NotFound when it was never sent.
+
+    Writes nothing: the rows a sender that is gone left in flight are counted (and shown) as
+    uncertain, and stay as they are until a sender or the next send records it."""
     path = Path(campaign)
     campaign_id = load_campaign(path).id if path.is_file() else str(campaign)
     if not ws.store.campaigns.known(campaign_id):
@@ -573,18 +660,45 @@ def campaign_status(ws: Workspace, campaign: str | os.PathLike[str], *, show: st
                        hint="send the campaign first (or check the id)")
     states, rules = ws.store.sendlog.status_counts(campaign_id)
     last_run = ws.store.campaigns.last_run(campaign_id)
-    shown = [show] if show else []
-    # Nobody sends it now: what a run left in flight may or may not have left (the next send says
-    # which); status only reads, so the rows keep their state until then.
-    dead_run = not being_sent(ws.store, campaign_id) and (
-        bool(states.get(SendState.SENDING)) or (last_run is not None and last_run.outcome == "running"))
-    if dead_run and states.get(SendState.SENDING):
-        states[SendState.UNCERTAIN] = states.get(SendState.UNCERTAIN, 0) + states.pop(SendState.SENDING)
-        if show == SendState.UNCERTAIN:
-            shown.append(SendState.SENDING)
+    by_sender = ws.store.sendlog.by_sender(campaign_id)
+    runs = {run.id: run for run in ws.store.campaigns.runs(
+        {i for i in by_sender if i is not None} | {r.id for r in ws.store.campaigns.running(campaign_id) if r.id})
+        if run.id is not None}
+    now = utcnow()
+    alive = {i for i, run in runs.items() if is_alive(run, now)}
+    holder, _ = ws.store.campaigns.lease(campaign_id)
+    if being_sent(ws.store, campaign_id):  # SQLite: the lease's holder is alive, whatever its heartbeat says
+        alive |= {i for i, run in runs.items() if run.outcome == "running" and run.sender == holder}
+    anyone = bool(alive) or being_sent(ws.store, campaign_id)
+    # Rows in flight of a sender that is gone (or of none, when nobody sends): they may or may not
+    # have left (the next send says which).
+    gone = {i for i in by_sender if (i is None and not anyone) or (i is not None and i not in alive)}
+    stranded = sum(by_sender[i].get(SendState.SENDING, 0) for i in gone)
+    if stranded:
+        states[SendState.SENDING] -= stranded
+        if not states[SendState.SENDING]:
+            del states[SendState.SENDING]
+        states[SendState.UNCERTAIN] = states.get(SendState.UNCERTAIN, 0) + stranded
+    shares = []
+    for run_id, run in sorted(runs.items()):
+        rows = dict(by_sender.get(run_id, {}))
+        if run_id in gone and rows.get(SendState.SENDING):
+            rows[SendState.UNCERTAIN] = rows.get(SendState.UNCERTAIN, 0) + rows.pop(SendState.SENDING)
+        state = ("sending" if run.plan_run_id is not None else "starting") if run_id in alive \
+            else "gone" if run.outcome == "running" else run.outcome
+        if rows or run_id in alive:
+            shares.append(SenderShare(run_id, run.sender or f"run {run_id}", run.started_at, state,
+                                      run.heartbeat_at, rows))
+    dead_run = last_run is not None and last_run.outcome == "running" and last_run.id not in alive \
+        and not (last_run.sender == "" and anyone)
+    shown: list[SendLog] = []
+    if show:
+        wanted = [show, SendState.SENDING] if show == SendState.UNCERTAIN and stranded else [show]
+        shown = [row for row in ws.store.sendlog.rows(campaign_id, wanted)
+                 if row.state != SendState.SENDING or show == SendState.SENDING or row.claimed_by in gone]
     return CampaignStatus(campaign_id, states, rules, ws.store.suppressions.bounces_recorded(campaign_id),
-                          last_run, ws.store.sendlog.rows(campaign_id, shown) if show else [], dead_run,
+                          last_run, shown, dead_run,
                           spooled_optouts=ws.spool.pending(),
                           suppressions=ws.store.suppressions.origins_by_campaign().get(campaign_id, {}),
-                          versions=ws.store.campaigns.sent_versions(campaign_id),
+                          versions=ws.store.campaigns.sent_versions(campaign_id), senders=shares,
                           complaints=ws.store.complaints.count(campaign_id))

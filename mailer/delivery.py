@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .pacing import SharedPace
 from .states import SendState
 from .store import Store, utcnow
 from .transport.base import Delivery, Envelope, Transport
@@ -46,9 +47,10 @@ class DeliveryReport:
 class _GroupCommitter:
     """Batches claims and outcomes from concurrent workers into shared transactions."""
 
-    def __init__(self, store: Store, before_claims: Callable[[], set[str] | None] | None = None) -> None:
+    def __init__(self, store: Store, before_claims: Callable[[], set[str] | None] | None = None,
+                 sender: int | None = None) -> None:
         self._before_claims = before_claims
-        self._writer = store.sendlog.writer()
+        self._writer = store.sendlog.writer(sender)
         self._claims: list[tuple[Outgoing, asyncio.Future[str]]] = []
         self._outcomes: list[dict[str, Any]] = []
         self._suppressions: list[tuple[str, str, str]] = []  # (hash, reason, campaign)
@@ -140,10 +142,14 @@ class RetryPolicy:
 
 async def deliver_all(store: Store, transport: Transport, messages: AsyncIterator[Outgoing] | Iterable[Outgoing],
                       *, campaign_id: str, retry: RetryPolicy | None = None,
+                      sender: int | None = None, shared_pace: SharedPace | None = None,
                       on_result: Callable[[str], None] | None = None,
                       stop: asyncio.Event | None = None, rate_per_second: float = 0,
                       before_claims: Callable[[], set[str] | None] | None = None) -> DeliveryReport:
     """Deliver every message with `transport.concurrency` workers. Returns the counts.
+
+    With `sender` (its run id, when several processes send the campaign) only the rows that
+    sender reserved are claimed; `shared_pace` keeps a rate shared with the other senders.
 
     Setting `stop` lets in-flight messages finish, then returns with `stopped`.
     `before_claims` runs before each transaction that claims messages (to record
@@ -152,7 +158,7 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
     retry = retry or RetryPolicy()
     stop = stop or asyncio.Event()
     report = DeliveryReport()
-    committer = _GroupCommitter(store, before_claims)
+    committer = _GroupCommitter(store, before_claims, sender)
     writer = asyncio.create_task(committer.run())
     queue: asyncio.Queue[Outgoing | None] = asyncio.Queue(maxsize=max(4, transport.concurrency * 4))
     pace = _Pace(rate_per_second)
@@ -209,6 +215,8 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
         """Deliver a claimed message (retrying temporary failures); or, with claimed=False, claim
         it while the transport opens the transaction: only DATA waits for the claim."""
         while True:
+            if shared_pace is not None:
+                await shared_pace.wait()
             await pace.wait()
             if claimed:
                 delivery = await transport.deliver(message.envelope)

@@ -1,4 +1,5 @@
-"""One process at a time sends a campaign: a lease in the database, renewed while sending."""
+"""On SQLite one process at a time sends a campaign: a lease in the database, renewed while sending.
+(On PostgreSQL several may: see `mailer.senders`.)"""
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,7 @@ def this_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _dead_here(owner: str) -> bool:
+def dead_here(owner: str) -> bool:
     """True when `owner` is a process of this host that no longer runs (it crashed)."""
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
@@ -39,13 +40,13 @@ def being_sent(store: Store, campaign_id: str) -> bool:
     holder, until = store.campaigns.lease(campaign_id)
     if not holder or until is None or until < datetime.now(UTC):
         return False
-    return not _dead_here(holder)
+    return not dead_here(holder)
 
 
 def take_campaign(store: Store, campaign_id: str, owner: str | None = None) -> str:
     """Take the campaign's lease or raise TransportError naming who holds it."""
     owner = owner or this_process()
-    taken, holder, until = store.campaigns.take_lease(campaign_id, owner, LEASE_SECONDS, _dead_here)
+    taken, holder, until = store.campaigns.take_lease(campaign_id, owner, LEASE_SECONDS, dead_here)
     if not taken:
         host, _, pid = holder.rpartition(":")
         who = f"host {host}, pid {pid}" if host and pid.isdigit() else holder or "unknown"
@@ -53,9 +54,11 @@ def take_campaign(store: Store, campaign_id: str, owner: str | None = None) -> s
         if run is not None and run.outcome == "running":
             who += f", sending since {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
         when = f"; its lease runs until {until:%H:%M:%S} UTC" if until else ""
-        raise TransportError(f"campaign {campaign_id} is being sent by another process ({who}{when})",
-                             hint="wait for it to finish; if it died on another machine, rerun once its lease "
-                                  "has expired")
+        raise TransportError(f"campaign {campaign_id} is being sent by another process ({who}{when}); on SQLite "
+                             "one process at a time sends a campaign",
+                             hint="wait for it to finish (if it died on another machine, rerun once its lease has "
+                                  "expired); to send with several processes, share a PostgreSQL database "
+                                  "([database] url)")
     return owner
 
 
@@ -65,7 +68,7 @@ async def keep_campaign(store: Store, campaign_id: str, owner: str) -> AsyncIter
     async def renew() -> None:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 4)
-            store.campaigns.take_lease(campaign_id, owner, LEASE_SECONDS, _dead_here)
+            store.campaigns.take_lease(campaign_id, owner, LEASE_SECONDS, dead_here)
 
     task = asyncio.create_task(renew())
     failure: BaseException | None = None

@@ -23,8 +23,10 @@ from .dkim_signing import DkimSigner
 from .errors import TemplateError
 from .gate import FOOTER_MISSING
 from .optouts import apply_spooled_optouts, spooled_hashes
+from .pacing import SharedPace
 from .planning import Plan, PreparedCampaign
 from .render import Renderer
+from .senders import Sender
 from .states import SendState
 from .store import Store
 from .tokens import Keys
@@ -99,12 +101,17 @@ def start_render_workers_early() -> None:
 
 async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan, transport: Transport, *,
                            limit: int | None = None, on_result: Callable[[str], None] | None = None,
-                           stop: asyncio.Event | None = None, render_workers: int | None = None) -> SendReport:
+                           stop: asyncio.Event | None = None, render_workers: int | None = None,
+                           sender: Sender | None = None) -> SendReport:
     """Render and deliver every allowed recipient of the plan (at most `limit`).
 
     Rendering (Jinja, text part, footer check, MIME bytes) is CPU work: with
     render_workers > 0 it runs in that many processes while this one talks to the
     database and the transport. None picks one per core but one, for large sends.
+
+    With `sender` (one of several processes sending the campaign), rows are reserved for it a
+    batch at a time rather than read, the rate limit is shared with the other senders (on
+    PostgreSQL); the caller gives back what it reserved and did not send (`Sender.release`).
     """
     campaign = prepared.campaign
     renderer = prepared.renderer
@@ -117,8 +124,9 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
         # This process is busy too (database, transport): leave it a core.
         render_workers = max(1, (os.cpu_count() or 1) - 1) if to_send >= LARGE_SEND else 0
 
-    # This run's planned rows, read from the send log in chunks rather than held in memory.
-    chunks = ws.store.sendlog.pending_chunks(campaign.id, plan.run_id, RENDER_CHUNK, to_send)
+    # This run's planned rows, read (or reserved) from the send log in chunks rather than held in memory.
+    chunks = ws.store.sendlog.pending_chunks(campaign.id, plan.run_id, RENDER_CHUNK, to_send) if sender is None \
+        else sender.reserved_chunks(RENDER_CHUNK, limit, transport)
 
     async def rendered_chunks() -> AsyncIterator[list[Outgoing | Blocked]]:
         if render_workers <= 0:
@@ -163,10 +171,13 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
     # Rate limits protect a remote relay's reputation; the maildir outbox has none.
     rates = [r for r in (campaign.rate_per_second, ws.config.smtp.rate_per_second) if r > 0] \
         if transport.leaves_host else []
+    rate = min(rates) if rates else 0
+    shared = SharedPace(rate, lambda count, interval: ws.store.campaigns.take_send_slots(campaign.id, count, interval)) \
+        if rate and sender is not None and ws.store.dialect == "postgresql" else None
     try:
         report.delivered = await deliver_all(
             ws.store, transport, messages(), campaign_id=campaign.id, on_result=on_result, stop=stop,
-            rate_per_second=min(rates) if rates else 0,
+            rate_per_second=rate, shared_pace=shared, sender=sender.run_id if sender is not None else None,
             retry=RetryPolicy(ws.config.smtp.max_attempts, ws.config.smtp.retry_base_seconds),
             before_claims=lambda: record_spooled_optouts_now(ws))
     finally:

@@ -31,7 +31,7 @@ from mailer.store import Store, migrate
 BOTH_DATABASES = True  # also run on PostgreSQL when MAILER_TEST_POSTGRES_URL is set
 
 FIXTURES = Path(__file__).parent / "fixtures"
-HEAD = "0005"  # the newest revision: a new migration changes this line
+HEAD = "0006"  # the newest revision: a new migration changes this line
 NOTE = f"Upgraded the database schema from 0001 to {HEAD}."
 
 # Every table 0.1.0 wrote, with the columns that order its rows.
@@ -86,12 +86,15 @@ def snapshot(project: Project) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table 0.1.0 wrote (settings without schema_version, which the upgrade moves on)."""
     rows = {name: project.sql(f"SELECT * FROM {name} ORDER BY {order}") for name, order in TABLES.items()}
     rows["settings"] = [row for row in rows["settings"] if row[0] != "schema_version"]
-    # columns later revisions added come last (0004: runs.fingerprint, "" for the runs before it)
-    rows["runs"] = [row[:RUNS_COLUMNS_0_1_0] for row in rows["runs"]]
+    # columns later revisions added come last (0004: runs.fingerprint, "" for the runs before it;
+    # 0005: runs.sender, heartbeat_at, plan_run_id, send_log.claimed_by, campaigns.next_send_at)
+    for name, kept in COLUMNS_0_1_0.items():
+        rows[name] = [row[:kept] for row in rows[name]]
     return rows
 
 
-RUNS_COLUMNS_0_1_0 = 6  # id, campaign_id, started_at, finished_at, outcome, counts
+#: how many columns of these tables 0.1.0 had (runs: id, campaign_id, started_at, finished_at, outcome, counts)
+COLUMNS_0_1_0 = {"runs": 6, "send_log": 16, "campaigns": 7}
 
 
 def engine_for(url: str) -> sqlalchemy.Engine:

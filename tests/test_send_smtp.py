@@ -449,7 +449,9 @@ def test_server_going_away_mid_run_stops_with_exit_1_and_a_rerun_resumes(project
     assert set(first) | set(second) | uncertain == set(addresses)
 
 
+@pytest.mark.databases("sqlite")  # on PostgreSQL a second sender joins (tests/test_senders.py)
 def test_a_second_send_of_a_campaign_being_sent_is_refused(project: Project) -> None:
+    """On SQLite one process at a time sends a campaign: a second one is refused, saying so."""
     addresses = many(project, 40)
     handler = RecordingHandler(delay=0.02)
     with SmtpServer(handler) as server:
@@ -460,6 +462,8 @@ def test_a_second_send_of_a_campaign_being_sent_is_refused(project: Project) -> 
         assert second.exit_code == 1
         assert "is being sent by another process (host " in second.output
         assert f"pid {first.pid}, sending since " in second.output  # who, and since when
+        assert "on SQLite one process at a time sends a campaign" in second.output
+        assert "share a PostgreSQL database" in second.output  # what to do to run several
         output, _ = first.communicate(timeout=60)
         assert first.returncode == 0, output
         assert project.send().exit_code == 0  # the lease was released

@@ -166,7 +166,8 @@ def test_healthz(served) -> None:
 class MailerServe:
     """`mailer serve` in its own process, as an operator runs it, on a free port."""
 
-    def __init__(self, project: Project) -> None:
+    def __init__(self, project: Project, startup_seconds: float = 20) -> None:
+        self.startup_seconds = startup_seconds
         port = free_port()
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
@@ -177,13 +178,15 @@ class MailerServe:
         self.output = ""
 
     def __enter__(self) -> MailerServe:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + self.startup_seconds
         while True:
             try:
                 assert httpx.get(f"{self.base}/healthz").status_code == 200
                 return self
             except httpx.TransportError:
-                assert time.monotonic() < deadline, "mailer serve did not start"
+                if time.monotonic() > deadline:
+                    self.__exit__()  # not left running after the test
+                    raise AssertionError(f"mailer serve did not start:\n{self.output}") from None
                 time.sleep(0.05)
 
     def __exit__(self, *exc: object) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from datetime import UTC, datetime
 
 import click
 
-from ..campaign import campaign_status, plan_campaign, preview_campaign, send_campaign, send_test
+from ..campaign import CampaignStatus, campaign_status, plan_campaign, preview_campaign, send_campaign, send_test
 from ..contacts import ENCODINGS
 from ..errors import ComplianceRefusal, InputError, NotFound, TransportError
 from ..gate import RULE_IDS
@@ -194,6 +195,14 @@ def send(env: Env, campaign: str, dry_run: bool, yes: bool, limit: int | None, r
     print_summary(summary)
     for note in summary.notes:
         click.echo(f"Note: {note}")
+    if summary.recovered is not None and summary.recovered.senders:
+        found = summary.recovered
+        done = [f"{found.uncertain} of the messages it was sending are marked uncertain (not resent unless "
+                "--retry-uncertain)" if found.uncertain else "",
+                f"{found.confirmed} it was sending were found delivered" if found.confirmed else "",
+                f"the {found.given_back} recipients it had taken went to the others" if found.given_back else ""]
+        click.echo(f"Note: {', '.join(found.senders)} stopped while sending this campaign: "
+                   + "; ".join(filter(None, done)))
     if summary.aborted:
         raise TransportError(f"sending stopped: {summary.aborted}",
                              hint="nothing is lost: check the server, then rerun the same command to resume")
@@ -211,9 +220,15 @@ def _still_waiting(ws: Workspace, campaign: str, campaign_id: str) -> int:
     """Allowed recipients of the campaign not sent yet (deferred or uncertain, from this run or an
     earlier one), said with the command that continues: a run is not done while there are any."""
     try:
-        states = campaign_status(ws, campaign_id).states
+        found = campaign_status(ws, campaign_id)
     except NotFound:  # nothing was ever planned for it
         return 0
+    states = found.states
+    others = [share.name for share in found.senders if share.state == "sending"]
+    if others:  # theirs to finish: not a reason for this one's exit code
+        left = states.get(SendState.PLANNED, 0) + states.get(SendState.SENDING, 0)
+        click.echo(f"Still sending this campaign: {', '.join(others)} ({left} recipients not sent yet; "
+                   f"mailer status {campaign_id} shows each sender's share).", err=True)
     deferred, uncertain = states.get(SendState.DEFERRED, 0), states.get(SendState.UNCERTAIN, 0)
     if deferred or uncertain:
         click.echo(f"Not finished: {deferred + uncertain} allowed recipients were not sent yet ({deferred} "
@@ -275,6 +290,7 @@ def status(env: Env, campaign: str | None, show: str | None) -> None:
     for rule in RULE_IDS:
         if rules.get(rule):
             click.echo(f"    {rule:<18} {rules[rule]:>7}")
+    _print_senders(found)
     run = found.last_run
     if run is not None:
         outcome = run.outcome
@@ -304,6 +320,30 @@ def status(env: Env, campaign: str | None, show: str | None) -> None:
             f"{row.smtp_code or '':<4} {row.smtp_text or row.detail}"
         click.echo(f"  {row.address_key:<40} {extra}")
 
+
+
+def _print_senders(found: CampaignStatus) -> None:
+    """Each sender's share: what it sent, and what it holds now (when several took part, or one is
+    sending now)."""
+    if not found.senders or (len(found.senders) == 1 and found.senders[0].state != "sending"):
+        return
+    click.echo("Senders:")
+    header = ("SENDER", "RUN", "STATE", "SENT", "FAILED", "DEFERRED", "UNCERTAIN", "IN FLIGHT", "RESERVED")
+    rows = []
+    for share in found.senders:
+        state = share.state
+        if state == "gone" and share.last_seen is not None:
+            seen = share.last_seen.replace(tzinfo=UTC) if share.last_seen.tzinfo is None else share.last_seen
+            state = f"gone (last seen {seen:%H:%M:%S} UTC)" if seen.date() == datetime.now(UTC).date() \
+                else f"gone (last seen {seen:%Y-%m-%d %H:%M} UTC)"
+        counts = share.rows
+        rows.append((share.name, share.run_id, state, counts.get("sent", 0), counts.get("failed", 0),
+                     counts.get("deferred", 0), counts.get("uncertain", 0), counts.get("sending", 0),
+                     counts.get("planned", 0)))
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  " + "  ".join(str(v).rjust(w) if isinstance(v, int) else str(v).ljust(w)
+                                    for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _send_test(ws: Workspace, campaign: str, to: str, as_contact: str | None) -> None:

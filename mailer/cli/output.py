@@ -115,7 +115,7 @@ _THROTTLED = re.compile(r"throttl|rate (limit|exceeded)|sending rate|too many (m
 
 def print_summary(summary: RunSummary) -> None:
     counts = summary.outcomes
-    click.echo("Summary of this run:")
+    click.echo(f"Summary of this run ({summary.sender}):" if summary.sender else "Summary of this run:")
     for state in ("sent", "deferred", "failed", "uncertain", "suppressed"):
         if counts.get(state):
             click.echo(f"  {state:<12} {counts[state]:>7}")

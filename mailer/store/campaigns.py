@@ -1,14 +1,16 @@
-"""Campaigns, their runs, and the lease that lets one process at a time send a campaign."""
+"""Campaigns, their runs (each one a sender, with its heartbeat), the lease that lets one process
+at a time send a campaign on SQLite, and on PostgreSQL the planning lock and the shared rate."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Engine
 
 from .reconnect import NEVER, Reconnect
-from .sql import insert_ignore
+from .sql import advisory_lock_key, insert_ignore
 from .tables import CAMPAIGNS, RUNS, SEND_LOG, Run, utcnow
 
 
@@ -96,13 +98,82 @@ class Campaigns:
         with self.engine.connect() as conn:
             return {fingerprint: (count, started) for fingerprint, count, started in conn.execute(query)}
 
-    def start_run(self, campaign_id: str, fingerprint: str = "") -> int:
+    def start_run(self, campaign_id: str, fingerprint: str = "", sender: str = "") -> int:
+        """A new run, "running"; with `sender` ("host:pid") a sender whose heartbeat starts now."""
+        now = utcnow()
         with self.engine.begin() as conn:
             key = conn.execute(RUNS.insert().values(
-                campaign_id=campaign_id, started_at=utcnow(), outcome="running", counts={},
-                fingerprint=fingerprint)).inserted_primary_key
+                campaign_id=campaign_id, started_at=now, outcome="running", counts={},
+                fingerprint=fingerprint, sender=sender, heartbeat_at=now if sender else None)).inserted_primary_key
             assert key is not None
             return int(key[0])
+
+    def beat(self, run_id: int) -> None:
+        """The sender of `run_id` is alive now."""
+        with self.engine.begin() as conn:
+            conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(heartbeat_at=utcnow()))
+
+    def send_plan(self, run_id: int, plan_run_id: int) -> None:
+        """Run `run_id` sends the (complete) plan of `plan_run_id`: its own when it planned."""
+        self.reconnect.run(lambda: self._set_plan(run_id, plan_run_id))
+
+    def _set_plan(self, run_id: int, plan_run_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(plan_run_id=plan_run_id))
+
+    def running(self, campaign_id: str) -> list[Run]:
+        """The runs of the campaign recorded as running (alive, or dead without saying so), oldest first."""
+        table = RUNS
+        query = select(table).where(table.c.campaign_id == campaign_id, table.c.outcome == "running")
+        return self.reconnect.run(lambda: self._runs(query.order_by(table.c.id)))
+
+    def runs(self, ids: Collection[int]) -> list[Run]:
+        """These runs, oldest first."""
+        table = RUNS
+        return self._runs(select(table).where(table.c.id.in_(sorted(ids))).order_by(table.c.id)) if ids else []
+
+    def _runs(self, query: object) -> list[Run]:
+        with self.engine.connect() as conn:
+            return [Run(**row) for row in conn.execute(query).mappings()]  # type: ignore[call-overload]
+
+    @contextmanager
+    def planning(self, campaign_id: str) -> Iterator[None]:
+        """Hold the campaign's planning lock (PostgreSQL: a session advisory lock, waited for): the
+        senders starting together plan one at a time, so one plans and the others find its plan.
+        The server releases it if this process dies. SQLite needs none: its lease admits one sender."""
+        if self.dialect != "postgresql":
+            yield
+            return
+        key = advisory_lock_key(f"mailer/plan/{campaign_id}")
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    conn.commit()
+                except Exception:  # noqa: BLE001 - a connection lost meanwhile released it already
+                    conn.invalidate()
+
+    def take_send_slots(self, campaign_id: str, count: int, interval: float) -> float:
+        """Reserve the campaign's next `count` sending slots, `interval` seconds apart, for all its
+        senders together (PostgreSQL): the seconds to wait before the first of them (0 when the
+        budget is idle: unused slots of the past are not saved up). The database's clock measures
+        both, so senders on several machines share one timeline whatever their clocks say."""
+        table = CAMPAIGNS
+        span = timedelta(seconds=count * interval)
+        start = func.greatest(func.coalesce(table.c.next_send_at, func.now()), func.now())
+        statement = (update(table).where(table.c.id == campaign_id).values(next_send_at=start + span)
+                     .returning(func.extract("epoch", table.c.next_send_at - func.now())))
+
+        def take() -> float:
+            with self.engine.begin() as conn:
+                ahead = conn.execute(statement).scalar()
+            return max(0.0, float(ahead or 0) - span.total_seconds())
+
+        return self.reconnect.run(take)
 
     def finish_run(self, run_id: int, outcome: str, counts: dict[str, int]) -> None:
         def finish() -> None:

@@ -5,7 +5,7 @@ States and their allowed moves are in `mailer.states`; the statements here follo
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +18,7 @@ from ..errors import DatabaseGone
 from ..states import DELIVERED_STATES, PENDING_STATES, TRANSITIONS, SendState, check_move
 from .place import DatabaseFile
 from .reconnect import NEVER, Reconnect
-from .sql import dialect_insert, execute_many, insert_ignore, update_by_id
+from .sql import advisory_lock_key, dialect_insert, execute_many, insert_ignore, update_by_id
 from .suppressions import suppressed_among_sql
 from .tables import SEND_LOG, SUPPRESSIONS, SendLog, utcnow
 
@@ -80,7 +80,7 @@ class SendLogRows:
         statement = _decisions_statement(self.dialect, tuple(str(s) for s in replaceable))
         payload = [{"campaign_id": campaign_id, "planned_at": now, "updated_at": now, "run_id": None,
                     "attempts": 0, "subject": "", "message_id": "", "smtp_text": "", "smtp_code": None,
-                    "sent_at": None, "rule": "", "detail": "", **r} for r in rows]
+                    "sent_at": None, "rule": "", "detail": "", "claimed_by": None, **r} for r in rows]
         with self.engine.begin() as conn:
             for start in range(0, len(payload), 1000):
                 execute_many(conn, statement, payload[start:start + 1000])
@@ -115,6 +115,97 @@ class SendLogRows:
             if left is not None:
                 left -= len(rows)
 
+    def reserve(self, campaign_id: str, plan_run_id: int, sender: int, size: int,
+                after: int = 0) -> list[tuple[int, int]]:
+        """Take up to `size` planned rows of the plan of `plan_run_id` for the sender `sender` (a
+        run id), in plan order from id `after`: (log id, contact id) of each. The rows stay
+        `planned` (a crash leaves them to others, not uncertain); each is claimed when its message
+        goes (`LogWriter`). Several senders at once each get rows of their own: on PostgreSQL rows
+        another sender is taking are skipped (FOR UPDATE SKIP LOCKED), not waited for."""
+        table = _log
+        chosen = (select(table.c.id).where(
+            table.c.campaign_id == campaign_id, table.c.state == S.PLANNED.value, table.c.id > after,
+            table.c.run_id == plan_run_id, table.c.claimed_by.is_(None), table.c.contact_id.is_not(None))
+            .order_by(table.c.id).limit(size))
+        if self.dialect == "postgresql":
+            chosen = chosen.with_for_update(skip_locked=True)
+        statement = (update(table).where(table.c.id.in_(chosen.scalar_subquery()))
+                     .values(claimed_by=sender).returning(table.c.id, table.c.contact_id))
+
+        def take() -> list[tuple[int, int]]:
+            with self.engine.begin() as conn:
+                return sorted((row.id, row.contact_id) for row in conn.execute(statement))
+
+        return self.reconnect.run(take)
+
+    def unreserved(self, campaign_id: str, plan_run_id: int) -> int:
+        """Planned rows of the plan of `plan_run_id` that no sender took yet."""
+        table = _log
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).where(
+                table.c.campaign_id == campaign_id, table.c.state == S.PLANNED.value,
+                table.c.run_id == plan_run_id, table.c.claimed_by.is_(None))).scalar() or 0)
+
+    def release(self, campaign_id: str, sender: int) -> int:
+        """Give back the rows `sender` reserved and did not send (still planned): others may take them."""
+        table = _log
+
+        def release() -> int:
+            with self.engine.begin() as conn:
+                return conn.execute(update(table).where(
+                    table.c.campaign_id == campaign_id, table.c.state == S.PLANNED.value,
+                    table.c.claimed_by == sender).values(claimed_by=None)).rowcount
+
+        return self.reconnect.run(release)
+
+    def recover_senders(self, campaign_id: str, dead: dict[int, str],
+                        delivered: Callable[[int], bool | None]) -> tuple[int, int, int]:
+        """The rows of senders that died (run id -> "host:pid"): those they were delivering become
+        `sent` when `delivered(log id)` proves it, else `uncertain`; those they had reserved are
+        given back. Each change is conditional on the row still being the dead sender's, in that
+        state. Returns (confirmed sent, uncertain, given back)."""
+        if not dead:
+            return 0, 0, 0
+        return self.reconnect.run(lambda: self._recover_senders(campaign_id, dead, delivered))
+
+    def _recover_senders(self, campaign_id: str, dead: dict[int, str],
+                         delivered: Callable[[int], bool | None]) -> tuple[int, int, int]:
+        table = _log
+        senders = sorted(dead)
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two senders recovering the same dead one at once would lock its rows in different
+                # orders (a deadlock): one at a time per campaign; the second finds the work done.
+                conn.execute(select(func.pg_advisory_xact_lock(advisory_lock_key(f"mailer/recover/{campaign_id}"))))
+            in_flight = conn.execute(select(table.c.id, table.c.claimed_by, table.c.updated_at).where(
+                table.c.campaign_id == campaign_id, table.c.state == S.SENDING.value,
+                table.c.claimed_by.in_(senders)).order_by(table.c.id)).all()
+            confirmed = [{"_id": row.id, "_by": row.claimed_by, "_now": now, "_sent_at": row.updated_at}
+                         for row in in_flight if delivered(row.id)]
+            proven = {c["_id"] for c in confirmed}
+            lost = [{"_id": row.id, "_by": row.claimed_by, "_now": now,
+                     "_detail": f"the sender {dead[row.claimed_by]} stopped during delivery"[:500]}
+                    for row in in_flight if row.id not in proven]
+            sent = execute_many(conn, _CONFIRM_SENDING, confirmed)
+            uncertain = execute_many(conn, _UNCERTAIN_SENDING, lost)
+            given_back = conn.execute(update(table).where(
+                table.c.campaign_id == campaign_id, table.c.state == S.PLANNED.value,
+                table.c.claimed_by.in_(senders)).values(claimed_by=None)).rowcount
+        return sent, uncertain, given_back
+
+    def by_sender(self, campaign_id: str) -> dict[int | None, dict[str, int]]:
+        """Rows per sender (run id; None: taken by none) and state."""
+        table = _log
+        found: dict[int | None, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for sender, state, count in conn.execute(
+                    select(table.c.claimed_by, table.c.state, func.count()).where(
+                        table.c.campaign_id == campaign_id, table.c.state != S.BLOCKED.value)
+                    .group_by(table.c.claimed_by, table.c.state)):
+                found.setdefault(sender, {})[state] = count
+        return found
+
     def update(self, changes: Sequence[dict[str, Any]]) -> None:
         """Apply per-row changes (each dict has `id`) in one transaction."""
         if not changes:
@@ -145,9 +236,10 @@ class SendLogRows:
         with self.engine.connect() as conn:
             return [SendLog(**row) for row in conn.execute(query.order_by(table.c.id)).mappings()]
 
-    def writer(self) -> LogWriter:
-        """A connection held for one run's claims and outcomes (see `LogWriter`)."""
-        return LogWriter(self.engine, self.place, self.reconnect)
+    def writer(self, sender: int | None = None) -> LogWriter:
+        """A connection held for one run's claims and outcomes (see `LogWriter`); with `sender`,
+        it claims only the rows that sender reserved."""
+        return LogWriter(self.engine, self.place, self.reconnect, sender)
 
 
 class Claimable(Protocol):
@@ -166,13 +258,25 @@ def _state_is(*states: SendState) -> Any:
 
 
 # pending -> sending (the claim) and pending -> blocked (opted out while the campaign runs),
-# each conditional on the row still being pending.
-_CLAIM_PENDING = update(_log).where(_log.c.id == bindparam("_id"), _state_is(*PENDING_STATES)).values(
+# each conditional on the row still being pending; the claim also on its being the sender's
+# (reserved by it; no sender: reserved by none).
+_CLAIM_PENDING = update(_log).where(_log.c.id == bindparam("_id"), _state_is(*PENDING_STATES),
+                                    _log.c.claimed_by.is_not_distinct_from(bindparam("_me"))).values(
     state=literal_column(f"'{S.SENDING.value}'"), attempts=bindparam("_attempts"),
     message_id=bindparam("_message_id"), subject=bindparam("_subject"), updated_at=bindparam("_now"))
 _BLOCK_PENDING = update(_log).where(_log.c.id == bindparam("_id"), _state_is(*PENDING_STATES)).values(
     state=literal_column(f"'{S.BLOCKED.value}'"), rule=literal_column("'suppressed'"), updated_at=bindparam("_now"),
     detail=literal_column("'opted out while the campaign was running'"))
+
+
+# A dead sender's row in flight: sent (the transport proves it) or uncertain, if still its and in flight.
+_CONFIRM_SENDING = update(_log).where(_log.c.id == bindparam("_id"), _state_is(S.SENDING),
+                                      _log.c.claimed_by == bindparam("_by")).values(
+    state=literal_column(f"'{S.SENT.value}'"), sent_at=bindparam("_sent_at"), updated_at=bindparam("_now"),
+    detail=literal_column("'confirmed after its sender stopped: the message is in the outbox'"))
+_UNCERTAIN_SENDING = update(_log).where(_log.c.id == bindparam("_id"), _state_is(S.SENDING),
+                                        _log.c.claimed_by == bindparam("_by")).values(
+    state=literal_column(f"'{S.UNCERTAIN.value}'"), detail=bindparam("_detail"), updated_at=bindparam("_now"))
 
 
 @dataclass
@@ -196,10 +300,12 @@ class LogWriter:
     the lost file, and DatabaseGone stops the run. A commit that loses its PostgreSQL
     connection is made again on a new one (`reconnect`)."""
 
-    def __init__(self, engine: Engine, place: DatabaseFile | None = None, reconnect: Reconnect = NEVER) -> None:
+    def __init__(self, engine: Engine, place: DatabaseFile | None = None, reconnect: Reconnect = NEVER,
+                 sender: int | None = None) -> None:
         self.engine = engine
         self.place = place
         self.reconnect = reconnect
+        self.sender = sender
         self._conn: Connection | None = None
         #: log ids claimed (so handed to the transport) since the file was last found in place
         self._unverified: set[int] = set()
@@ -288,7 +394,8 @@ class LogWriter:
                     stopped.append({"_id": message.log_id, "_now": now})
                 else:
                     going.append({"_id": message.log_id, "_now": now, "_attempts": message.attempts + 1,
-                                  "_message_id": message.message_id, "_subject": message.subject})
+                                  "_message_id": message.message_id, "_subject": message.subject,
+                                  "_me": self.sender})
             if stopped:
                 execute_many(conn, _BLOCK_PENDING, stopped)
             if going:
@@ -353,7 +460,10 @@ def _decisions_statement(dialect: str, replaceable: tuple[str, ...]) -> Any:
         set_={"state": statement.excluded.state, "rule": statement.excluded.rule,
               "run_id": statement.excluded.run_id,
               "detail": statement.excluded.detail, "contact_id": statement.excluded.contact_id,
-              "updated_at": statement.excluded.updated_at},
+              "updated_at": statement.excluded.updated_at,
+              # decided again: no sender has it (one that reserved it earlier is gone, as planning waits
+              # for the live ones to finish)
+              "claimed_by": statement.excluded.claimed_by},
         # OR of equalities, not IN: an expanding IN cannot be used with executemany.
         where=or_(*(table.c.state == state for state in replaceable)),
     )

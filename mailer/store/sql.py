@@ -4,6 +4,7 @@ Only `mailer.store` uses this module: nobody else writes SQL.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any
@@ -89,6 +90,11 @@ def execute_many(conn: Any, statement: Any, rows: Sequence[dict[str, Any]]) -> i
     if driver is None or driver.statement is not statement:
         driver = _DRIVER_STATEMENTS[key] = _DriverStatement(statement, conn.dialect)
     return conn.exec_driver_sql(driver.sql, driver.parameters(rows)).rowcount
+
+
+def advisory_lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit integer) named after what it guards."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 def dialect_insert(dialect: str, table: Any) -> Any:

@@ -84,6 +84,8 @@ class CampaignRecord(SQLModel, table=True):
     # Who is sending it now ("host:pid") and until when, so two sends do not overlap.
     lease_owner: str = ""
     lease_until: datetime | None = None
+    #: the campaign's rate budget shared by its senders (PostgreSQL): the first free sending slot
+    next_send_at: datetime | None = None
 
 
 class Run(SQLModel, table=True):
@@ -98,6 +100,12 @@ class Run(SQLModel, table=True):
     counts: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     #: the campaign file and templates this run sent (mailer.campaign.fingerprint); "" before 0004
     fingerprint: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    #: the sending process ("host:pid"), and when it last said it is alive (every few seconds while it
+    #: runs): a sender whose beat stopped, or whose process is gone from this host, is dead (0006)
+    sender: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    heartbeat_at: datetime | None = None
+    #: the run whose plan this one sends (itself when it planned), once that plan is complete
+    plan_run_id: int | None = None
 
 
 class SendLog(SQLModel, table=True):
@@ -106,13 +114,16 @@ class SendLog(SQLModel, table=True):
     __tablename__ = "send_log"
     __table_args__ = (
         UniqueConstraint("campaign_id", "address_key"),
-        Index("ix_send_log_campaign_state", "campaign_id", "state"),
+        # With id: senders take the next planned rows of a campaign in plan order from the index (0006).
+        Index("ix_send_log_campaign_state", "campaign_id", "state", "id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     campaign_id: str
     address_key: str  # normalised address; replaced by its keyed hash on erasure
     contact_id: int | None = Field(default=None, index=True)
     run_id: int | None = None  # the run that last planned this row
+    #: the run (sender) that took this row to send it: reserved while planned, then claimed and sent (0006)
+    claimed_by: int | None = None
     state: str  # blocked | planned | sending | sent | failed | deferred | uncertain
     rule: str = ""
     detail: str = ""
