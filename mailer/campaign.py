@@ -458,7 +458,7 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
                                          lease, on_stopping))
         throttling = report.delivered.throttling
         outcome = "aborted" if report.delivered.aborted else "stopped" if report.delivered.stopped else \
-            "stopped trying: the relay kept throttling" if throttling is not None and throttling.gave_up else "finished"
+            "stopped: the relay throttled" if throttling is not None and throttling.gave_up else "finished"
     except BaseException as exc:
         failure = exc
         raise

@@ -13,8 +13,8 @@ increase while its answers are good, never above the configured rate and connect
 congestion control, AIMD). A throttled message costs no attempt: it goes back to `planned`
 and is claimed again at the slower pace.
 
-A relay that throttles forever must not keep a run going: after `patience_seconds` throttled
-without one message accepted, the run stops trying, and what is left is deferred with the
+A relay that throttles forever must not keep a run going: `patience_seconds` after a
+throttling answer without one message accepted since, the run stops trying, and what is left is deferred with the
 relay's answer for the next run. A message throttled more than `PER_MESSAGE` times is
 retried like any 4xx (its attempts count), so no run can loop on one message either.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -154,7 +155,7 @@ class Throttle:
 
     def accepted(self) -> None:
         """A message was accepted (called for every one: keep it cheap)."""
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()  # not the loop's time: asking for the running loop costs more here
         accepted = self._accepted
         accepted.append(now)
         while accepted[0] < now - 1.0:
@@ -170,7 +171,7 @@ class Throttle:
         """The relay answered this message with a limit. True: put it back and send it again at
         the slower pace (no attempt counted); False: retry it as any 4xx (it was throttled more
         than PER_MESSAGE times, or the run stops trying)."""
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         self.times += 1
         self._code, self._text = code, text
         if self.times == 1:
@@ -218,8 +219,8 @@ class Throttle:
         if not self.gave_up:
             since = now - (self._throttled_since or now)
             answer = f"{self._code or ''} {self._text}".strip()[:160]
-            self.gave_up = (f"the relay throttled every message for {since:.0f} s (the last answer: {answer}), "
-                            f"so this run stopped trying ([smtp] throttle_patience_seconds = "
+            self.gave_up = (f"the relay throttled for {since:.0f} s without taking a message (the last answer: "
+                            f"{answer}), so this run stopped trying ([smtp] throttle_patience_seconds = "
                             f"{self.policy.patience_seconds:g})")
             if self._on_give_up is not None:
                 self._on_give_up(self.gave_up)
@@ -229,9 +230,8 @@ class Throttle:
     async def wait(self, stop: asyncio.Event) -> bool:
         """Wait for the next message's turn at the slowed pace. False when the run stops meanwhile
         (stopped by the caller, or by this throttle's patience running out)."""
-        loop = asyncio.get_running_loop()
         while not stop.is_set():
-            now = loop.time()
+            now = time.monotonic()
             if self._throttled_since is not None and now - self._throttled_since >= self.policy.patience_seconds:
                 self._give_up(now)
                 break
@@ -250,7 +250,7 @@ class Throttle:
     def report(self) -> ThrottleReport | None:
         if not self.times:
             return None
-        elapsed = asyncio.get_running_loop().time() - self._first
+        elapsed = time.monotonic() - self._first
         if not self._accepted_since_first:
             rate = 0.0
         elif elapsed >= 2.0:
