@@ -43,6 +43,7 @@ from .sending import LARGE_SEND, SendReport, deliver_campaign, start_render_work
 from .states import SendState
 from .store import Run, SendLog, utcnow
 from .store.reconnect import lost_connection
+from .throttle import ThrottleReport
 from .transport import Transport
 from .transport.base import Delivery, Envelope
 from .workspace import Workspace
@@ -336,6 +337,9 @@ class RunSummary:
     deferrals: Counter[str] = field(default_factory=Counter)         # server's answer -> times
     #: what the transport suggests changing (one sentence each)
     notes: list[str] = field(default_factory=list)
+    #: the relay throttled: how often, the rate and connections the run settled at, whether it
+    #: stopped trying (`gave_up`)
+    throttling: ThrottleReport | None = None
     #: what was counted per outcome (includes "suppressed" and "taken")
     outcomes: Counter[str] = field(default_factory=Counter)
     footer_blocked: int = 0
@@ -458,7 +462,9 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
         with asyncio.Runner(loop_factory=_event_loop_factory(ws.environ)) as runner:
             report = runner.run(_deliver(ws, prepared, plan, transport, limit, count, render_workers, sender,
                                          lease, on_stopping))
-        outcome = "aborted" if report.delivered.aborted else "stopped" if report.delivered.stopped else "finished"
+        throttling = report.delivered.throttling
+        outcome = "aborted" if report.delivered.aborted else "stopped" if report.delivered.stopped else \
+            "stopped: the relay throttled" if throttling is not None and throttling.gave_up else "finished"
     except BaseException as exc:
         failure = exc
         raise
@@ -471,6 +477,9 @@ def send_campaign(ws: Workspace, campaign_path: str | os.PathLike[str], *, dry_r
                  counts | {f"delivery:{k}": v for k, v in results.items()}, failure)
     _summarise(summary, report.delivered, report.footer_blocked)
     summary.notes = transport.notes()
+    note = summary.throttling.note() if summary.throttling is not None else None
+    if note:
+        summary.notes.append(note)
     return summary
 
 
@@ -556,6 +565,7 @@ def _summarise(summary: RunSummary, delivered: DeliveryReport, footer_blocked: i
     summary.blocked = dict(blocked)
     summary.stopped, summary.aborted = delivered.stopped, delivered.aborted
     summary.failures, summary.deferrals = list(delivered.failures), Counter(delivered.deferrals)
+    summary.throttling = delivered.throttling
 
 
 def _event_loop_factory(environ: Mapping[str, str]) -> Callable[[], asyncio.AbstractEventLoop] | None:

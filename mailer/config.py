@@ -63,6 +63,8 @@ class SmtpSettings(_Section):
     ca_file: str = ""                 # a private CA bundle, e.g. for an internal relay
     max_attempts: int = Field(5, ge=1, le=50)
     retry_base_seconds: float = Field(1.0, ge=0)
+    #: the relay throttles this long without taking one message: the run stops trying (the rest deferred)
+    throttle_patience_seconds: float = Field(120.0, gt=0)
 
 
 class Processor(_Section):

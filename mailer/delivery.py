@@ -21,6 +21,7 @@ from typing import Any
 from .pacing import SharedPace
 from .states import SendState
 from .store import Store, utcnow
+from .throttle import Throttle, ThrottlePolicy, ThrottleReport
 from .transport.base import Delivery, Envelope, Transport
 
 
@@ -42,6 +43,7 @@ class DeliveryReport:
     aborted: str = ""  # why the engine stopped by itself (the server went away)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (address, reason)
     deferrals: Counter[str] = field(default_factory=Counter)  # the server's answers that left messages deferred
+    throttling: ThrottleReport | None = None  # what the relay's limits did to the run, when it throttled
 
 
 class _GroupCommitter:
@@ -145,7 +147,8 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
                       sender: int | None = None, shared_pace: SharedPace | None = None,
                       on_result: Callable[[str], None] | None = None,
                       stop: asyncio.Event | None = None, rate_per_second: float = 0,
-                      before_claims: Callable[[], set[str] | None] | None = None) -> DeliveryReport:
+                      before_claims: Callable[[], set[str] | None] | None = None,
+                      throttling: ThrottlePolicy | None = None) -> DeliveryReport:
     """Deliver every message with `transport.concurrency` workers. Returns the counts.
 
     With `sender` (its run id, when several processes send the campaign) only the rows that
@@ -153,7 +156,9 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
 
     Setting `stop` lets in-flight messages finish, then returns with `stopped`.
     `before_claims` runs before each transaction that claims messages (to record
-    opt-outs kept elsewhere, which the claim then honours).
+    opt-outs kept elsewhere, which the claim then honours). Answers saying the relay
+    limits the sender slow the whole run (`mailer.throttle`); when it throttles past
+    `throttling.patience_seconds`, the run stops trying (`report.throttling.gave_up`).
     """
     retry = retry or RetryPolicy()
     stop = stop or asyncio.Event()
@@ -162,6 +167,9 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
     writer = asyncio.create_task(committer.run())
     queue: asyncio.Queue[Outgoing | None] = asyncio.Queue(maxsize=max(4, transport.concurrency * 4))
     pace = _Pace(rate_per_second)
+    throttle = Throttle(rate_per_second=rate_per_second, connections=transport.concurrency, policy=throttling,
+                        limit_connections=getattr(transport, "limit_connections", None),
+                        on_give_up=lambda _: stop.set())
 
     async def produce() -> None:
         try:
@@ -218,6 +226,10 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
             if shared_pace is not None:
                 await shared_pace.wait()
             await pace.wait()
+            if throttle.slowed and not await throttle.wait(stop):  # stopping while the relay throttles
+                if claimed:
+                    committer.outcome(message, Delivery("planned", text="stopped before delivery"))
+                return
             if claimed:
                 delivery = await transport.deliver(message.envelope)
                 halt(delivery)
@@ -242,6 +254,14 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
                 if delivery.state == "withheld":  # stopping: the message goes back to the queue
                     committer.outcome(message, Delivery("planned", text=delivery.text or "stopped before delivery"))
                     return
+            if delivery.throttled and throttle.throttled(message.log_id, delivery.code, delivery.text) \
+                    and not stop.is_set():
+                # The relay limits the run, not this message: the run slows down, and the message
+                # goes back to planned, its attempt not counted, to be claimed again at the new pace.
+                message.attempts -= 1
+                committer.outcome(message, Delivery("planned", delivery.code, delivery.text))
+                claimed = False
+                continue
             if delivery.state == "deferred" and message.attempts < retry.max_attempts and not stop.is_set():
                 committer.outcome(message, Delivery("sending", delivery.code, delivery.text))
                 await _sleep_or_stop(retry.delay(message.attempts), stop)
@@ -250,13 +270,15 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
                     continue
             break
         committer.outcome(message, delivery)
-        if delivery.state == "deferred" and (delivery.code is None or delivery.code == 421):
+        if delivery.state == "deferred" and (delivery.code is None or delivery.code == 421) and not delivery.throttled:
             unreachable[0] += 1
             if unreachable[0] >= give_up_after and not stop.is_set():
                 report.aborted = f"the server stopped answering ({delivery.text})"
                 stop.set()
         elif delivery.state in ("sent", "failed"):
             unreachable[0] = 0
+            if delivery.state == "sent":
+                throttle.accepted()
         if delivery.hard_bounce:
             committer.hard_bounce(message, f"{delivery.code} {delivery.text}"[:200], campaign_id)
         if delivery.state == "failed":
@@ -294,7 +316,8 @@ async def deliver_all(store: Store, transport: Transport, messages: AsyncIterato
             await writer
         finally:
             committer.release()
-    report.stopped = stop.is_set()
+    report.throttling = throttle.report()
+    report.stopped = stop.is_set() and not throttle.gave_up
     return report
 
 

@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -29,6 +29,7 @@ from .render import Renderer
 from .senders import Sender
 from .states import SendState
 from .store import Store
+from .throttle import ThrottlePolicy
 from .tokens import Keys
 from .transport.base import Envelope, Transport
 from .workspace import Workspace
@@ -125,8 +126,8 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
         render_workers = max(1, (os.cpu_count() or 1) - 1) if to_send >= LARGE_SEND else 0
 
     # This run's planned rows, read (or reserved) from the send log in chunks rather than held in memory.
-    chunks = ws.store.sendlog.pending_chunks(campaign.id, plan.run_id, RENDER_CHUNK, to_send) if sender is None \
-        else sender.reserved_chunks(RENDER_CHUNK, limit, transport)
+    chunks = _Pending(ws.store.sendlog.pending_chunks(campaign.id, plan.run_id, RENDER_CHUNK, to_send)
+                      if sender is None else sender.reserved_chunks(RENDER_CHUNK, limit, transport))
 
     async def rendered_chunks() -> AsyncIterator[list[Outgoing | Blocked]]:
         if render_workers <= 0:
@@ -179,12 +180,56 @@ async def deliver_campaign(ws: Workspace, prepared: PreparedCampaign, plan: Plan
             ws.store, transport, messages(), campaign_id=campaign.id, on_result=on_result, stop=stop,
             rate_per_second=rate, shared_pace=shared, sender=sender.run_id if sender is not None else None,
             retry=RetryPolicy(ws.config.smtp.max_attempts, ws.config.smtp.retry_base_seconds),
-            before_claims=lambda: record_spooled_optouts_now(ws))
+            before_claims=lambda: record_spooled_optouts_now(ws),
+            throttling=ThrottlePolicy(ws.config.smtp.throttle_patience_seconds))
     finally:
         if not ws.store.lost:  # a removed file must not be made again, a replaced one not written
             ws.store.sendlog.update(footer_blocked)
     report.footer_blocked = len(footer_blocked)
+    throttling = report.delivered.throttling
+    if throttling is not None and throttling.gave_up:
+        _defer_the_rest(ws, campaign.id, plan.run_id, chunks, report.delivered,
+                        sender.run_id if sender is not None else None)
     return report
+
+
+class _Pending:
+    """The chunks of rows this run is to deliver, remembering the last row read: a run that stops
+    trying knows which of its rows were meant for it (those beyond --limit were not)."""
+
+    def __init__(self, chunks: Iterator[list[tuple[int, int]]]) -> None:
+        self._chunks = chunks
+        self.last_id = 0
+
+    def __iter__(self) -> _Pending:
+        return self
+
+    def __next__(self) -> list[tuple[int, int]]:
+        chunk = next(self._chunks)
+        self.last_id = chunk[-1][0]
+        return chunk
+
+    def last_of_run(self) -> int:
+        """The last row of the run: the rows not read yet are read (ids only) to find it."""
+        for _ in self:
+            pass
+        return self.last_id
+
+
+def _defer_the_rest(ws: Workspace, campaign_id: str, run_id: int | None, chunks: _Pending,
+                    delivered: DeliveryReport, sender: int | None = None) -> None:
+    """The relay kept throttling and the run stopped trying: the messages it did not get to are
+    deferred with the relay's answer (`status --show deferred` lists them; the next run retries).
+    One of several senders (`sender`, its run id) defers only the rows it reserved: reading its
+    chunks to the end would reserve, then defer, the rows the other senders are sending."""
+    throttling = delivered.throttling
+    assert throttling is not None
+    deferred = ws.store.sendlog.defer_planned(
+        campaign_id, run_id, chunks.last_of_run() if sender is None else None, throttling.code, throttling.text,
+        "not offered: the relay kept throttling, so the run stopped trying", claimed_by=sender)
+    if deferred:
+        delivered.counts["deferred"] += deferred
+        delivered.deferrals[throttling.answer] += deferred
 
 
 #: seconds a running send waits for the database to take the spool's opt-outs before it goes on

@@ -26,7 +26,8 @@ S = SendState
 #: (the SQL of `mailer.store.sendlog` is built from it).
 TRANSITIONS: dict[SendState, frozenset[SendState]] = {
     S.BLOCKED: frozenset({S.BLOCKED, S.PLANNED}),             # a later run decides again
-    S.PLANNED: frozenset({S.BLOCKED, S.PLANNED, S.SENDING}),
+    # planned -> deferred: the run stopped trying before offering it (the relay kept throttling).
+    S.PLANNED: frozenset({S.BLOCKED, S.PLANNED, S.SENDING, S.DEFERRED}),
     S.DEFERRED: frozenset({S.BLOCKED, S.PLANNED, S.SENDING}),
     S.SENDING: frozenset({S.SENDING, S.SENT, S.FAILED, S.DEFERRED, S.UNCERTAIN, S.PLANNED}),
     # Only `send --retry-uncertain` decides again over an uncertain row.

@@ -189,16 +189,6 @@ def test_persistent_4xx_is_deferred_and_a_later_run_retries_it(project: Project,
     assert handler.recipients() == {CLAIRE: 1, PAUL: 1}
 
 
-def test_a_relay_that_throttles_gets_a_note_about_the_sending_rate(project: Project) -> None:
-    handler = RecordingHandler(rcpt_faults={CLAIRE: ["454 4.7.0 Throttling failure: Maximum sending rate exceeded."] * 3})
-    with SmtpServer(handler) as server:
-        use_smtp(project, server.port)
-        result = project.send()
-    assert result.exit_code == 4  # deferred: not finished
-    assert "1 x 454 4.7.0 Throttling failure: Maximum sending rate exceeded." in result.output
-    assert "Note: the server limits how fast you send; set [smtp] rate_per_second" in result.output
-
-
 def test_550_on_the_recipient_fails_and_adds_a_hard_bounce_suppression(project: Project, pipelining: bool) -> None:
     handler = RecordingHandler(rcpt_faults={CLAIRE: ["550 5.1.1 No such user"]}, pipelining=pipelining)
     with SmtpServer(handler) as server:

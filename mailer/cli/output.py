@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import email
-import re
 import sys
 import time
 from collections import Counter
@@ -107,12 +106,6 @@ def readable(data: bytes) -> str:
     return "\n".join(lines) + "\n\n" + text.replace("\r\n", "\n")
 
 
-# How providers say "slower": SES "454 Throttling failure: Maximum sending rate exceeded", Microsoft
-# "4.7.0 ... throttled", others "rate limit", "too many messages", "slow down".
-_THROTTLED = re.compile(r"throttl|rate (limit|exceeded)|sending rate|too many (messages|mails|emails)|slow down",
-                        re.IGNORECASE)
-
-
 def print_summary(summary: RunSummary) -> None:
     counts = summary.outcomes
     click.echo(f"Summary of this run ({summary.sender}):" if summary.sender else "Summary of this run:")
@@ -129,7 +122,7 @@ def print_summary(summary: RunSummary) -> None:
         click.echo("Deferred messages are retried by the next run of the same command. The server's answers:")
         for answer, times in summary.deferrals.most_common(3):
             click.echo(f"  {times:>7} x {answer}")
-        if any(_THROTTLED.search(answer) for answer in summary.deferrals):
-            click.echo("Note: the server limits how fast you send; set [smtp] rate_per_second (or the campaign's) "
-                       "to its rate, and rerun.")
+    if summary.throttling is not None:
+        for line in summary.throttling.lines():
+            click.echo(line)
     click.echo(f"See: mailer status {summary.campaign_id}")

@@ -218,6 +218,29 @@ class SendLogRows:
 
         self.reconnect.run(write)
 
+    def defer_planned(self, campaign_id: str, run_id: int | None, up_to_id: int | None, code: int | None,
+                      text: str, detail: str, claimed_by: int | None = None) -> int:
+        """A run that stopped trying (the relay kept throttling): its rows still `planned`, up to
+        log id `up_to_id` (or those reserved by sender `claimed_by`), become `deferred` with the
+        relay's answer (the next run retries them). How many."""
+        check_move(S.PLANNED, S.DEFERRED)
+        table = _log
+        statement = update(table).where(table.c.campaign_id == campaign_id, table.c.state == S.PLANNED.value)
+        if up_to_id is not None:
+            statement = statement.where(table.c.id <= up_to_id)
+        if claimed_by is not None:
+            statement = statement.where(table.c.claimed_by == claimed_by)
+        if run_id is not None:
+            statement = statement.where(table.c.run_id == run_id)
+        statement = statement.values(state=S.DEFERRED.value, smtp_code=code, smtp_text=text[:500],
+                                     detail=detail[:500], updated_at=utcnow())
+
+        def write() -> int:
+            with self.engine.begin() as conn:
+                return conn.execute(statement).rowcount
+
+        return self.reconnect.run(write)
+
     def status_counts(self, campaign_id: str) -> tuple[dict[str, int], dict[str, int]]:
         """({state: n}, {rule: n for blocked rows})."""
         table = _log

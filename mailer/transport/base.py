@@ -31,6 +31,11 @@ class Delivery:
 
     stop_run: why no further message can go in this run (one sentence); the engine stops
     after the messages in flight, and the rest waits for the next run.
+
+    throttled: the answer says the relay limits how fast this sender sends ("454 Throttling
+    failure", "421 4.7.0 rate exceeded": `mailer.throttle.says_throttled`); the engine slows the
+    whole run and sends the message again. A transport that can be throttled may also have
+    `limit_connections(n)`, which the engine calls to keep to n connections.
     """
 
     state: str
@@ -38,6 +43,7 @@ class Delivery:
     text: str = ""
     hard_bounce: bool = False
     stop_run: str = ""
+    throttled: bool = False
 
 
 class Transport(Protocol):

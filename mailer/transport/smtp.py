@@ -35,6 +35,7 @@ from ..addresses import is_loopback
 from ..config import Config
 from ..errors import InputError, TransportError
 from ..suppression import ENHANCED_STATUS, hard_bounce_status
+from ..throttle import says_throttled
 from .base import Delivery, Envelope
 
 
@@ -107,6 +108,7 @@ class SmtpTransport:
         self._slots = _Slots(s.max_connections)
         self._reserved = 0  # slots taken by ready() for the next deliver()
         self._idle_waiters: deque[asyncio.Future[None]] = deque()
+        self._retiring: set[asyncio.Task[None]] = set()  # connections saying QUIT after the relay throttled
         self._where = f"{s.host}:{s.port}"
         self.target = self._where
         self._answered = False  # a transaction command (MAIL, RCPT, DATA…) got a reply in this run
@@ -160,7 +162,15 @@ class SmtpTransport:
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         self._open -= len(idle)
-        await asyncio.gather(*(session.quit() for session in idle))
+        await asyncio.gather(*(session.quit() for session in idle), *self._retiring)
+
+    def limit_connections(self, most: int) -> None:
+        """Keep to `most` connections (the relay throttles; the engine raises it again later): idle
+        connections beyond it say QUIT now, busy ones close after their message."""
+        self._slots.cap = max(1, most)
+        self._slots.wake()
+        while self._idle and self._open > self._slots.allowed:
+            self._retire(self._idle.pop(0))
 
     def delivered(self, key: str) -> bool | None:
         return None  # an SMTP server keeps no receipt we could ask for
@@ -230,8 +240,10 @@ class SmtpTransport:
                                     f"but answered no MAIL command within {self.settings.timeout_seconds:g} s "
                                     "([smtp] timeout_seconds); nothing was sent")
                     return Delivery("withheld", text=self._silent, stop_run=self._silent)
-                if reusable:
+                if reusable and self._open <= self._slots.allowed:
                     self._give_back(session)
+                elif reusable:  # beyond what the throttled relay is given now
+                    self._retire(session)
                 else:
                     self._discard(session)
                 if delivery.state == "sent":
@@ -239,8 +251,10 @@ class SmtpTransport:
                 # A connection that has carried messages may be closed by the server at any time
                 # (an idle timeout, a limit of messages per connection: "421 4.7.0 too many
                 # messages"). Nothing of this message was accepted: once more on a new connection,
-                # rather than an attempt counted and a backoff.
-                if not (reused and not reusable and delivery.state == "deferred" and delivery.code in (None, 421)):
+                # rather than an attempt counted and a backoff. Not when the 421 says the relay
+                # throttles: the engine slows the run down first.
+                if delivery.throttled or not (reused and not reusable and delivery.state == "deferred"
+                                              and delivery.code in (None, 421)):
                     return delivery
         finally:
             self._slots.release()
@@ -253,7 +267,7 @@ class SmtpTransport:
                 if session.ready:
                     return session
                 self._discard(session)  # the server closed it, or spoke out of turn, while it was idle
-            if self._open + self._connecting < self._slots.limit:
+            if self._open + self._connecting < self._slots.allowed:
                 self._connecting += 1
                 try:
                     session = await self._connect()
@@ -286,6 +300,14 @@ class SmtpTransport:
         self._idle.append(session)
         self._wake_one()
 
+    def _retire(self, session: _Session) -> None:
+        """Close a healthy connection politely (QUIT) without waiting for the goodbye."""
+        self._open -= 1
+        task = asyncio.get_running_loop().create_task(session.quit())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        self._wake_one()
+
     def _discard(self, session: _Session) -> None:
         session.close()
         self._open -= 1
@@ -303,19 +325,24 @@ class SmtpTransport:
 class _Slots:
     """At most `limit` deliveries at once: max_connections, lowered to the connections the
     server accepts when it refuses one more, and raised again by one after every 100 messages
-    sent, to probe (Postfix's destination concurrency feedback, simplified)."""
+    sent, to probe (Postfix's destination concurrency feedback, simplified). `cap` is the
+    throttle's (`limit_connections`): the lower of the two applies."""
 
     PROBE_AFTER = 100
 
     def __init__(self, limit: int) -> None:
-        self.most = self.limit = limit
+        self.most = self.limit = self.cap = limit
         self.fewest = limit  # the lowest the server made it
         self.busy = 0
         self._since_refusal = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
+    @property
+    def allowed(self) -> int:
+        return min(self.limit, self.cap)
+
     async def acquire(self) -> None:
-        while self.busy >= self.limit:
+        while self.busy >= self.allowed:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
@@ -327,7 +354,7 @@ class _Slots:
 
     def release(self) -> None:
         self.busy -= 1
-        self._wake()
+        self.wake()
 
     def refused(self, connections: int) -> None:
         self.limit = max(1, connections)
@@ -340,10 +367,10 @@ class _Slots:
             if self._since_refusal >= self.PROBE_AFTER:
                 self._since_refusal = 0
                 self.limit += 1
-                self._wake()
+                self.wake()
 
-    def _wake(self) -> None:
-        free = self.limit - self.busy
+    def wake(self) -> None:
+        free = self.allowed - self.busy
         while free > 0 and self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -553,7 +580,7 @@ def _closing(*replies: tuple[int, str]) -> bool:
 def _classify(code: int, text: str, *, recipient: bool = False) -> Delivery:
     text = " ".join(str(text).split())
     if 400 <= code < 500:
-        return Delivery("deferred", code, text)
+        return Delivery("deferred", code, text, throttled=says_throttled(code, text))
     if code >= 500:
         return Delivery("failed", code, text, hard_bounce=recipient and is_hard_bounce(code, text))
     return Delivery("deferred", code, f"unexpected answer {code} {text}")
