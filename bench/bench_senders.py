@@ -25,7 +25,6 @@ import argparse
 import csv
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy
+from bench_smtp import free_port, start_sink  # the same smtp-sink, started the same way
 
 SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 
@@ -56,23 +56,6 @@ csv = "../contacts/{list}.csv"
 [relevance]
 job_titles = ["CTO"]
 {send}"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_sink(port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([SINK, "-u", "nobody", f"127.0.0.1:{port}", "1024"])
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return process
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError("smtp-sink did not start")
 
 
 def make_project(root: Path, url: str, port: int, connections: int, recipients: int) -> Path:
