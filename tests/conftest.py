@@ -102,8 +102,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             return
         # Without a server the PostgreSQL variants are reported as skipped, with the reason. A test
         # marked @pytest.mark.databases("sqlite") (or "postgresql") has only that variant.
-        postgresql = pytest.param("postgresql", marks=() if POSTGRES_URL else pytest.mark.skip(
-            reason="no PostgreSQL server: set MAILER_TEST_POSTGRES_URL (.ci/run starts one)"))
+        postgresql = pytest.param("postgresql", marks=pytest.mark.skipif(
+            not POSTGRES_URL, reason="no PostgreSQL server: set MAILER_TEST_POSTGRES_URL (.ci/run starts one)"))
         marker = metafunc.definition.get_closest_marker("databases")
         wanted = marker.args if marker is not None else ("sqlite", "postgresql")
         metafunc.parametrize("database", [v for name, v in (("sqlite", "sqlite"), ("postgresql", postgresql))
